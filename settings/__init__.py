@@ -1,0 +1,25 @@
+"""Configuration for every Conduit process: typed settings and logging. Imports nothing of ours."""
+
+from settings.config import (
+    EMULATOR_DEV_KEY,
+    Pool,
+    Route,
+    Settings,
+    SettingsError,
+    get_settings,
+    load_settings,
+)
+from settings.logs import configure_logging, get_logger, log_context
+
+__all__ = [
+    "EMULATOR_DEV_KEY",
+    "Pool",
+    "Route",
+    "Settings",
+    "SettingsError",
+    "configure_logging",
+    "get_logger",
+    "get_settings",
+    "load_settings",
+    "log_context",
+]

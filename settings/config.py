@@ -1,0 +1,334 @@
+"""The one typed Settings object: every environment variable Conduit reads is declared here.
+
+Read once per process with :func:`get_settings` (cached). Values come from the environment, then a
+``.env`` file in the working directory, then the defaults below, which are the embedded laptop
+set-up: a local Redis, the local bus instead of Service Bus, and the emulators instead of Azure.
+
+Names the older services used (``APP_TPM_QUOTA``, ``WHISPER_REQUESTS_PER_MINUTE`` ...) keep working:
+each field lists them as ``AliasChoices``, the newer name first. A wrong value stops start-up with
+one line naming the variable and what was expected (:class:`SettingsError`).
+
+    >>> settings = get_settings()
+    >>> settings.completion.tpm          # from APP_TPM_QUOTA, default 128000
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The embedded emulator serves every deployment on this address unless told otherwise.
+DEFAULT_EMULATOR_PORT = 8700
+# The key the emulator accepts in dev; not a secret: it only ever opens a local stand-in.
+EMULATOR_DEV_KEY = "conduit-dev"
+
+
+class SettingsError(ValueError):
+    """A setting has a value Conduit cannot use; the message names the variable."""
+
+
+class Route(BaseModel):
+    """One input queue, the processor that handles its messages, and where results go."""
+
+    in_queue: str
+    processor: str
+    out_queue: str
+
+    @classmethod
+    def parse(cls, text: str) -> Route:
+        parts = [part.strip() for part in text.split(":")]
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"route {text!r} must look like in_queue:processor:out_queue")
+        return cls(in_queue=parts[0], processor=parts[1], out_queue=parts[2])
+
+
+class Pool(BaseModel):
+    """What a quota pool needs to know about one Azure OpenAI deployment."""
+
+    name: Literal["completion", "embedding", "whisper"]
+    deployment: str
+    tpm: int  # 0 for whisper: Azure limits Whisper by requests only
+    rpm: int
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        # Tests point CONDUIT_ENV_FILE at /dev/null so a developer's .env cannot leak in.
+        env_file=os.environ.get("CONDUIT_ENV_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    # --- process and logging -------------------------------------------------------------------
+    app_name: str = Field("conduit", validation_alias=_env("APP_NAME"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("LOG_LEVEL")
+    )
+    # auto: coloured console on a TTY, JSON lines otherwise.
+    log_format: Literal["auto", "console", "json"] = Field(
+        "auto", validation_alias=_env("LOG_FORMAT")
+    )
+    # When set, logs also go to <log_dir>/<app_name>.log, rotated at midnight.
+    log_dir: str | None = Field(None, validation_alias=_env("LOG_DIR"))
+    logs_retention_days: int = Field(30, ge=1, validation_alias=_env("APP_LOGS_RETENTION_DAYS"))
+
+    # --- Redis: broker, results, quota, local bus, outbox ---------------------------------------
+    # Unset: `make run` and the tests start an embedded redis-server and export its URL.
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    redis_data_dir: str = Field(".data/redis", validation_alias=_env("REDIS_DATA_DIR"))
+    redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT"))
+
+    # --- Celery worker ---------------------------------------------------------------------------
+    worker_pool: Literal["threads", "prefork", "gevent", "solo"] = Field(
+        "threads", validation_alias=_env("WORKER_POOL")
+    )
+    worker_concurrency: int = Field(8, ge=1, le=1000, validation_alias=_env("WORKER_CONCURRENCY"))
+    # Hard limit for any one task; the broker's visibility timeout is derived from it.
+    task_time_limit_s: int = Field(900, ge=1, validation_alias=_env("TASK_TIME_LIMIT_SECONDS"))
+    # How long a message taken by a worker that then died waits before another worker gets it.
+    # Unset: task time limit + 5 minutes. Must exceed the task time limit, or a slow task would be
+    # handed to a second worker while the first still runs.
+    broker_visibility_timeout_s: int | None = Field(
+        None, ge=1, validation_alias=_env("BROKER_VISIBILITY_TIMEOUT_SECONDS")
+    )
+    result_expires_s: int = Field(86400, ge=60, validation_alias=_env("RESULT_EXPIRES_SECONDS"))
+
+    # --- Azure OpenAI: completion ------------------------------------------------------------------
+    # Unset: the embedded emulator (emulators/) on 127.0.0.1:EMULATOR_PORT.
+    openai_api_base: str | None = Field(None, validation_alias=_env("APP_OPENAI_API_BASE"))
+    openai_api_version: str = Field("2024-10-21", validation_alias=_env("APP_OPENAI_API_VERSION"))
+    openai_engine: str = Field("gpt-4o", validation_alias=_env("APP_OPENAI_ENGINE"))
+    # Unset with a real endpoint: Entra ID (DefaultAzureCredential).
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("APP_OPENAI_API_KEY"))
+    # azure: AzureOpenAI client; openai: any OpenAI-compatible server (vLLM, Ollama, llama.cpp).
+    openai_client_kind: Literal["azure", "openai"] = Field(
+        "azure", validation_alias=_env("APP_OPENAI_CLIENT")
+    )
+    openai_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("APP_OPENAI_TIMEOUT_SECONDS"))
+    tpm_quota: int = Field(128000, ge=1, validation_alias=_env("APP_TPM_QUOTA"))
+    rpm_quota: int = Field(250, ge=1, validation_alias=_env("APP_RPM_QUOTA"))
+
+    # --- Azure OpenAI: embedding -------------------------------------------------------------------
+    embedding_api_base: str | None = Field(None, validation_alias=_env("APP_EMBEDDING_API_BASE"))
+    embedding_api_version: str = Field(
+        "2024-10-21", validation_alias=_env("APP_EMBEDDING_API_VERSION")
+    )
+    embedding_engine: str = Field(
+        "text-embedding-3-large", validation_alias=_env("APP_EMBEDDING_ENGINE")
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("APP_EMBEDDING_API_KEY")
+    )
+    embedding_tpm_quota: int = Field(1000000, ge=1, validation_alias=_env("APP_EMBEDDING_TPM_QUOTA"))
+    embedding_rpm_quota: int = Field(6000, ge=1, validation_alias=_env("APP_EMBEDDING_RPM_QUOTA"))
+
+    # --- Azure OpenAI: Whisper -------------------------------------------------------------------
+    # Unset: the completion endpoint and key.
+    whisper_api_base: str | None = Field(None, validation_alias=_env("APP_WHISPER_API_BASE"))
+    whisper_engine: str = Field("whisper", validation_alias=_env("APP_WHISPER_ENGINE"))
+    whisper_rpm_quota: int = Field(
+        15, ge=1, validation_alias=_env("APP_WHISPER_RPM_QUOTA", "WHISPER_REQUESTS_PER_MINUTE")
+    )
+
+    # --- quota/ ----------------------------------------------------------------------------------
+    # Shorter windows are for benchmarks only; limits stay "per window".
+    quota_window_s: int = Field(60, ge=1, le=3600, validation_alias=_env("QUOTA_WINDOW_SECONDS"))
+    # A lock neither reported nor released in this time expires and stays spent (crashed worker).
+    quota_lock_ttl_s: int = Field(300, ge=1, validation_alias=_env("QUOTA_LOCK_TTL_SECONDS"))
+    # azure: charge the estimate at arrival, never refund (as Azure counts); usage: true up.
+    quota_charge_model: Literal["azure", "usage"] = Field(
+        "azure", validation_alias=_env("QUOTA_CHARGE_MODEL")
+    )
+
+    # --- Azure AI Search -------------------------------------------------------------------------
+    search_endpoint: str | None = Field(None, validation_alias=_env("APP_SEARCH_ENDPOINT"))
+    search_api_key: SecretStr | None = Field(None, validation_alias=_env("APP_SEARCH_API_KEY"))
+    search_index: str = Field("documents", validation_alias=_env("APP_SEARCH_INDEX"))
+
+    # --- Blob storage (audio references) ---------------------------------------------------------
+    blob_connection_string: SecretStr | None = Field(
+        None, validation_alias=_env("AZURE_STORAGE_CONNECTION_STRING")
+    )
+
+    # --- Service Bus and the bridge ----------------------------------------------------------------
+    # Neither set: the local bus in Redis (same semantics, see bridge/).
+    service_bus_namespace: str | None = Field(None, validation_alias=_env("SERVICE_BUS_NAMESPACE"))
+    service_bus_connection_string: SecretStr | None = Field(
+        None, validation_alias=_env("SERVICE_BUS_CONNECTION_STRING")
+    )
+    # The older one-service-per-app pair; when both are set they add a route to `routes`.
+    service_in_queue: str | None = Field(None, validation_alias=_env("APP_SERVICE_IN_QUEUE"))
+    service_out_queue: str | None = Field(None, validation_alias=_env("APP_SERVICE_OUT_QUEUE"))
+    service_processor: str = Field("feedback", validation_alias=_env("APP_SERVICE_PROCESSOR"))
+    # "in:processor:out" items, comma-separated, or a JSON list of such strings.
+    routes: Annotated[list[Route], NoDecode] = Field(
+        default_factory=lambda: [
+            Route(in_queue="form_iq", processor="feedback", out_queue="form_oq"),
+            Route(in_queue="whisper_iq", processor="transcribe", out_queue="whisper_oq"),
+        ],
+        validation_alias=_env("CONDUIT_ROUTES"),
+    )
+    bridge_batch_size: int = Field(32, ge=1, le=1000, validation_alias=_env("BRIDGE_BATCH_SIZE"))
+    bridge_prefetch: int = Field(64, ge=0, le=10000, validation_alias=_env("BRIDGE_PREFETCH"))
+    # Receiving pauses while a route's Celery queue holds more than this many messages.
+    bridge_high_water: int = Field(1000, ge=1, validation_alias=_env("BRIDGE_HIGH_WATER"))
+    bridge_max_idle_s: float = Field(10.0, gt=0, validation_alias=_env("BRIDGE_MAX_IDLE_SECONDS"))
+    local_bus_lock_duration_s: float = Field(
+        60.0, gt=0, validation_alias=_env("LOCAL_BUS_LOCK_DURATION_SECONDS")
+    )
+    local_bus_max_delivery_count: int = Field(
+        10, ge=1, validation_alias=_env("LOCAL_BUS_MAX_DELIVERY_COUNT")
+    )
+    counter_app_base_url: str | None = Field(None, validation_alias=_env("COUNTER_APP_BASE_URL"))
+
+    # --- emulators/ ------------------------------------------------------------------------------
+    emulator_host: str = Field("127.0.0.1", validation_alias=_env("EMULATOR_HOST"))
+    emulator_port: int = Field(
+        DEFAULT_EMULATOR_PORT, ge=1, le=65535, validation_alias=_env("EMULATOR_PORT")
+    )
+    # Unset: any non-empty key is accepted (dev).
+    emulator_api_key: SecretStr | None = Field(None, validation_alias=_env("EMULATOR_API_KEY"))
+    # JSON file {"deployment": {"tpm": ..., "rpm": ...}}; unset: the quotas above per deployment.
+    emulator_limits_file: str | None = Field(None, validation_alias=_env("EMULATOR_LIMITS_FILE"))
+
+    # --- web/ ------------------------------------------------------------------------------------
+    web_host: str = Field("127.0.0.1", validation_alias=_env("WEB_HOST"))
+    web_port: int = Field(8000, ge=1, le=65535, validation_alias=_env("WEB_PORT", "PORT"))
+    # Explicit and loud: only `make run` should set this. Every endpoint but / and /health is open.
+    auth_disabled: bool = Field(False, validation_alias=_env("AUTH_DISABLED"))
+    auth_api_key: SecretStr | None = Field(None, validation_alias=_env("AUTH_API_KEY"))
+    auth_jwks_url: str | None = Field(None, validation_alias=_env("AUTH_JWKS_URL"))
+    auth_issuer: str | None = Field(None, validation_alias=_env("AUTH_ISSUER"))
+    auth_audiences: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("AUTH_AUDIENCES")
+    )
+    auth_required_client_id: str | None = Field(
+        None, validation_alias=_env("AUTH_REQUIRED_CLIENT_ID")
+    )
+    flower_port: int = Field(5555, ge=1, le=65535, validation_alias=_env("FLOWER_PORT"))
+    # "user:password"; Flower refuses to start without it outside dev.
+    flower_basic_auth: SecretStr | None = Field(None, validation_alias=_env("FLOWER_BASIC_AUTH"))
+
+    # --- validators ------------------------------------------------------------------------------
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _parse_routes(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+        return [Route.parse(item) if isinstance(item, str) else item for item in items if item]
+
+    @field_validator("auth_audiences", mode="before")
+    @classmethod
+    def _parse_audiences(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_tasks(self) -> Settings:
+        if self.broker_visibility_timeout_s is None:
+            self.broker_visibility_timeout_s = self.task_time_limit_s + 300
+        elif self.broker_visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed TASK_TIME_LIMIT_SECONDS "
+                f"({self.task_time_limit_s})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _legacy_single_route(self) -> Settings:
+        if self.service_in_queue and self.service_out_queue:
+            legacy = Route(
+                in_queue=self.service_in_queue,
+                processor=self.service_processor,
+                out_queue=self.service_out_queue,
+            )
+            if all(route.in_queue != legacy.in_queue for route in self.routes):
+                self.routes.append(legacy)
+        return self
+
+    # --- derived values --------------------------------------------------------------------------
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://{self.emulator_host}:{self.emulator_port}"
+
+    @property
+    def embedded_openai(self) -> bool:
+        """True when no Azure OpenAI endpoint is configured and the emulator stands in."""
+        return self.openai_api_base is None
+
+    @property
+    def uses_local_bus(self) -> bool:
+        return not (self.service_bus_namespace or self.service_bus_connection_string)
+
+    def pools(self) -> list[Pool]:
+        """The three quota pools, each bound to its configured deployment."""
+        return [
+            Pool(name="completion", deployment=self.openai_engine, tpm=self.tpm_quota,
+                 rpm=self.rpm_quota),
+            Pool(name="embedding", deployment=self.embedding_engine, tpm=self.embedding_tpm_quota,
+                 rpm=self.embedding_rpm_quota),
+            Pool(name="whisper", deployment=self.whisper_engine, tpm=0,
+                 rpm=self.whisper_rpm_quota),
+        ]
+
+
+def _explain(error: ValidationError) -> str:
+    """One line naming the environment variable at fault and what it expected."""
+    first = error.errors()[0]
+    field_name = str(first["loc"][0]) if first["loc"] else ""
+    field = Settings.model_fields.get(field_name)
+    alias = field.validation_alias if field else None
+    names = alias.choices if isinstance(alias, AliasChoices) else [field_name]
+    variable = str(names[0]).upper()
+    value = first.get("input")
+    shown = "<secret>" if field and "SecretStr" in str(field.annotation) else repr(value)
+    return f"{variable}={shown} is not valid: {first['msg']}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment (and overrides), or raise one clear SettingsError."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_explain(error)) from None
+    if settings.counter_app_base_url:
+        logging.getLogger("conduit.settings").warning(
+            "COUNTER_APP_BASE_URL is deprecated and ignored: quota now lives in Redis (quota/)."
+        )
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings, read once. Tests call ``get_settings.cache_clear()``."""
+    return load_settings()

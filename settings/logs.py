@@ -1,0 +1,189 @@
+"""Logging for every Conduit process: one set-up, context fields, and no secrets in any line.
+
+- Console: coloured on a TTY, JSON lines otherwise (``LOG_FORMAT`` forces one or the other).
+- Files (``LOG_DIR`` set): ``<dir>/<app>.log``, rotated at midnight into ``<app>.YYYY-MM-DD.log``,
+  keeping ``APP_LOGS_RETENTION_DAYS`` of them.
+- Context: ``with log_context(task_id=..., app_id=...):`` adds those fields to every line logged
+  inside the block, threads and asyncio tasks included (contextvars).
+- Secrets: every line passes :class:`SecretFilter`, which masks the configured secret values and
+  anything shaped like a key, bearer token, password or connection-string credential.
+
+    >>> configure_logging(get_settings())
+    >>> log = get_logger(__name__)
+    >>> with log_context(task_id="t-1"):
+    ...     log.info("started")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from logging.handlers import TimedRotatingFileHandler
+
+import colorlog
+from pythonjsonlogger.json import JsonFormatter
+
+from settings.config import Settings
+
+CONTEXT_FIELDS = ("app_id", "task_id", "message_id", "session_id")
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "conduit_log_context", default={}
+)
+
+MASK = "***"
+# Shapes of credentials that may reach a log line through an exception or a URL.
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
+    re.compile(r"(?i)((?:api[-_]?key|password|secret|token|sig|AccountKey|SharedAccessKey)"
+               r"\s*[=:]\s*[\"']?)[^\s\"';&,]+"),
+    re.compile(r"(?i)(redis://[^:/@\s]*:)[^@\s]+(?=@)"),
+]
+
+
+@contextlib.contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Add fields (app_id, task_id, message_id, session_id) to every line logged in the block."""
+    unknown = set(fields) - set(CONTEXT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown log context fields {sorted(unknown)}; use {CONTEXT_FIELDS}")
+    merged = {**_context.get(), **{k: str(v) for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the current log context onto each record, so formatters can print it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _context.get()
+        for name in CONTEXT_FIELDS:
+            setattr(record, name, current.get(name, getattr(record, name, None)))
+        return True
+
+
+class SecretFilter(logging.Filter):
+    """Masks known secret values and credential-shaped text in the rendered message."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # Longest first, so a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + MASK, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every SecretStr value in settings (plus the password inside REDIS_URL, if any)."""
+    values = [
+        value.get_secret_value()
+        for value in settings.__dict__.values()
+        if hasattr(value, "get_secret_value")
+    ]
+    match = re.search(r"://[^:/@]*:([^@]+)@", settings.redis_url or "")
+    if match:
+        values.append(match.group(1))
+    return values
+
+
+def _console_formatter(use_colour: bool) -> logging.Formatter:
+    fmt = "%(asctime)s %(levelname)-7s %(name)s%(context)s: %(message)s"
+    if use_colour:
+        return colorlog.ColoredFormatter("%(log_color)s" + fmt.replace("%(levelname)-7s",
+                                         "%(levelname)-7s%(reset)s"))
+    return logging.Formatter(fmt)
+
+
+class _ContextSuffix(logging.Filter):
+    """Renders the context fields as ` [task_id=... app_id=...]` for the console format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        pairs = [f"{n}={getattr(record, n)}" for n in CONTEXT_FIELDS if getattr(record, n, None)]
+        record.context = f" [{' '.join(pairs)}]" if pairs else ""
+        return True
+
+
+def _json_formatter() -> logging.Formatter:
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    )
+
+
+def _handler_with_filters(handler: logging.Handler, filters: list[logging.Filter]) -> logging.Handler:
+    for f in filters:
+        handler.addFilter(f)
+    return handler
+
+
+def rotated_name(default_name: str) -> str:
+    """``dir/conduit.log.2026-11-22`` → ``dir/conduit.2026-11-22.log`` (sorts and opens well)."""
+    directory, name = os.path.split(default_name)
+    base, _, date = name.rpartition(".")
+    stem, _, ext = base.rpartition(".")
+    return os.path.join(directory, f"{stem}.{date}.{ext}")
+
+
+def file_handler(path: str, retention_days: int) -> TimedRotatingFileHandler:
+    handler = TimedRotatingFileHandler(
+        path, when="midnight", backupCount=retention_days, encoding="utf-8", delay=True
+    )
+    handler.namer = rotated_name
+    return handler
+
+
+def configure_logging(settings: Settings, stream=None) -> None:
+    """Replace the root logger's handlers with Conduit's; safe to call more than once."""
+    stream = stream or sys.stderr
+    is_tty = hasattr(stream, "isatty") and stream.isatty()
+    use_json = settings.log_format == "json" or (settings.log_format == "auto" and not is_tty)
+    filters: list[logging.Filter] = [
+        ContextFilter(), _ContextSuffix(), SecretFilter(secret_values(settings))
+    ]
+
+    console = logging.StreamHandler(stream)
+    console.setFormatter(_json_formatter() if use_json else _console_formatter(is_tty))
+    handlers: list[logging.Handler] = [_handler_with_filters(console, filters)]
+
+    if settings.log_dir:
+        os.makedirs(settings.log_dir, exist_ok=True)
+        path = os.path.join(settings.log_dir, f"{settings.app_name}.log")
+        rotating = file_handler(path, settings.logs_retention_days)
+        rotating.setFormatter(_json_formatter())
+        handlers.append(_handler_with_filters(rotating, filters))
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(settings.log_level)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A named logger; output goes wherever :func:`configure_logging` pointed the root."""
+    return logging.getLogger(name)

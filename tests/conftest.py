@@ -1,0 +1,130 @@
+"""Fixtures shared by every test: a real embedded Redis, real Celery workers, and leak checks.
+
+Unit tests need none of these. Integration tests ask for ``redis_url`` (a flushed database on
+the session's redis-server), ``conduit_env`` (the environment a subprocess of ours needs) and
+``start_worker`` (a real ``celery worker`` subprocess, stopped after the test).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+# Before anything reads settings: a developer's .env must not change what the tests see.
+os.environ["CONDUIT_ENV_FILE"] = os.devnull
+os.environ.setdefault("LOG_FORMAT", "json")
+
+from settings import get_settings  # noqa: E402
+from settings.redis_server import RedisServer  # noqa: E402
+from tests.support.processes import ManagedProcess, python_args  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test reads settings anew from its (monkeypatched) environment."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a child process or a non-daemon thread running."""
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    threads_before = set(threading.enumerate())
+    yield
+    leaked_children = [
+        p for p in me.children(recursive=True)
+        if p.pid not in children_before and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    leaked_threads = [
+        t for t in threading.enumerate()
+        if t not in threads_before and t.is_alive() and not t.daemon
+    ]
+    assert not leaked_children, f"test leaked processes: {[p.cmdline() for p in leaked_children]}"
+    assert not leaked_threads, f"test leaked threads: {leaked_threads}"
+
+
+@pytest.fixture(scope="session")
+def tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from settings.tiktoken_offline import seed_tiktoken_cache
+
+    return seed_tiktoken_cache(tmp_path_factory.mktemp("tiktoken"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A URL to the session's redis-server, emptied for this test and exported as REDIS_URL."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    yield redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def conduit_env(redis_url: str, tiktoken_cache: Path) -> dict[str, str]:
+    """Environment for a Conduit subprocess; tests add their own keys before starting it."""
+    env = dict(os.environ)
+    env.update(REDIS_URL=redis_url, TIKTOKEN_CACHE_DIR=str(tiktoken_cache), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture
+def celery_app(redis_url: str):
+    """A client-side Celery app bound to the test Redis (for sending tasks and control calls)."""
+    from worker import create_celery
+
+    app = create_celery(get_settings())
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def start_worker(
+    celery_app, conduit_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., ManagedProcess]]:
+    """Start real ``celery -A worker worker`` processes; each is stopped after the test."""
+    started: list[ManagedProcess] = []
+
+    def start(concurrency: int = 4, queues: str | None = None, **env: str) -> ManagedProcess:
+        name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        args = python_args("-m", "celery", "-A", "worker", "worker", "-P", "threads",
+                           "-c", str(concurrency), "-n", name, "--without-gossip",
+                           "--without-mingle", "--loglevel", "INFO")
+        if queues:
+            args += ["-Q", queues]
+        hostname = name.replace("%h", __import__("socket").gethostname())
+
+        def ready() -> bool:
+            return bool(celery_app.control.ping(destination=[hostname], timeout=0.5))
+
+        process = ManagedProcess(args, {**conduit_env, **env}, tmp_path / f"{name}.log",
+                                 ready=ready, name=f"celery worker {hostname}")
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,106 @@
+"""Start real server processes for tests and make sure each one ends.
+
+Every integration test that needs a server (celery worker, bridge, emulator, web) starts it with
+:class:`ManagedProcess`, which waits until the server is ready, keeps its output in a log file
+for the failure message, and stops it (SIGTERM, then SIGKILL) however the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Long enough for a cold start of celery or librosa on a loaded 2-core CI machine.
+READY_TIMEOUT_SECS = 60.0
+STOP_TIMEOUT_SECS = 15.0
+
+
+class ManagedProcess:
+    """One child process with a readiness check; use as a context manager or call stop()."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        ready: Callable[[], bool] | None = None,
+        name: str = "process",
+    ) -> None:
+        self.args, self.env, self.log_path, self.ready, self.name = args, env, log_path, ready, name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.args, env=self.env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if self.ready is not None:
+            self.wait_until(self.ready, READY_TIMEOUT_SECS, f"{self.name} to become ready")
+        return self
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.process.returncode}) waiting for "
+                                   f"{what}:\n{self.output()[-3000:]}")
+            try:
+                if check():
+                    return
+            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out waiting for {what}:\n{self.output()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash or an OOM kill would."""
+        self.signal(signal.SIGKILL)
+        if self.process:
+            self.process.wait()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECS) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # Children the process left behind (celery pool processes) go too.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> ManagedProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def python_args(*args: str) -> list[str]:
+    """Run a module with the same interpreter (and so the same virtualenv) as the tests."""
+    return [sys.executable, *args]
