@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from logging.handlers import TimedRotatingFileHandler
 
 import colorlog
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from settings.config import Settings
@@ -63,9 +64,8 @@ class ContextFilter(logging.Filter):
     """Copies the current log context onto each record, so formatters can print it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        current = _context.get() or {}
-        for name in CONTEXT_FIELDS:
-            setattr(record, name, current.get(name, getattr(record, name, None)))
+        for name, value in (_context.get() or {}).items():
+            setattr(record, name, value)
         return True
 
 
@@ -86,11 +86,13 @@ class SecretFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
         redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info:
+            # Render the traceback now, masked; formatters print exc_text when exc_info is gone.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
@@ -130,6 +132,8 @@ def _json_formatter() -> logging.Formatter:
     return JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        # `context` is the console's rendering of the context fields, which JSON has as keys.
+        reserved_attrs=[*RESERVED_ATTRS, "context"],
     )
 
 
