@@ -201,6 +201,15 @@ class Settings(BaseSettings):
     local_bus_max_delivery_count: int = Field(
         10, ge=1, validation_alias=_env("LOCAL_BUS_MAX_DELIVERY_COUNT")
     )
+    # Service Bus's default duplicate detection window: a message id sent again within it is dropped.
+    local_bus_duplicate_window_s: float = Field(
+        600.0, gt=0, validation_alias=_env("LOCAL_BUS_DUPLICATE_WINDOW_SECONDS")
+    )
+    # Results a dead bridge took but never acknowledged are taken over after idling this long;
+    # longer than any send takes, so a live bridge's in-flight send is never taken from it.
+    bridge_reclaim_idle_s: float = Field(
+        60.0, gt=0, validation_alias=_env("BRIDGE_RECLAIM_IDLE_SECONDS")
+    )
     counter_app_base_url: str | None = Field(None, validation_alias=_env("COUNTER_APP_BASE_URL"))
 
     # --- emulators/ ------------------------------------------------------------------------------
