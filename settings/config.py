@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     whisper_rpm_quota: int = Field(
         15, ge=1, validation_alias=_env("APP_WHISPER_RPM_QUOTA", "WHISPER_REQUESTS_PER_MINUTE")
     )
+    # Longer recordings are split at silences into chunks at most this long, transcribed at once.
+    whisper_chunk_max_s: float = Field(
+        600.0, gt=0, validation_alias=_env("APP_WHISPER_CHUNK_MAX_SECONDS")
+    )
 
     # --- quota/ ----------------------------------------------------------------------------------
     # Shorter windows are for benchmarks only; limits stay "per window".

@@ -1,4 +1,5 @@
-"""Connections a worker process opens once and reuses: Redis for quota, outbox and results."""
+"""Connections a worker process opens once and reuses: Redis for quota, outbox and results, and
+the quota limiter on it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from functools import lru_cache
 
 import redis
 
-from settings import get_settings
+from quota import QuotaLimiter
+from settings import Settings, get_settings
 
 
 @lru_cache(maxsize=1)
@@ -18,3 +20,15 @@ def redis_client() -> redis.Redis:
     """
     return redis.Redis.from_url(get_settings().broker_url, decode_responses=True,
                                 health_check_interval=30)
+
+
+_limiter: list[tuple[Settings, QuotaLimiter]] = []  # at most one: (settings, its limiter)
+
+
+def quota_limiter() -> QuotaLimiter:
+    """This process's quota limiter on :func:`redis_client`. Rebuilt only when settings were
+    reloaded (tests do that; a worker never does)."""
+    settings = get_settings()
+    if not _limiter or _limiter[0][0] is not settings:
+        _limiter[:] = [(settings, QuotaLimiter(redis_client(), settings))]
+    return _limiter[0][1]

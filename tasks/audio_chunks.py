@@ -1,0 +1,84 @@
+"""Long recordings cut at silences into chunks Whisper can take, so they transcribe in parallel.
+
+A cut falls in the middle of a pause, never inside a word: librosa finds the stretches of sound,
+and each chunk ends at the last pause before it would grow longer than the limit (or at the
+limit itself when someone talks without pausing). Chunks are 16 kHz mono 16-bit WAV: what
+Whisper works at, 1.92 MB a minute, so a chunk's size follows from its duration.
+
+librosa compiles its kernels with numba on first use (seconds; cached on disk afterwards), so it
+is imported here only, and only recordings that need cutting pay for it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+from tasks.audio_files import MAX_UPLOAD_BYTES
+
+CHUNK_SAMPLE_RATE = 16000
+CHUNK_BYTES_PER_SECOND = CHUNK_SAMPLE_RATE * 2  # mono, 16-bit
+# Room for the WAV header and rounding, so a chunk at the duration limit is under the size limit.
+MAX_CHUNK_BYTES = MAX_UPLOAD_BYTES - 64 * 1024
+# Quieter than the loudest frame by this many dB counts as silence (speech over room noise).
+SILENCE_TOP_DB = 35
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    offset_s: float  # where the chunk starts in the whole recording
+    wav: bytes
+
+
+def duration_s(path: str | Path) -> float | None:
+    """The recording's length read from its header, or None for containers libsndfile cannot
+    read (MP4, M4A, WEBM): those are sent whole, as Whisper takes any of them up to 25 MB."""
+    import soundfile
+
+    try:
+        return soundfile.info(str(path)).duration
+    except soundfile.LibsndfileError:
+        return None
+
+
+def max_chunk_seconds(requested_s: float) -> float:
+    """The chunk duration to use: the one configured, unless a chunk that long would be too big."""
+    return min(requested_s, MAX_CHUNK_BYTES / CHUNK_BYTES_PER_SECOND)
+
+
+def plan_cuts(
+    sounds: Sequence[tuple[float, float]], total_s: float, max_chunk_s: float
+) -> list[tuple[float, float]]:
+    """``(start, end)`` spans that cover ``[0, total_s]``, each at most ``max_chunk_s`` long,
+    cut in the middle of the pauses between the ``sounds`` (sorted ``(start, end)`` seconds)."""
+    pauses = [(end + next_start) / 2
+              for (_, end), (next_start, _) in pairwise(sounds)]
+    spans: list[tuple[float, float]] = []
+    start = 0.0
+    while total_s - start > max_chunk_s:
+        limit = start + max_chunk_s
+        cut = max((pause for pause in pauses if start < pause <= limit), default=limit)
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, total_s))
+    return spans
+
+
+def split_at_silences(path: str | Path, max_chunk_s: float) -> list[AudioChunk]:
+    """The recording at ``path`` as WAV chunks of at most ``max_chunk_s`` seconds."""
+    import librosa
+    import soundfile
+
+    samples, rate = librosa.load(str(path), sr=CHUNK_SAMPLE_RATE, mono=True)
+    sounds = [(start / rate, end / rate)
+              for start, end in librosa.effects.split(samples, top_db=SILENCE_TOP_DB)]
+    chunks = []
+    for start_s, end_s in plan_cuts(sounds, len(samples) / rate, max_chunk_seconds(max_chunk_s)):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, samples[round(start_s * rate):round(end_s * rate)], rate,
+                        format="WAV", subtype="PCM_16")
+        chunks.append(AudioChunk(offset_s=start_s, wav=buffer.getvalue()))
+    return chunks

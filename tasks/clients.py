@@ -1,0 +1,98 @@
+"""The OpenAI SDK clients for completion, embedding and Whisper: built from settings, once each.
+
+Three endpoints because production often puts them on different Azure resources (as the older
+services did): ``APP_OPENAI_*`` for chat, ``APP_EMBEDDING_*`` for embeddings, ``APP_WHISPER_*`` for
+audio; an unset embedding or Whisper endpoint falls back to the completion one.
+
+Authentication, in order: an API key when one is configured; the emulator's dev key when no
+endpoint is configured (the embedded emulator stands in); otherwise Entra ID through
+``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
+
+``max_retries=0`` everywhere: Conduit retries (tasks/upstream.py and the Celery tasks) so that
+every attempt goes through the shared quota and none is spent behind its back.
+
+    >>> client = completion_client()      # the same object on every call in this process
+    >>> client.chat.completions.create(model=settings.openai_engine, messages=[...])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal
+
+from settings import EMULATOR_DEV_KEY, Settings, get_settings
+
+if TYPE_CHECKING:  # the SDK is imported on first use: the bridge imports tasks/ and stays light
+    from openai import OpenAI
+
+ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+# OpenAI-compatible servers (vLLM, Ollama, llama.cpp) ignore the key, but the SDK insists on one.
+UNUSED_API_KEY = "unused"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one kind of request goes and how it authenticates (hashable: the client cache key)."""
+
+    base_url: str
+    api_version: str
+    kind: Literal["azure", "openai"]
+    api_key: str | None  # None: Entra ID
+    timeout_s: float
+
+
+def _endpoint(settings: Settings, base: str | None, version: str, key: str | None) -> Endpoint:
+    if settings.embedded_openai and base is None:
+        emulator_key = settings.emulator_api_key
+        return Endpoint(settings.emulator_url, version, "azure",
+                        emulator_key.get_secret_value() if emulator_key else EMULATOR_DEV_KEY,
+                        settings.openai_timeout_s)
+    completion_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    return Endpoint(base or settings.openai_api_base, version, settings.openai_client_kind,
+                    key or completion_key, settings.openai_timeout_s)
+
+
+def completion_endpoint(settings: Settings) -> Endpoint:
+    return _endpoint(settings, settings.openai_api_base, settings.openai_api_version, None)
+
+
+def embedding_endpoint(settings: Settings) -> Endpoint:
+    key = settings.embedding_api_key
+    return _endpoint(settings, settings.embedding_api_base, settings.embedding_api_version,
+                     key.get_secret_value() if key else None)
+
+
+def whisper_endpoint(settings: Settings) -> Endpoint:
+    return _endpoint(settings, settings.whisper_api_base, settings.openai_api_version, None)
+
+
+@lru_cache(maxsize=16)
+def client_for(endpoint: Endpoint) -> OpenAI:
+    """The one client of this process for ``endpoint`` (the SDK client is thread-safe)."""
+    from openai import AzureOpenAI, OpenAI
+
+    if endpoint.kind == "openai":
+        return OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key or UNUSED_API_KEY,
+                      timeout=endpoint.timeout_s, max_retries=0)
+    if endpoint.api_key is not None:
+        return AzureOpenAI(azure_endpoint=endpoint.base_url, api_version=endpoint.api_version,
+                           api_key=endpoint.api_key, timeout=endpoint.timeout_s, max_retries=0)
+    from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+
+    token_provider = get_bearer_token_provider(DefaultAzureCredential(), ENTRA_SCOPE)
+    return AzureOpenAI(azure_endpoint=endpoint.base_url, api_version=endpoint.api_version,
+                       azure_ad_token_provider=token_provider, timeout=endpoint.timeout_s,
+                       max_retries=0)
+
+
+def completion_client() -> OpenAI:
+    return client_for(completion_endpoint(get_settings()))
+
+
+def embedding_client() -> OpenAI:
+    return client_for(embedding_endpoint(get_settings()))
+
+
+def whisper_client() -> OpenAI:
+    return client_for(whisper_endpoint(get_settings()))
