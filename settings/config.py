@@ -225,6 +225,31 @@ class Settings(BaseSettings):
     emulator_api_key: SecretStr | None = Field(None, validation_alias=_env("EMULATOR_API_KEY"))
     # JSON file {"deployment": {"tpm": ..., "rpm": ...}}; unset: the quotas above per deployment.
     emulator_limits_file: str | None = Field(None, validation_alias=_env("EMULATOR_LIMITS_FILE"))
+    # Azure's token window is 60 s (requests: a sixth of it); benchmarks shorten both together.
+    emulator_window_s: float = Field(
+        60.0, gt=0, le=3600, validation_alias=_env("EMULATOR_WINDOW_SECONDS")
+    )
+    # Simulated model speed; 0 in tests. Per-token latency applies to completion tokens.
+    emulator_first_token_ms: float = Field(
+        0.0, ge=0, validation_alias=_env("EMULATOR_FIRST_TOKEN_MS")
+    )
+    emulator_token_ms: float = Field(0.0, ge=0, validation_alias=_env("EMULATOR_TOKEN_MS"))
+    # Faults: this fraction of admitted requests fails with EMULATOR_ERROR_STATUS (500 or 503) ...
+    emulator_error_rate: float = Field(
+        0.0, ge=0, le=1, validation_alias=_env("EMULATOR_ERROR_RATE")
+    )
+    emulator_error_status: Literal[500, 503] = Field(
+        503, validation_alias=_env("EMULATOR_ERROR_STATUS")
+    )
+    # ... and this fraction hangs for EMULATOR_STALL_SECONDS, longer than any client timeout.
+    emulator_stall_rate: float = Field(
+        0.0, ge=0, le=1, validation_alias=_env("EMULATOR_STALL_RATE")
+    )
+    emulator_stall_s: float = Field(600.0, ge=0, validation_alias=_env("EMULATOR_STALL_SECONDS"))
+    # Phrases (one a line) speech recognition prefers; unset: emulators/phrases.txt.
+    emulator_stt_phrases_file: str | None = Field(
+        None, validation_alias=_env("EMULATOR_STT_PHRASES_FILE")
+    )
 
     # --- web/ ------------------------------------------------------------------------------------
     web_host: str = Field("127.0.0.1", validation_alias=_env("WEB_HOST"))

@@ -1,0 +1,85 @@
+"""What the dev-only control endpoints change and report: latency, faults, counters.
+
+``/_emulator/config`` reads and updates :class:`Controls` (validated, replaced whole, so a
+request thread always sees one consistent set); ``/_emulator/stats`` reports :class:`Stats`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from settings import Settings
+
+
+class Controls(BaseModel):
+    """Simulated model speed and injected faults; every field has its EMULATOR_* setting."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    first_token_ms: float = Field(0.0, ge=0)
+    token_ms: float = Field(0.0, ge=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    error_status: Literal[500, 503] = 503
+    stall_rate: float = Field(0.0, ge=0, le=1)
+    stall_s: float = Field(600.0, ge=0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Controls:
+        return cls(
+            first_token_ms=settings.emulator_first_token_ms,
+            token_ms=settings.emulator_token_ms,
+            error_rate=settings.emulator_error_rate,
+            error_status=settings.emulator_error_status,
+            stall_rate=settings.emulator_stall_rate,
+            stall_s=settings.emulator_stall_s,
+        )
+
+    def updated(self, changes: dict[str, object]) -> Controls:
+        """A validated copy with ``changes`` applied; raises pydantic's ValidationError."""
+        return Controls.model_validate(self.model_dump() | changes)
+
+
+@dataclass
+class DeploymentStats:
+    requests: int = 0  # every authenticated request for the deployment
+    admitted: int = 0
+    throttled: int = 0  # 429s served
+    tokens_charged: int = 0
+    faults: int = 0  # injected errors and stalls
+
+
+class Stats:
+    """Counters per deployment, safe to update from any request thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deployments: dict[str, DeploymentStats] = {}
+
+    def _entry(self, deployment: str) -> DeploymentStats:
+        return self._deployments.setdefault(deployment, DeploymentStats())
+
+    def record_charge(self, deployment: str, admitted: bool, tokens: int) -> None:
+        with self._lock:
+            entry = self._entry(deployment)
+            entry.requests += 1
+            if admitted:
+                entry.admitted += 1
+                entry.tokens_charged += tokens
+            else:
+                entry.throttled += 1
+
+    def record_fault(self, deployment: str) -> None:
+        with self._lock:
+            self._entry(deployment).faults += 1
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {name: asdict(entry) for name, entry in self._deployments.items()}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._deployments.clear()
