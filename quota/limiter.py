@@ -1,0 +1,198 @@
+"""The quota limiter: every decision is one EVALSHA of ``limiter.lua`` on the shared Redis.
+
+    limiter = QuotaLimiter(redis.Redis.from_url(settings.broker_url))
+    decision = limiter.acquire("completion", "gpt-4o", tokens=1200, app_id="feedback")
+    if decision.allowed:
+        ...call Azure OpenAI...
+        limiter.report(decision.request_id, prompt_tokens=900, completion_tokens=250)
+
+:class:`AsyncQuotaLimiter` is the same on ``redis.asyncio``. Both are thin: the rules, keys and
+reply parsing live in :mod:`quota.sansio`; here a call is sent and its reply parsed. The script is
+registered once per limiter (redis-py's ``Script`` sends EVALSHA and loads the source again when
+Redis answers NOSCRIPT, after a restart or SCRIPT FLUSH). Safe to share between threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.resources import files
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+
+from quota.errors import QuotaError
+from quota.sansio import (
+    DEFAULT_PREFIX,
+    Call,
+    ChargeModel,
+    Decision,
+    ExternalUsage,
+    QuotaProtocol,
+    QuotaStatus,
+    Settlement,
+    check_deployment,
+)
+from settings import Settings, get_settings
+
+LIMITER_SCRIPT = files("quota").joinpath("limiter.lua").read_text()
+# The script marks its own errors (a window mismatch) so they are told apart from Redis's.
+_SCRIPT_ERROR_MARK = "CONDUIT "
+
+T = TypeVar("T")
+
+
+def _quota_error(error: redis.ResponseError) -> Exception:
+    message = str(error)
+    if message.startswith(_SCRIPT_ERROR_MARK):
+        return QuotaError(message.removeprefix(_SCRIPT_ERROR_MARK))
+    return error
+
+
+class _LimiterBase:
+    """What both limiters hold: the protocol and which deployments this process registered."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings | None = None,
+        *,
+        window_s: float | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        charge_models: Mapping[str, ChargeModel] | None = None,
+    ) -> None:
+        self.client = client
+        self.protocol = QuotaProtocol(settings or get_settings(), window_s=window_s,
+                                      prefix=prefix, charge_models=charge_models)
+        self._script = client.register_script(LIMITER_SCRIPT)
+        # Deployments this process already added to the registry (all_status lists them).
+        self._registered: set[str] = set()
+
+    @property
+    def window_s(self) -> float:
+        return self.protocol.window_s
+
+    def _unregistered(self, pool: str, deployment: str) -> str | None:
+        member = self.protocol.registry_member(pool, deployment)
+        return None if member in self._registered else member
+
+
+class QuotaLimiter(_LimiterBase):
+    """The limiter on a blocking ``redis.Redis`` client."""
+
+    def __init__(self, client: redis.Redis, settings: Settings | None = None, **options: Any):
+        super().__init__(client, settings, **options)
+
+    def _run(self, call: Call[T]) -> T:
+        try:
+            reply = self._script(keys=call.keys, args=call.args)
+        except redis.ResponseError as error:
+            raise _quota_error(error) from None
+        return call.parse(reply)
+
+    def _register(self, pool: str, deployment: str) -> None:
+        member = self._unregistered(pool, deployment)
+        if member:
+            self.client.sadd(self.protocol.registry_key, member)
+            self._registered.add(member)
+
+    def acquire(self, pool: str, deployment: str, tokens: int, app_id: str) -> Decision:
+        """Lock ``tokens`` and one request, or refuse with the exact wait until they fit."""
+        return self.acquire_timed(pool, deployment, tokens, app_id)[0]
+
+    def acquire_timed(self, pool: str, deployment: str, tokens: int,
+                      app_id: str) -> tuple[Decision, int]:
+        """``acquire`` and the server time it decided at (µs), for audits and benchmarks."""
+        call = self.protocol.acquire(pool, deployment, tokens, app_id)
+        self._register(pool, deployment)
+        return self._run(call)
+
+    def report(self, request_id: str, prompt_tokens: int, completion_tokens: int = 0,
+               *, pool: str | None = None) -> Settlement:
+        """Settle a lock with actual usage (``pool``: refuse an id from another pool)."""
+        return self._run(self.protocol.report(request_id, prompt_tokens, completion_tokens, pool))
+
+    def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
+        """Give back a lock whose call never reached upstream."""
+        return self._run(self.protocol.release(request_id, pool))
+
+    def observe_upstream(self, pool: str, deployment: str, remaining_tokens: int | None = None,
+                         remaining_requests: int | None = None) -> ExternalUsage:
+        """Book what upstream's x-ratelimit-remaining-* headers say others spent."""
+        return self._run(self.protocol.observe(pool, deployment, remaining_tokens,
+                                               remaining_requests))
+
+    def status(self, pool: str, deployment: str) -> QuotaStatus:
+        return self._run(self.protocol.status(pool, deployment))
+
+    def all_status(self) -> list[QuotaStatus]:
+        """Every pool+deployment in settings or ever used on this Redis."""
+        members = self.client.smembers(self.protocol.registry_key)
+        return [self.status(pool, deployment)
+                for pool, deployment in self.protocol.known_deployments(members)]
+
+    def set_limits(self, pool: str, deployment: str, tpm: int | None = None,
+                   rpm: int | None = None) -> None:
+        """Change limits for every process at once; the next decision uses them."""
+        limits = self.protocol.limits_mapping(pool, tpm, rpm)
+        self.client.hset(self.protocol.keys(pool, check_deployment(deployment))[3], mapping=limits)
+        self._register(pool, deployment)
+
+
+class AsyncQuotaLimiter(_LimiterBase):
+    """The limiter on a ``redis.asyncio.Redis`` client; the same methods, awaited."""
+
+    def __init__(self, client: redis.asyncio.Redis, settings: Settings | None = None,
+                 **options: Any):
+        super().__init__(client, settings, **options)
+
+    async def _run(self, call: Call[T]) -> T:
+        try:
+            reply = await self._script(keys=call.keys, args=call.args)
+        except redis.ResponseError as error:
+            raise _quota_error(error) from None
+        return call.parse(reply)
+
+    async def _register(self, pool: str, deployment: str) -> None:
+        member = self._unregistered(pool, deployment)
+        if member:
+            await self.client.sadd(self.protocol.registry_key, member)
+            self._registered.add(member)
+
+    async def acquire(self, pool: str, deployment: str, tokens: int, app_id: str) -> Decision:
+        return (await self.acquire_timed(pool, deployment, tokens, app_id))[0]
+
+    async def acquire_timed(self, pool: str, deployment: str, tokens: int,
+                            app_id: str) -> tuple[Decision, int]:
+        call = self.protocol.acquire(pool, deployment, tokens, app_id)
+        await self._register(pool, deployment)
+        return await self._run(call)
+
+    async def report(self, request_id: str, prompt_tokens: int, completion_tokens: int = 0,
+                     *, pool: str | None = None) -> Settlement:
+        return await self._run(self.protocol.report(request_id, prompt_tokens,
+                                                    completion_tokens, pool))
+
+    async def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
+        return await self._run(self.protocol.release(request_id, pool))
+
+    async def observe_upstream(self, pool: str, deployment: str,
+                               remaining_tokens: int | None = None,
+                               remaining_requests: int | None = None) -> ExternalUsage:
+        return await self._run(self.protocol.observe(pool, deployment, remaining_tokens,
+                                                     remaining_requests))
+
+    async def status(self, pool: str, deployment: str) -> QuotaStatus:
+        return await self._run(self.protocol.status(pool, deployment))
+
+    async def all_status(self) -> list[QuotaStatus]:
+        members = await self.client.smembers(self.protocol.registry_key)
+        return [await self.status(pool, deployment)
+                for pool, deployment in self.protocol.known_deployments(members)]
+
+    async def set_limits(self, pool: str, deployment: str, tpm: int | None = None,
+                         rpm: int | None = None) -> None:
+        limits = self.protocol.limits_mapping(pool, tpm, rpm)
+        await self.client.hset(self.protocol.keys(pool, check_deployment(deployment))[3],
+                               mapping=limits)
+        await self._register(pool, deployment)
