@@ -1,0 +1,190 @@
+"""The older token counter's HTTP API, answered by quota/ on the real embedded Redis.
+
+Shapes are the older service's: refusals are HTTP 200 ``allowed: false`` with the older wording,
+ids the limiter does not know are 400 ``{"detail": ...}``. Auth is off here (test_web_auth.py
+covers it).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from settings import load_settings
+from web.app import MAX_REQUEST_BYTES, create_app
+
+STATUS_FIELDS = {"available_tokens", "used_tokens", "locked_tokens", "available_requests",
+                 "used_requests", "locked_requests", "reset_time_seconds"}
+WHISPER_STATUS_FIELDS = {"available_requests", "used_requests", "locked_requests",
+                         "reset_time_seconds"}
+
+
+@pytest.fixture
+def client(redis_url: str):
+    # RPM 60 allows 10 requests per 10 s (Azure's RPM/6); Whisper 6 allows one.
+    settings = load_settings(auth_disabled=True, tpm_quota=1000, rpm_quota=60,
+                             embedding_tpm_quota=5000, embedding_rpm_quota=600,
+                             whisper_rpm_quota=6)
+    with create_app(settings).test_client() as test_client:
+        yield test_client
+
+
+def lock(client, path: str = "/lock", **body: object) -> dict:
+    response = client.post(path, json={"app_id": "app1", "token_count": 100, **body})
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def test_root_describes_the_service_and_its_limits(client) -> None:
+    body = client.get("/").json
+    assert body["status"] == "running"
+    assert {"app", "version", "start_time"} <= body.keys()
+    assert body["token_limit_per_minute"] == 1000
+    assert body["rate_limit_per_minute"] == 60
+    assert body["embedding_token_limit_per_minute"] == 5000
+    assert body["embedding_rate_limit_per_minute"] == 600
+    assert body["whisper_rate_limit_per_minute"] == 6
+
+
+def test_health(client) -> None:
+    assert client.get("/health").json == {"status": "healthy"}
+
+
+def test_lock_report_status_round_trip(client) -> None:
+    granted = lock(client, token_count=300)
+    assert granted["allowed"] is True
+    assert granted["message"] is None
+    token_id, _, rate_id = granted["request_id"].partition(":")
+    assert token_id and rate_id == granted["rate_request_id"]
+
+    status = client.get("/status").json
+    assert set(status) == STATUS_FIELDS
+    assert status["locked_tokens"] == 300
+    assert status["locked_requests"] == 1
+
+    report = client.post("/report", json={"app_id": "app1", "request_id": granted["request_id"],
+                                          "prompt_tokens": 200, "completion_tokens": 50,
+                                          "rate_request_id": granted["rate_request_id"]})
+    assert report.status_code == 200
+    assert report.json == {"success": True}
+    status = client.get("/status").json
+    assert status["locked_tokens"] == 0
+    assert status["used_tokens"] >= 250
+    assert status["available_tokens"] == 1000 - status["used_tokens"]
+
+
+def test_token_refusal_is_200_with_the_older_wording(client) -> None:
+    refused = lock(client, token_count=5000)
+    assert refused["allowed"] is False
+    assert refused["request_id"] is None
+    assert refused["message"].startswith("Token limit would be exceeded")
+
+
+def test_request_refusal_is_200_with_the_older_wording(client) -> None:
+    for _ in range(10):
+        assert lock(client, token_count=1)["allowed"]
+    refused = lock(client, token_count=1)
+    assert refused["allowed"] is False
+    assert refused["message"].startswith("API Rate limit would be exceeded")
+
+
+def test_release_gives_tokens_back(client) -> None:
+    granted = lock(client, token_count=400)
+    response = client.post("/release", json={"app_id": "app1",
+                                             "request_id": granted["request_id"]})
+    assert response.json == {"success": True}
+    assert client.get("/status").json["locked_tokens"] == 0
+
+
+@pytest.mark.parametrize("path", ["/report", "/release"])
+def test_unknown_or_settled_ids_are_400_with_detail(client, path: str) -> None:
+    body = {"app_id": "app1", "request_id": "completion/gpt-4o/t999:r999",
+            "prompt_tokens": 1, "completion_tokens": 1}
+    response = client.post(path, json=body)
+    assert response.status_code == 400
+    assert "unknown" in response.json["detail"]
+
+    garbage = client.post(path, json={**body, "request_id": "not-an-id"})
+    assert garbage.status_code == 400
+    assert "detail" in garbage.json
+
+    granted = lock(client)
+    settle = {**body, "request_id": granted["request_id"]}
+    assert client.post(path, json=settle).status_code == 200
+    again = client.post(path, json=settle)
+    assert again.status_code == 400
+    assert "already" in again.json["detail"]
+
+
+def test_embedding_pool(client) -> None:
+    granted = lock(client, "/embedding/lock", token_count=1000)
+    assert granted["allowed"] and granted["rate_request_id"]
+    report = client.post("/embedding/report", json={"app_id": "app1", "prompt_tokens": 900,
+                                                    "request_id": granted["request_id"]})
+    assert report.json == {"success": True}
+    status = client.get("/embedding/status").json
+    assert set(status) == STATUS_FIELDS
+    assert status["used_tokens"] >= 900
+    # The embedding pool is separate: the completion pool is untouched.
+    assert client.get("/status").json["used_tokens"] == 0
+    # An id from one pool cannot settle a lock of another.
+    other = lock(client, token_count=10)
+    mixed = client.post("/embedding/release", json={"app_id": "app1",
+                                                    "request_id": other["request_id"]})
+    assert mixed.status_code == 400
+
+
+def test_whisper_pool_counts_requests_only(client) -> None:
+    granted = client.post("/whisper/lock", json={"app_id": "app1"}).json
+    assert set(granted) == {"allowed", "request_id", "message"}
+    assert granted["allowed"] is True
+    refused = client.post("/whisper/lock", json={"app_id": "app1"}).json
+    assert refused["allowed"] is False
+    assert refused["message"].startswith("Whisper rate limit exceeded")
+
+    status = client.get("/whisper/status").json
+    assert set(status) == WHISPER_STATUS_FIELDS
+    assert status["locked_requests"] == 1
+    report = client.post("/whisper/report", json={"app_id": "app1",
+                                                  "request_id": granted["request_id"]})
+    assert report.json == {"success": True}
+    assert client.post("/whisper/release", json={"app_id": "app1",
+                                                  "request_id": granted["request_id"]}
+                       ).status_code == 400
+
+
+def test_bad_bodies_are_json_errors(client) -> None:
+    missing = client.post("/lock", json={"app_id": "app1"})
+    assert missing.status_code == 422
+    assert missing.json["detail"][0]["loc"] == ["token_count"]
+
+    negative = client.post("/lock", json={"app_id": "app1", "token_count": -5})
+    assert negative.status_code == 400
+    assert "token" in negative.json["detail"]
+
+    not_json = client.post("/lock", data="{not json", content_type="application/json")
+    assert not_json.status_code == 400
+    assert "detail" in not_json.json
+
+    huge = client.post("/lock", data="x" * (MAX_REQUEST_BYTES + 1),
+                       content_type="application/json")
+    assert huge.status_code == 413
+    assert "detail" in huge.json
+
+    assert client.get("/lock").status_code == 405
+    unknown = client.get("/no-such-page")
+    assert unknown.status_code == 404
+    assert "detail" in unknown.json
+
+
+def test_quota_api_lists_every_pool_with_the_per_app_split(client) -> None:
+    lock(client, token_count=120, app_id="feedback")
+    lock(client, token_count=30, app_id="search")
+    body = client.get("/api/v1/quota").json
+    assert body["window_seconds"] == 60
+    pools = {entry["pool"]: entry for entry in body["pools"]}
+    assert set(pools) == {"completion", "embedding", "whisper"}
+    completion = pools["completion"]
+    assert completion["deployment"] == "gpt-4o"
+    assert completion["tpm"] == 1000
+    assert completion["apps"] == {"feedback": {"tokens": 120, "requests": 1},
+                                  "search": {"tokens": 30, "requests": 1}}

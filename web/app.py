@@ -1,0 +1,61 @@
+"""The Flask app factory: ``gunicorn -c web/gunicorn_conf.py 'web.app:create_app()'``.
+
+``create_app`` sets safe defaults, then reads settings, opens the shared connections once
+(:mod:`web.services`), binds the extensions and registers the blueprints:
+
+- ``counter``   the older HTTP token counter's API, backed by quota/ (``/``, ``/lock`` ...)
+- ``quota_api`` ``/api/v1/quota``: every pool and deployment with its per-app breakdown
+- ``health``    ``/health`` (liveness, open) and ``/ready`` (Redis, broker, bridge, workers)
+- ``dashboard`` ``/dashboard`` and its WebSocket ``/ws/status``
+
+Every endpoint but ``/`` and ``/health`` needs a credential (see :mod:`web.auth`).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+
+from settings import Settings, get_logger, get_settings
+from web import counter, dashboard, health, quota_api
+from web.auth import Authenticator
+from web.errors import register_error_handlers
+from web.extensions import sock
+from web.services import Services
+
+log = get_logger(__name__)
+
+# The largest body any endpoint takes is a counter request of a few hundred bytes.
+MAX_REQUEST_BYTES = 64 * 1024
+# A WebSocket peer that stops answering pings is dropped after about this long.
+WEBSOCKET_PING_INTERVAL_SECS = 25
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    # Static assets are inlined into the dashboard page, so no unauthenticated /static route.
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        SOCK_SERVER_OPTIONS={"ping_interval": WEBSOCKET_PING_INTERVAL_SECS},
+    )
+
+    # Keep the older counter's field order in answers.
+    app.json.sort_keys = False
+
+    authenticator = Authenticator(settings)
+    if authenticator.disabled:
+        log.warning("AUTH_DISABLED is set: every endpoint is open to anyone who can reach "
+                    "%s:%s. Use this for local development only.",
+                    settings.web_host, settings.web_port)
+
+    @app.before_request
+    def _require_credentials() -> None:
+        authenticator.authenticate(request, request.endpoint)
+
+    Services.create(settings).init_app(app)
+    sock.init_app(app)
+    register_error_handlers(app)
+    for blueprint in (counter.blueprint, quota_api.blueprint, health.blueprint,
+                      dashboard.blueprint):
+        app.register_blueprint(blueprint)
+    return app
