@@ -4,9 +4,11 @@ pocketsphinx's open-vocabulary English model is real recognition but hears espea
 voice badly ("what is the weather today" comes back as "what is the day"). Tests and the sample
 workload speak known sentences, so each upload is decoded first against a JSGF grammar that
 accepts any sequence of known phrases (``phrases.txt`` or ``EMULATOR_STT_PHRASES_FILE``): when
-the audio is such a sequence, the words come back exactly. When it is not, the grammar search
-finds no path to its final state, and the same audio is decoded with the open model instead.
-Nothing is invented: either way the words are what the decoder heard.
+the audio is such a sequence, the words come back exactly. A grammar will force any audio onto
+some phrase, so its result is rejected when it explains the speech badly: when the decoder
+finds no path through the grammar, or aligns more than :data:`MAX_SPEECH_IN_SILENCE` of the
+loud frames to silence (a long sentence squeezed into "goodbye"). Rejected audio is decoded
+with the open model instead. Nothing is invented: either way the words are what a decoder heard.
 
 Segments are real: a segment ends where the grammar moves from one phrase to the next, or at a
 pause of at least :data:`SEGMENT_PAUSE_SECS`; start and end times come from the decoder's
@@ -32,6 +34,14 @@ SEGMENT_PAUSE_SECS = 0.3
 # Grammar decoding needs silence around the speech to enter and leave the grammar cleanly;
 # synthetic speech starts on the first sample.
 PADDING_SECS = 0.3
+# Above this share of loud frames aligned to silence, the grammar result is a forced fit.
+# Phrases that match leave 0-20 % there (pauses, soft consonants); forced fits 75 % and more.
+MAX_SPEECH_IN_SILENCE = 0.4
+# A frame is loud when its RMS exceeds this share of the loudest frames' (95th percentile).
+LOUD_FRACTION = 0.1
+# pocketsphinx's default beams prune the right phrase of a 20-phrase grammar early ("thank you
+# very much" became "goodbye"); wider beams keep it, and the silence check catches forced fits.
+WIDE_BEAMS = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}
 DEFAULT_PHRASES_FILE = Path(__file__).with_name("phrases.txt")
 PHRASE_SEARCH = "phrases"
 # Entries of the alignment that are not words: sentence marks, fillers, grammar joints.
@@ -95,7 +105,8 @@ class Recognizer:
 
     def __init__(self, phrases: list[str]) -> None:
         # bestpath off: its lattice rescoring drops the last word of grammar results.
-        self._decoder = Decoder(samprate=SAMPLE_RATE, bestpath=False, loglevel="FATAL")
+        self._decoder = Decoder(samprate=SAMPLE_RATE, bestpath=False, loglevel="FATAL",
+                                **WIDE_BEAMS)
         self._open_search = self._decoder.current_search()
         self._lock = threading.Lock()
         self.phrases = self._known_phrases(phrases)
@@ -121,33 +132,49 @@ class Recognizer:
     def transcribe(self, pcm: np.ndarray) -> Transcript:
         """Recognise int16 mono 16 kHz speech."""
         padding = np.zeros(int(PADDING_SECS * SAMPLE_RATE), dtype=np.int16)
-        audio = np.concatenate([padding, pcm.astype(np.int16), padding]).tobytes()
-        duration = len(pcm) / SAMPLE_RATE
+        audio = np.concatenate([padding, pcm.astype(np.int16), padding])
         with self._lock:
             alignment = self._decode(PHRASE_SEARCH, audio) if self.phrases else None
+            if alignment is not None and _speech_in_silence(alignment, audio) > \
+                    MAX_SPEECH_IN_SILENCE:
+                alignment = None
             if alignment is None:
                 alignment = self._decode(self._open_search, audio) or []
+        duration = len(pcm) / SAMPLE_RATE
         return Transcript(tuple(_segments(alignment, duration)), duration)
 
-    def _decode(self, search: str, audio: bytes) -> list[tuple[str, float, float]] | None:
-        """(word, start, end) in seconds of the unpadded audio; None when nothing matched."""
+    def _decode(self, search: str, audio: np.ndarray) -> list[tuple[str, int, int]] | None:
+        """(word, first frame, last frame) of the padded audio; None when nothing matched."""
         self._decoder.activate_search(search)
         self._decoder.start_utt()
-        self._decoder.process_raw(audio, full_utt=True)
+        self._decoder.process_raw(audio.tobytes(), full_utt=True)
         self._decoder.end_utt()
         if self._decoder.hyp() is None:
             return None
-        return [
-            (entry.word, entry.start_frame / FRAMES_PER_SECOND - PADDING_SECS,
-             (entry.end_frame + 1) / FRAMES_PER_SECOND - PADDING_SECS)
-            for entry in self._decoder.seg()
-        ]
+        return [(entry.word, entry.start_frame, entry.end_frame) for entry in self._decoder.seg()]
 
 
-def _segments(alignment: list[tuple[str, float, float]], duration: float) -> list[Segment]:
+def _speech_in_silence(alignment: list[tuple[str, int, int]], audio: np.ndarray) -> float:
+    """The share of loud frames the alignment calls silence."""
+    samples_per_frame = SAMPLE_RATE // FRAMES_PER_SECOND
+    usable = len(audio) // samples_per_frame * samples_per_frame
+    frames = audio[:usable].astype(np.float32).reshape(-1, samples_per_frame)
+    loudness = np.sqrt((frames ** 2).mean(axis=1))
+    loud = loudness > LOUD_FRACTION * np.percentile(loudness, 95)
+    silent = np.zeros_like(loud)
+    for word, first, last in alignment:
+        if word in _FILLERS:
+            silent[max(first, 0):last + 1] = True
+    return float((loud & silent).sum() / max(1, loud.sum()))
+
+
+def _segments(alignment: list[tuple[str, int, int]], duration: float) -> list[Segment]:
     segments: list[Segment] = []
     current: list[Word] = []
-    for word, start, end in alignment:
+    for word, first, last in alignment:
+        # Frames count from the start of the padded audio; times from the start of the upload.
+        start = first / FRAMES_PER_SECOND - PADDING_SECS
+        end = (last + 1) / FRAMES_PER_SECOND - PADDING_SECS
         is_break = word == _PHRASE_JOINT or (word == "<sil>" and end - start >= SEGMENT_PAUSE_SECS)
         if is_break and current:
             segments.append(Segment(tuple(current)))

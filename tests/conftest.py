@@ -23,6 +23,7 @@ os.environ.setdefault("LOG_FORMAT", "json")
 
 from settings import get_settings
 from settings.redis_server import RedisServer
+from tests.support.emulator import EmulatorStarter, RunningEmulator
 from tests.support.processes import ManagedProcess, python_args
 
 
@@ -128,3 +129,16 @@ def start_worker(
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def start_emulator(
+    tiktoken_cache: Path, tmp_path: Path
+) -> Iterator[Callable[..., RunningEmulator]]:
+    """Start ``python -m emulators`` on a free port: ``start_emulator(limits=..., **env)``.
+
+    See tests/support/emulator.py for the returned handle (SDK clients, controls, client_env).
+    """
+    starter = EmulatorStarter(tmp_path, {"TIKTOKEN_CACHE_DIR": str(tiktoken_cache)})
+    yield starter
+    starter.close()
