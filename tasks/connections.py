@@ -22,6 +22,12 @@ def redis_client() -> redis.Redis:
                                 health_check_interval=30)
 
 
+@lru_cache(maxsize=1)
+def redis_bytes_client() -> redis.Redis:
+    """The same Redis without decoding, for binary values (audio chunks)."""
+    return redis.Redis.from_url(get_settings().broker_url, health_check_interval=30)
+
+
 _limiter: list[tuple[Settings, QuotaLimiter]] = []  # at most one: (settings, its limiter)
 
 

@@ -142,3 +142,15 @@ def start_emulator(
     starter = EmulatorStarter(tmp_path, {"TIKTOKEN_CACHE_DIR": str(tiktoken_cache)})
     yield starter
     starter.close()
+
+
+@pytest.fixture(scope="module")
+def module_emulator_starter(
+    tiktoken_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmulatorStarter]:
+    """Like ``start_emulator``, but what it starts lives for the whole test module (for modules
+    whose tests share one emulator and reset it between them)."""
+    starter = EmulatorStarter(tmp_path_factory.mktemp("emulator"),
+                              {"TIKTOKEN_CACHE_DIR": str(tiktoken_cache)})
+    yield starter
+    starter.close()

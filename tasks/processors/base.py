@@ -5,44 +5,36 @@ The task the bridge publishes is ``task(body, out_queue=..., message_id=...)``. 
 1. returns the stored result if this task id already wrote one (a redelivered message),
 2. validates ``body`` against the processor's input model,
 3. runs the processor inside a log context (task_id, message_id, app_id),
-4. retries what is worth retrying: a quota refusal after the limiter's ``retry_after_s`` (plus
-   jitter, never holding the worker slot), other transient errors with capped exponential
-   backoff, at most ``MAX_TRANSIENT_RETRIES`` times,
+4. retries what is worth retrying (tasks/retrying.py): a quota refusal after the limiter's
+   ``retry_after_s`` (plus jitter, never holding the worker slot), other transient errors with
+   capped exponential backoff, a bounded number of times,
 5. writes exactly one outcome to the outbox of ``out_queue``: the processor's result, or the
    older services' failure payload ``{id, taskId, message: "failed", error: {type, detail}}``.
+
+A processor whose work fans out (a long recording's chunks, transcribed in parallel) returns a
+Celery signature instead of a dict: the task replaces itself with that workflow followed by
+:func:`write_outcome`, so no worker slot waits for the parts, and the workflow's last task must
+return the outcome dict (success or failure payload), never raise.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Signature, Task, shared_task
 from pydantic import BaseModel, ValidationError
 
 from settings import get_logger, log_context
 from tasks.connections import redis_client
-from tasks.errors import PermanentError, QuotaExhausted, TransientError
+from tasks.errors import PermanentError, TransientError
 from tasks.outbox import write_result, written_result
 from tasks.processors.registry import Processor, register
+from tasks.retrying import backoff_delay, schedule_retry
+
+__all__ = ["backoff_delay", "failure_payload", "processor_task", "write_outcome"]
 
 log = get_logger(__name__)
-
-MAX_TRANSIENT_RETRIES = 6
-BACKOFF_BASE_SECS = 2.0
-BACKOFF_CAP_SECS = 120.0
-# A quota refusal is not a fault: retry it for as long as an hour's worth of refusals takes.
-MAX_QUOTA_RETRIES = 720
-# Spread retries so workers refused together do not all come back in the same instant.
-JITTER_SECS = 1.0
-
-
-def backoff_delay(retries: int, hint_s: float | None = None) -> float:
-    """Seconds to wait before retry number ``retries + 1``: the upstream's hint if it gave one,
-    else capped exponential backoff; full jitter on top either way."""
-    base = hint_s if hint_s is not None else min(BACKOFF_CAP_SECS, BACKOFF_BASE_SECS * 2**retries)
-    return base + random.uniform(0, JITTER_SECS)
 
 
 def failure_payload(body: dict[str, Any], error: BaseException) -> dict[str, Any]:
@@ -61,10 +53,18 @@ def _describe(error: ValidationError) -> str:
     return f"invalid field {field!r}: {first['msg']} ({error.error_count()} error(s) in total)"
 
 
+@shared_task(name="processors.write_outcome", acks_late=True, reject_on_worker_lost=True)
+def write_outcome(outcome: dict[str, Any], out_queue: str, message_id: str,
+                  task_id: str) -> dict[str, Any]:
+    """The last step of a fanned-out processor: its outcome into the outbox, once per task id."""
+    write_result(redis_client(), out_queue, task_id, message_id, outcome)
+    return outcome
+
+
 def run_processor(
     task: Task,
     *,
-    handle: Callable[[Any], dict[str, Any]],
+    handle: Callable[[Any], dict[str, Any] | Signature],
     input_model: type[BaseModel],
     body: dict[str, Any],
     out_queue: str,
@@ -80,21 +80,11 @@ def run_processor(
     with log_context(task_id=task_id, message_id=message_id, app_id=body.get("app_id")):
         try:
             outcome = handle(input_model.model_validate(body))
-        except QuotaExhausted as refused:
-            if task.request.retries >= MAX_QUOTA_RETRIES:
-                outcome = failure_payload(body, refused)
-            else:
-                raise task.retry(countdown=backoff_delay(0, refused.retry_after_s),
-                                 max_retries=MAX_QUOTA_RETRIES) from refused
         except TransientError as error:
-            if task.request.retries >= MAX_TRANSIENT_RETRIES:
-                log.error("giving up after %d retries: %s", task.request.retries, error)
-                outcome = failure_payload(body, error)
-            else:
-                log.warning("transient failure, will retry: %s", error)
-                raise task.retry(countdown=backoff_delay(task.request.retries,
-                                                         error.retry_after_s),
-                                 max_retries=MAX_QUOTA_RETRIES) from error
+            log.warning("transient failure, will retry if retries are left: %s", error)
+            schedule_retry(task, error)
+            log.error("giving up after %d retries: %s", task.request.retries, error)
+            outcome = failure_payload(body, error)
         except ValidationError as error:
             outcome = failure_payload(body, PermanentError(_describe(error)))
         except PermanentError as error:
@@ -104,14 +94,17 @@ def run_processor(
             log.exception("processor crashed")
             outcome = failure_payload(body, error)
 
+        if isinstance(outcome, Signature):
+            raise task.replace(outcome | write_outcome.s(out_queue, message_id, task_id))
         write_result(client, out_queue, task_id, message_id, outcome)
         return outcome
 
 
 def processor_task(name: str, input_model: type[BaseModel]):
-    """Register ``handle(model) -> dict`` as processor ``name`` with a Celery task around it."""
+    """Register ``handle(model) -> dict | Signature`` as processor ``name`` with a Celery task
+    around it."""
 
-    def decorate(handle: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    def decorate(handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
         task_name = f"processors.{name}"
 
         @shared_task(name=task_name, bind=True, acks_late=True, reject_on_worker_lost=True)
