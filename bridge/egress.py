@@ -1,0 +1,143 @@
+"""Egress: results from the outbox to their output queues, each sent once.
+
+Tasks append results to a Redis Stream per output queue, one entry per task id
+(tasks/outbox.py). The egress reads every stream through one consumer group, sends a batch to
+its output queue with ``message_id`` = the task id, and only after the send succeeded
+acknowledges and deletes the entries. A bridge that dies between the send and the
+acknowledgement leaves its entries pending; once they have idled ``BRIDGE_RECLAIM_IDLE_SECONDS``
+another bridge (or the restarted one) claims them (XAUTOCLAIM) and sends them again, and the bus
+drops that second copy as a duplicate of the message id. On Service Bus this needs duplicate
+detection enabled on the output queues; the local bus always has it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import redis
+
+from bridge.bus import Bus, OutgoingMessage
+from bridge.errors import BusError, BusUnavailable
+from bridge.metrics import Counters
+from settings import get_logger
+from tasks.outbox import stream_key
+
+log = get_logger(__name__)
+
+GROUP = "conduit-bridge"
+# How long one read waits for new results; also the longest a stop request waits for the egress.
+READ_BLOCK_MS = 1000
+# A consumer (a bridge process) with nothing pending and idle this long is gone: forget it.
+FORGET_CONSUMER_AFTER_MS = 3600 * 1000
+FAILURE_RETRY_SECS = 1.0
+
+Entry = tuple[str, dict[str, str] | None]
+
+
+class Egress:
+    """Sends the outbox of every output queue until told to stop, then finishes its batch."""
+
+    def __init__(self, client: redis.Redis, bus: Bus, out_queues: Sequence[str], consumer: str,
+                 counters: Counters, *, batch_size: int, reclaim_idle_s: float) -> None:
+        self.client, self.bus, self.consumer, self.counters = client, bus, consumer, counters
+        self.out_queue_of = {stream_key(queue): queue for queue in sorted(set(out_queues))}
+        self.batch_size = batch_size
+        self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
+        # Entries this consumer read but could not send; read again (id "0") before new ones.
+        self.own_pending = False
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("egress for %s started", ", ".join(self.out_queue_of.values()))
+        next_reclaim = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_reclaim:
+                    self.ensure_groups()
+                    self.reclaim()
+                    next_reclaim = time.monotonic() + self.reclaim_idle_ms / 2000
+                self.run_once()
+            except (BusUnavailable, redis.ConnectionError, redis.TimeoutError) as error:
+                log.warning("egress: %s; retrying", error)
+                stop.wait(FAILURE_RETRY_SECS)
+            except (BusError, redis.ResponseError) as error:
+                # NOGROUP after Redis lost its data, among others: recreate the groups first.
+                log.error("egress: %s", error)
+                next_reclaim = 0.0
+                stop.wait(FAILURE_RETRY_SECS)
+        log.info("egress stopped")
+
+    def ensure_groups(self) -> None:
+        """One consumer group per stream, from the stream's start: results written before any
+        bridge ran are sent too."""
+        for stream in self.out_queue_of:
+            try:
+                self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+    def run_once(self) -> int:
+        """Read and send one batch per stream; returns how many entries were sent."""
+        start = "0" if self.own_pending else ">"
+        replies = self.client.xreadgroup(
+            GROUP, self.consumer, dict.fromkeys(self.out_queue_of, start),
+            count=self.batch_size, block=None if self.own_pending else READ_BLOCK_MS)
+        sent = 0
+        for stream, entries in replies or []:
+            sent += self.send(stream, entries)
+        if self.own_pending and not any(entries for _, entries in replies or []):
+            self.own_pending = False
+        return sent
+
+    def reclaim(self) -> None:
+        """Take over entries another consumer (a dead bridge) read but never acknowledged."""
+        for stream in self.out_queue_of:
+            cursor = "0-0"
+            while True:
+                cursor, entries, *_ = self.client.xautoclaim(
+                    stream, GROUP, self.consumer, self.reclaim_idle_ms, start_id=cursor,
+                    count=self.batch_size)
+                if entries:
+                    log.info("egress: reclaimed %d unsent result(s) of %s", len(entries),
+                             self.out_queue_of[stream])
+                    self.send(stream, entries)
+                if cursor in ("0-0", b"0-0"):
+                    break
+            self.forget_gone_consumers(stream)
+
+    def forget_gone_consumers(self, stream: str) -> None:
+        for consumer in self.client.xinfo_consumers(stream, GROUP):
+            if (consumer["name"] != self.consumer and consumer["pending"] == 0
+                    and consumer["idle"] > FORGET_CONSUMER_AFTER_MS):
+                self.client.xgroup_delconsumer(stream, GROUP, consumer["name"])
+
+    def send(self, stream: str, entries: Sequence[Entry]) -> int:
+        out_queue = self.out_queue_of[stream]
+        messages = []
+        for entry_id, fields in entries:
+            if fields and {"task_id", "message_id", "body"} <= fields.keys():
+                messages.append(OutgoingMessage(body=fields["body"], message_id=fields["task_id"],
+                                                correlation_id=fields["message_id"]))
+            elif fields:  # deleted entries come back as None: nothing to send, just acknowledge
+                log.error("egress: outbox entry %s of %s lacks task_id/message_id/body; "
+                          "dropping it: %s", entry_id, out_queue, fields)
+        try:
+            self.bus.send(out_queue, messages)
+        except (BusError, BusUnavailable):
+            self.own_pending = True
+            self.counters.add(out_queue, "send_failures", len(messages))
+            raise
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xack(stream, GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            # Sent but still pending: sent again later, and dropped then as a duplicate.
+            self.own_pending = True
+            raise
+        self.counters.add(out_queue, "sent", len(messages))
+        return len(messages)

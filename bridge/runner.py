@@ -1,0 +1,105 @@
+"""The bridge process: one ingress thread per route, one egress thread, and a heartbeat.
+
+SIGTERM or SIGINT drains it: every thread stops receiving, finishes the batch it holds
+(publish and complete, or send and acknowledge), and the process closes its connections and
+exits 0. A thread that dies of an unexpected error stops the whole process with status 1, so
+its supervisor restarts it rather than leaving one route silently unserved.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import redis
+
+from bridge.bus import Bus, connect_bus
+from bridge.celery_publisher import CeleryPublisher
+from bridge.egress import Egress
+from bridge.ingress import Ingress
+from bridge.metrics import HEARTBEAT_SECS, Counters, Heartbeat, celery_queue, new_bridge_id
+from settings import Settings, configure_logging, get_logger
+from tasks.processors import UnknownProcessor, get_processor
+
+log = get_logger(__name__)
+
+
+class Bridge:
+    """Everything one bridge process runs, built from settings; :meth:`run` until stopped."""
+
+    def __init__(self, settings: Settings, bus: Bus) -> None:
+        from worker import create_celery
+
+        self.bus = bus
+        self.client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        self.publisher = CeleryPublisher(create_celery(settings))
+        self.bridge_id = new_bridge_id()
+        counters = Counters()
+        self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)
+        self.ingresses = [
+            Ingress(route, bus.receiver(route.in_queue), self.publisher, counters,
+                    batch_size=settings.bridge_batch_size, high_water=settings.bridge_high_water,
+                    max_idle_s=settings.bridge_max_idle_s, celery_queue=celery_queue(route))
+            for route in settings.routes
+        ]
+        self.egress = Egress(self.client, bus, [route.out_queue for route in settings.routes],
+                             self.bridge_id, counters, batch_size=settings.bridge_batch_size,
+                             reclaim_idle_s=settings.bridge_reclaim_idle_s)
+        for route in settings.routes:
+            try:
+                get_processor(route.processor)
+            except UnknownProcessor as error:
+                log.error("route %s: %s; its messages will be dead-lettered", route.in_queue,
+                          error)
+
+    def run(self, stop: threading.Event) -> bool:
+        """Run until ``stop`` is set, then drain; False when a thread died of an error."""
+        threads = [threading.Thread(target=ingress.run, args=(stop,), daemon=True,
+                                    name=f"ingress {ingress.route.in_queue}")
+                   for ingress in self.ingresses]
+        threads.append(threading.Thread(target=self.egress.run, args=(stop,), daemon=True,
+                                        name="egress"))
+        for thread in threads:
+            thread.start()
+        log.info("bridge %s running %d route(s)", self.bridge_id, len(self.ingresses))
+        healthy = True
+        while not stop.wait(HEARTBEAT_SECS):
+            self.beat()
+            if not all(thread.is_alive() for thread in threads):
+                log.critical("a bridge thread died; stopping so the supervisor restarts us")
+                healthy = False
+                stop.set()
+        log.info("bridge %s draining", self.bridge_id)
+        for thread in threads:
+            thread.join()
+        try:
+            self.heartbeat.stop()
+        except redis.RedisError as error:
+            log.warning("last heartbeat not written: %s", error)
+        return healthy
+
+    def beat(self) -> None:
+        try:
+            self.heartbeat.beat()
+        except redis.RedisError as error:
+            log.warning("heartbeat not written: %s", error)
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.bus.close()
+        self.client.close()
+
+
+def run_bridge(settings: Settings) -> int:
+    """``python -m bridge``: run until SIGTERM/SIGINT; the process exit status."""
+    configure_logging(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    bridge = Bridge(settings, connect_bus(settings))
+    try:
+        healthy = bridge.run(stop)
+    finally:
+        bridge.close()
+    log.info("bridge stopped")
+    return 0 if healthy else 1
