@@ -32,22 +32,27 @@ HISTORY_POINTS = 300
 
 
 class Subscription:
-    """The newest frame for one viewer, replaced (not queued) when a newer one arrives."""
+    """One viewer's frames: the history it joined with, then always the newest status frame
+    (a newer one replaces one not yet taken; the history is never replaced)."""
 
-    def __init__(self, first_frame: str) -> None:
-        self._frame: str | None = first_frame
+    def __init__(self, history_frame: str) -> None:
+        self._history: str | None = history_frame
+        self._latest: str | None = None
         self._ready = threading.Condition()
 
     def offer(self, frame: str) -> None:
         with self._ready:
-            self._frame = frame
+            self._latest = frame
             self._ready.notify()
 
     def next_frame(self, timeout: float) -> str | None:
-        """The newest frame not yet taken; None when none came within ``timeout``."""
+        """The next frame to send; None when none came within ``timeout``."""
         with self._ready:
-            self._ready.wait_for(lambda: self._frame is not None, timeout)
-            frame, self._frame = self._frame, None
+            if self._history is not None:
+                frame, self._history = self._history, None
+                return frame
+            self._ready.wait_for(lambda: self._latest is not None, timeout)
+            frame, self._latest = self._latest, None
             return frame
 
 
