@@ -137,8 +137,6 @@ def call_within_quota(
     except Exception as error:
         import openai
 
-        if isinstance(error, openai.APIStatusError):
-            _observe(pool, deployment, error.response.headers)
         completion = getattr(error, "completion", None)  # a parsed answer that was cut short
         if completion is not None and completion.usage is not None:
             limiter.report(request_id, completion.usage.prompt_tokens,
@@ -147,6 +145,9 @@ def call_within_quota(
             limiter.report(request_id, 0, 0)
         else:
             limiter.release(request_id)
+        # After settling: the upstream's remainder does not include a request it refused.
+        if isinstance(error, openai.APIStatusError):
+            _observe(pool, deployment, error.response.headers)
         mapped = _as_conduit_error(error, pool, deployment)
         if mapped is error:
             raise
