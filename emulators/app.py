@@ -115,8 +115,9 @@ def _authenticate() -> None:
 
 @control.before_request
 def _authenticate_control() -> None:
-    # Open in dev; behind the key when one is configured.
-    _check_key(required=False)
+    # Open in dev; behind the key when one is configured. Health checks never need one.
+    if request.endpoint != "control.health":
+        _check_key(required=False)
 
 
 def _json_body() -> dict[str, Any]:

@@ -42,13 +42,14 @@ class RunningEmulator:
 
     def azure_client(self, **options: Any) -> AzureOpenAI:
         """The SDK's Azure client; retries off unless asked, so a test sees every status."""
-        options = {"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECS, **options}
-        return AzureOpenAI(azure_endpoint=self.url, api_key=self.api_key,
-                           api_version=API_VERSION, **options)
+        options = {"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECS, "api_key": self.api_key,
+                   **options}
+        return AzureOpenAI(azure_endpoint=self.url, api_version=API_VERSION, **options)
 
     def openai_client(self, **options: Any) -> OpenAI:
-        options = {"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECS, **options}
-        return OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key, **options)
+        options = {"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECS, "api_key": self.api_key,
+                   **options}
+        return OpenAI(base_url=f"{self.url}/v1", **options)
 
     def client_env(self) -> dict[str, str]:
         """Environment that points a Conduit process (tasks/, web/) at this emulator."""
