@@ -50,7 +50,7 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
-# --- chat ------------------------------------------------------------------------------------------
+# --- chat -----------------------------------------------------------------------------------------
 
 def test_chat_answers_deterministically_with_counted_usage(emulator: RunningEmulator) -> None:
     client = emulator.azure_client()
@@ -99,7 +99,7 @@ def test_streamed_chat_matches_the_plain_answer_and_reports_usage(
     assert usage is not None and usage.completion_tokens == plain.usage.completion_tokens
 
 
-class Sentiment(str, enum.Enum):
+class Sentiment(enum.StrEnum):
     POSITIVE = "positive"
     NEGATIVE = "negative"
 
@@ -155,7 +155,7 @@ def test_json_object_mode_answers_a_json_object(emulator: RunningEmulator) -> No
     assert completion.choices[0].message.content.startswith("{")
 
 
-# --- embeddings ------------------------------------------------------------------------------------
+# --- embeddings -----------------------------------------------------------------------------------
 
 def test_embeddings_are_normalised_and_closer_for_shared_words(emulator: RunningEmulator) -> None:
     client = emulator.azure_client()
@@ -192,7 +192,7 @@ def test_embeddings_over_azure_limits_are_refused(emulator: RunningEmulator) -> 
         client.embeddings.create(model=EMBEDDING, input="hello " * 9000)
 
 
-# --- Whisper ---------------------------------------------------------------------------------------
+# --- Whisper --------------------------------------------------------------------------------------
 
 def spoken(text: str) -> tuple[str, bytes, str]:
     return ("speech.wav", wav_bytes(synthesize(text, voice="en-us+m3")), "audio/wav")
@@ -244,7 +244,7 @@ def test_audio_over_25_mb_is_refused_with_413(emulator: RunningEmulator) -> None
     assert "Maximum content size limit" in refused.value.message
 
 
-# --- errors ----------------------------------------------------------------------------------------
+# --- errors ---------------------------------------------------------------------------------------
 
 def test_a_request_without_a_key_gets_azures_401(emulator: RunningEmulator) -> None:
     response = httpx.post(

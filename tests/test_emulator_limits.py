@@ -27,7 +27,7 @@ def ask(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-# --- over HTTP -------------------------------------------------------------------------------------
+# --- over HTTP ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_a_spent_tpm_answers_429_with_azures_headers_until_retry_after(
@@ -82,7 +82,7 @@ def test_injected_faults_and_a_configured_key(start_emulator) -> None:
     assert emulator.stats()["deployments"][CHAT]["faults"] == 2
 
 
-# --- the limiter, with a fake clock ----------------------------------------------------------------
+# --- the limiter, with a fake clock ---------------------------------------------------------------
 
 class FakeClock:
     def __init__(self) -> None:
@@ -123,7 +123,7 @@ def test_a_request_larger_than_the_limit_never_fits() -> None:
     assert refused.headers()["retry-after"] == "60"
 
 
-# --- the schema filler -----------------------------------------------------------------------------
+# --- the schema filler ----------------------------------------------------------------------------
 
 class Item(BaseModel):
     label: str = Field(min_length=4, max_length=12)
