@@ -3,8 +3,10 @@
 Depends on settings/ only. See DESIGN.md, "The quota contract".
 """
 
+from quota.client import SyncTokenClient, TokenClient
 from quota.errors import QuotaError, QuotaExceeded
 from quota.limiter import AsyncQuotaLimiter, QuotaLimiter
+from quota.retry import is_quota_refusal, with_token_limit_retry, with_token_limit_retry_decorator
 from quota.sansio import (
     POOLS,
     AppUsage,
@@ -25,4 +27,9 @@ __all__ = [
     "QuotaLimiter",
     "QuotaStatus",
     "Settlement",
+    "SyncTokenClient",
+    "TokenClient",
+    "is_quota_refusal",
+    "with_token_limit_retry",
+    "with_token_limit_retry_decorator",
 ]

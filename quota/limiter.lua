@@ -88,10 +88,11 @@ local function add(bucket, app, token_count, request_count)
     local apps = redis.call('HGET', state, field(bucket, 'apps')) or ''
     redis.call('HSET', state, field(bucket, 'apps'), apps .. app .. ',')
   end
-  redis.call('HINCRBY', state, field(bucket, 't'), token_count)
-  redis.call('HINCRBY', state, field(bucket, 'r'), request_count)
-  redis.call('HINCRBY', state, field(bucket, 't:' .. app), token_count)
-  redis.call('HINCRBY', state, field(bucket, 'r:' .. app), request_count)
+  -- int(): a refund of 0 tokens is -0 in Lua, which Redis does not take as an integer.
+  redis.call('HINCRBY', state, field(bucket, 't'), int(token_count))
+  redis.call('HINCRBY', state, field(bucket, 'r'), int(request_count))
+  redis.call('HINCRBY', state, field(bucket, 't:' .. app), int(token_count))
+  redis.call('HINCRBY', state, field(bucket, 'r:' .. app), int(request_count))
   tokens = tokens + token_count
   requests = requests + request_count
   if bucket >= current - SUB then sub_requests = sub_requests + request_count end
