@@ -1,0 +1,87 @@
+"""The sample workload: feedback forms in several languages and two spoken clips, one long
+enough to be split into chunks, sent through the bus exactly as a producing service would.
+
+The clips are synthesised at run time with espeak-ng (emulators/speech.py), so nothing binary is
+committed, and the emulator's recogniser can hear what was said.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.bus import Bus, OutgoingMessage
+from settings import Route, Settings
+
+SAMPLES = Path(__file__).parent / "samples"
+APP_ID = "sample-workload"
+SHORT_CLIP = "what is the weather today"
+# About forty seconds of speech: longer than the chunk limit `make run` sets, so it is split.
+LONG_CLIP = ". ".join([
+    "thank you for calling the support line",
+    "my order arrived late and the box was damaged",
+    "i would like a replacement or a refund please",
+    "the tracking number did not work for three days",
+    "please call me back tomorrow morning",
+] * 3)
+
+
+@dataclass(frozen=True)
+class SampleMessage:
+    """One input message, where it goes, and how progress lines name it."""
+
+    route: Route
+    message_id: str
+    body: dict
+    label: str
+
+
+def route_for(settings: Settings, processor: str) -> Route:
+    for route in settings.routes:
+        if route.processor == processor:
+            return route
+    raise LookupError(f"no route uses the {processor!r} processor: add one to CONDUIT_ROUTES "
+                      f"(e.g. in_queue:{processor}:out_queue)")
+
+
+def feedback_messages(route: Route) -> list[SampleMessage]:
+    lines = (SAMPLES / "feedback.jsonl").read_text(encoding="utf-8").splitlines()
+    messages = []
+    for number, line in enumerate(filter(None, lines), start=1):
+        form = json.loads(line)
+        body = {"id": f"form-{number}", "taskId": f"sample-{number}", "app_id": APP_ID, **form}
+        messages.append(SampleMessage(route, f"sample-form-{number}", body,
+                                      f"form {number:>2} ({form['language']})"))
+    return messages
+
+
+def audio_messages(route: Route, audio_dir: Path) -> list[SampleMessage]:
+    from emulators.speech import synthesize, wav_bytes
+
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    messages = []
+    for name, text in (("short", SHORT_CLIP), ("long", LONG_CLIP)):
+        path = audio_dir / f"sample-{name}.wav"
+        path.write_bytes(wav_bytes(synthesize(text)))
+        body = {"id": f"audio-{name}", "taskId": f"sample-audio-{name}", "app_id": APP_ID,
+                "audio_path": str(path.resolve()), "language": "en",
+                "response_format": "verbose_json"}
+        messages.append(SampleMessage(route, f"sample-audio-{name}", body, f"audio {name}"))
+    return messages
+
+
+def sample_workload(settings: Settings, audio_dir: Path) -> list[SampleMessage]:
+    return (feedback_messages(route_for(settings, "feedback"))
+            + audio_messages(route_for(settings, "transcribe"), audio_dir))
+
+
+def send_workload(bus: Bus, messages: Sequence[SampleMessage]) -> None:
+    by_queue: dict[str, list[OutgoingMessage]] = {}
+    for message in messages:
+        outgoing = OutgoingMessage(body=json.dumps(message.body, ensure_ascii=False),
+                                   message_id=message.message_id)
+        by_queue.setdefault(message.route.in_queue, []).append(outgoing)
+    for queue, outgoing in by_queue.items():
+        bus.send(queue, outgoing)
