@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Touched after a successful install; reinstalls only when the pins change.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint bench .venv clean
+.PHONY: run test test-tools lint bench .venv clean
 
 .venv: $(INSTALLED)
 
@@ -17,14 +17,23 @@ $(INSTALLED): requirements.txt constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	touch $(INSTALLED)
 
+# Embedded Redis, emulators, web, worker, bridge and Flower, then a sample workload; Ctrl-C stops.
 run: $(INSTALLED)
-	$(BIN)/python -m honcho start -f Procfile
+	$(BIN)/python -m stack
 
 # pytest exits 5 when it collected no test: a CI run that tested nothing is a failure here.
-test: $(INSTALLED)
+test: $(INSTALLED) test-tools
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$status
+
+# The dashboard's browser test needs Debian's Chromium and ChromeDriver, the compose test a compose
+# client. Installed once when missing (needs root, as CI has); later runs skip this.
+test-tools:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
