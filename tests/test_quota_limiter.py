@@ -254,7 +254,7 @@ def test_malformed_input_is_a_clear_value_error_and_changes_nothing(client, call
     assert snapshot(client) == before
 
 
-@hypothesis_settings(max_examples=30, stateful_step_count=20, deadline=None)
+@hypothesis_settings(max_examples=20, stateful_step_count=20, deadline=None)
 class LimiterAgainstAModel(RuleBasedStateMachine):
     """Random acquire/report/release/observe/set_limits sequences, checked step by step against a
     plain Python model of the contract. Each example runs in well under the 10 s sub-window, so
