@@ -9,21 +9,28 @@ The window is WINDOW buckets wide (60) plus the current bucket; requests are als
 last SUB buckets (10, a sixth, as Azure enforces RPM/6 per 10 s). Counting one bucket more than the
 window is deliberate: every window of the configured length ending now lies inside it, so no such
 window can ever hold more than the limit. Totals are kept running, so a call costs O(1) Redis
-commands, plus O(buckets) when a bucket leaves the window or a refusal computes its retry time.
+commands (five for an acquire) and Lua work in the apps charged in the open bucket, plus
+O(buckets) when a bucket leaves the window or a refusal computes its retry time.
+
+Every Redis command a script makes costs about as much as a small decision, so a decision makes
+few: the newest ("open") bucket travels with the running totals in the fields read and written
+once per call, and becomes fields of its own only when time moves past it; the limits share the
+state hash; the constant settings arrive as one argument.
 
 KEYS (all carry the hash tag {pool:deployment}, so the script is Redis-Cluster-safe)
-  1 state   hash: "<bucket>:t" / "<bucket>:r" tokens and requests charged in a bucket,
-            "<bucket>:t:<app>" / "<bucket>:r:<app>" the same per app, "<bucket>:apps" the apps
-            charged there ("a,b,"), and the running totals listed in save() below
+  1 state   hash: "totals" (see TOTALS); "open" the newest bucket's charges per app
+            ("app tokens requests;..."); for each older bucket in the window "<bucket>:t" /
+            "<bucket>:r" tokens and requests, "<bucket>:t:<app>" / "<bucket>:r:<app>" per app,
+            "<bucket>:apps" its apps ("a,b"); "bucket_us" the bucket width this pool counts in;
+            "tpm", "rpm" limits set at run time (absent: the ARGV defaults)
   2 locks   hash: lock id -> "<bucket>|<tokens>|<app>|<expires_us>", or a "done"/"expired" tombstone
   3 expiry  zset: lock id scored by when its lock expires or its tombstone is purged (µs)
-  4 limits  hash: tpm, rpm set at run time; a missing field falls back to the ARGV default
 
 ARGV (times in microseconds of server time)
-  1 op: acquire | report | release | observe | status      5 lock_ttl_us
-  2 bucket_us    3 window_buckets (WINDOW)   4 sub_buckets (SUB)
-  6 default_tpm (0: no token limit, Whisper)   7 default_rpm
-  8.. acquire: tokens, app | report: lock id, actual tokens, charge model ("azure" | "usage")
+  1 op: acquire | report | release | observe | status
+  2 "bucket_us window_buckets sub_buckets lock_ttl_us default_tpm default_rpm", space-separated;
+    default_tpm 0 means no token limit (Whisper)
+  3.. acquire: tokens, app | report: lock id, actual tokens, charge model ("azure" | "usage")
       release: lock id | observe: remaining tokens, remaining requests (-1: not reported)
 
 Returns, each starting with the server time used, `now`:
@@ -33,66 +40,124 @@ Returns, each starting with the server time used, `now`:
            why: "unknown", "done" (already reported or released), "expired"
   observe  {now, 1, external_tokens_charged, external_requests_charged}
   status   {now, tpm, rpm, sub_rpm, tokens, requests, sub_requests, locked_tokens,
-            locked_requests, <state hash as HGETALL>}
+            locked_requests, open bucket, <state hash as HGETALL>}
 ]]
-local state, locks, expiry, limits = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local state, locks, expiry = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
-local bucket_us = tonumber(ARGV[2])
-local WINDOW = tonumber(ARGV[3])
-local SUB = tonumber(ARGV[4])
-local lock_ttl_us = tonumber(ARGV[5])
-local default_tpm = tonumber(ARGV[6])
-local default_rpm = tonumber(ARGV[7])
+local bucket_text, window_text, sub_text, ttl_text, tpm_text, rpm_text =
+  string.match(ARGV[2], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+local bucket_us = tonumber(bucket_text)
+local WINDOW = tonumber(window_text)
+local SUB = tonumber(sub_text)
+local lock_ttl_us = tonumber(ttl_text)
+local default_tpm = tonumber(tpm_text)
+local default_rpm = tonumber(rpm_text)
 
 -- Lua turns numbers into strings with 14 significant digits; µs timestamps have 16.
 local function int(x) return string.format('%d', x) end
-local function field(bucket, name) return int(bucket) .. ':' .. name end
 local function number(value) return tonumber(value) or 0 end
 
 local OPERATIONS = {acquire = true, report = true, release = true, observe = true, status = true}
-if not OPERATIONS[op] then
-  return redis.error_reply('CONDUIT unknown quota operation ' .. tostring(op))
+if not OPERATIONS[op] or not bucket_us then
+  return redis.error_reply('CONDUIT bad quota call: ' .. tostring(op) .. ' ' .. tostring(ARGV[2]))
 end
 
-local meta = redis.call('HMGET', state, 'clock', 'head', 'tokens', 'requests', 'sub_requests',
-  'locked_tokens', 'locked_requests', 'bucket_us')
-if meta[8] and tonumber(meta[8]) ~= bucket_us then
+local stored = redis.call('HMGET', state, 'totals', 'open', 'bucket_us', 'tpm', 'rpm')
+if stored[3] and stored[3] ~= bucket_text then
   return redis.error_reply('CONDUIT quota window mismatch: this pool counts in buckets of '
-    .. meta[8] .. ' us, the caller in ' .. int(bucket_us) .. ' us; every process must use the same'
-    .. ' QUOTA_WINDOW_SECONDS')
+    .. stored[3] .. ' us, the caller in ' .. bucket_text .. ' us; every process must use the'
+    .. ' same QUOTA_WINDOW_SECONDS')
 end
+-- TOTALS: last time counted, the open bucket, tokens, requests and sub-window requests in the
+-- window, tokens and requests locked, last lock id.
+local TOTALS = '^(%d+) (%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (-?%d+) (%d+)$'
+local clock, head, tokens, requests, sub_requests, locked_tokens, locked_requests, seq =
+  string.match(stored[1] or '0 0 0 0 0 0 0 0', TOTALS)
+head, tokens, requests, sub_requests = tonumber(head), tonumber(tokens), tonumber(requests),
+  tonumber(sub_requests)
+locked_tokens, locked_requests, seq = tonumber(locked_tokens), tonumber(locked_requests),
+  tonumber(seq)
 -- Server time, never earlier than a time this pool already counted: a clock stepped back must
 -- not reopen buckets that were full.
 local time = redis.call('TIME')
-local now = math.max(tonumber(time[1]) * 1000000 + tonumber(time[2]), number(meta[1]))
-local head = number(meta[2])
-local tokens, requests, sub_requests = number(meta[3]), number(meta[4]), number(meta[5])
-local locked_tokens, locked_requests = number(meta[6]), number(meta[7])
+local now = math.max(tonumber(time[1]) * 1000000 + tonumber(time[2]), tonumber(clock))
 local current = math.floor(now / bucket_us)
 
-local configured = redis.call('HMGET', limits, 'tpm', 'rpm')
-local tpm = tonumber(configured[1]) or default_tpm
-local rpm = tonumber(configured[2]) or default_rpm
+local tpm = tonumber(stored[4]) or default_tpm
+local rpm = tonumber(stored[5]) or default_rpm
 local sub_rpm = math.max(1, math.floor(rpm * SUB / WINDOW))
 
+-- The open bucket (`head`): app -> {tokens, requests}, and its apps in the order first charged.
+local open, open_apps = {}, {}
+for app, t, r in string.gmatch(stored[2] or '', '([^ ;]+) (%-?%d+) (%-?%d+)') do
+  open[app] = {tonumber(t), tonumber(r)}
+  open_apps[#open_apps + 1] = app
+end
+
+local function open_total(index)  -- 1: tokens, 2: requests
+  local sum = 0
+  for _, app in ipairs(open_apps) do sum = sum + open[app][index] end
+  return sum
+end
+
+local function serialized_open()
+  local parts = {}
+  for _, app in ipairs(open_apps) do
+    parts[#parts + 1] = string.format('%s %d %d', app, open[app][1], open[app][2])
+  end
+  return table.concat(parts, ';')
+end
+
 local function save()
-  redis.call('HSET', state, 'clock', int(now), 'head', int(head), 'tokens', int(tokens),
-    'requests', int(requests), 'sub_requests', int(sub_requests),
-    'locked_tokens', int(locked_tokens), 'locked_requests', int(locked_requests),
-    'bucket_us', int(bucket_us))
+  redis.call('HSET', state, 'open', serialized_open(), 'totals', string.format(
+    '%d %d %d %d %d %d %d %d', now, head, tokens, requests, sub_requests, locked_tokens,
+    locked_requests, seq))
+  if not stored[3] then redis.call('HSET', state, 'bucket_us', bucket_text) end
+end
+
+-- Time moved past the open bucket: write it out as fields of its own.
+local function close_open_bucket()
+  if #open_apps == 0 then return end
+  local prefix = int(head) .. ':'
+  local fields = {prefix .. 't', int(open_total(1)), prefix .. 'r', int(open_total(2)),
+                  prefix .. 'apps', table.concat(open_apps, ',')}
+  for _, app in ipairs(open_apps) do
+    fields[#fields + 1] = prefix .. 't:' .. app
+    fields[#fields + 1] = int(open[app][1])
+    fields[#fields + 1] = prefix .. 'r:' .. app
+    fields[#fields + 1] = int(open[app][2])
+  end
+  redis.call('HSET', state, unpack(fields))
+  open, open_apps = {}, {}
+end
+
+-- What a bucket in the window holds: "t" tokens or "r" requests.
+local function bucket_count(bucket, name)
+  if bucket == head then return open_total(name == 't' and 1 or 2) end
+  return number(redis.call('HGET', state, int(bucket) .. ':' .. name))
 end
 
 -- Charge (or, negative, refund) a bucket that is still in the window, for the pool and the app.
+-- Only refunds reach a closed bucket, and only for an app charged there.
 local function add(bucket, app, token_count, request_count)
-  if redis.call('HEXISTS', state, field(bucket, 't:' .. app)) == 0 then
-    local apps = redis.call('HGET', state, field(bucket, 'apps')) or ''
-    redis.call('HSET', state, field(bucket, 'apps'), apps .. app .. ',')
+  if bucket == head then
+    local usage = open[app]
+    if not usage then
+      usage = {0, 0}
+      open[app] = usage
+      open_apps[#open_apps + 1] = app
+    end
+    usage[1] = usage[1] + token_count
+    usage[2] = usage[2] + request_count
+  else
+    local prefix = int(bucket) .. ':'
+    -- int(): a refund of 0 tokens is -0 in Lua, which Redis does not take as an integer.
+    local token_text, request_text = int(token_count), int(request_count)
+    redis.call('HINCRBY', state, prefix .. 't', token_text)
+    redis.call('HINCRBY', state, prefix .. 'r', request_text)
+    redis.call('HINCRBY', state, prefix .. 't:' .. app, token_text)
+    redis.call('HINCRBY', state, prefix .. 'r:' .. app, request_text)
   end
-  -- int(): a refund of 0 tokens is -0 in Lua, which Redis does not take as an integer.
-  redis.call('HINCRBY', state, field(bucket, 't'), int(token_count))
-  redis.call('HINCRBY', state, field(bucket, 'r'), int(request_count))
-  redis.call('HINCRBY', state, field(bucket, 't:' .. app), int(token_count))
-  redis.call('HINCRBY', state, field(bucket, 'r:' .. app), int(request_count))
   tokens = tokens + token_count
   requests = requests + request_count
   if bucket >= current - SUB then sub_requests = sub_requests + request_count end
@@ -100,14 +165,14 @@ end
 
 -- A bucket left the window: its charges stop counting and its fields go.
 local function evict(bucket)
-  local counts = redis.call('HMGET', state, field(bucket, 't'), field(bucket, 'r'),
-    field(bucket, 'apps'))
+  local prefix = int(bucket) .. ':'
+  local counts = redis.call('HMGET', state, prefix .. 't', prefix .. 'r', prefix .. 'apps')
   tokens = tokens - number(counts[1])
   requests = requests - number(counts[2])
-  local gone = {field(bucket, 't'), field(bucket, 'r'), field(bucket, 'apps')}
+  local gone = {prefix .. 't', prefix .. 'r', prefix .. 'apps'}
   for app in string.gmatch(counts[3] or '', '[^,]+') do
-    gone[#gone + 1] = field(bucket, 't:' .. app)
-    gone[#gone + 1] = field(bucket, 'r:' .. app)
+    gone[#gone + 1] = prefix .. 't:' .. app
+    gone[#gone + 1] = prefix .. 'r:' .. app
   end
   redis.call('HDEL', state, unpack(gone))
 end
@@ -144,21 +209,27 @@ local function sweep()
 end
 
 -- Move the window to the current bucket.
-if head > 0 and current > head then
-  for bucket = head - SUB, math.min(head, current - SUB - 1) do
-    sub_requests = sub_requests - number(redis.call('HGET', state, field(bucket, 'r')))
+if current > head then
+  local previous = head
+  close_open_bucket()
+  head = current
+  if previous > 0 then
+    for bucket = previous - SUB, math.min(previous, current - SUB - 1) do
+      sub_requests = sub_requests - bucket_count(bucket, 'r')
+    end
+    for bucket = previous - WINDOW, math.min(previous, current - WINDOW - 1) do
+      evict(bucket)
+    end
+    sweep()
   end
-  for bucket = head - WINDOW, math.min(head, current - WINDOW - 1) do evict(bucket) end
-  sweep()
 end
-head = math.max(head, current)
 
 -- How long until enough of the `name` charges ("t" or "r") left the last `span` buckets to free
 -- `excess`: the bucket where the running sum reaches it leaves at (bucket + span + 1) * bucket_us.
 local function wait_for(excess, name, span)
   local freed = 0
   for bucket = current - span, current do
-    freed = freed + number(redis.call('HGET', state, field(bucket, name)))
+    freed = freed + bucket_count(bucket, name)
     if freed >= excess then return (bucket + span + 1) * bucket_us - now end
   end
   return (current + span + 1) * bucket_us - now
@@ -192,7 +263,8 @@ local function acquire(wanted, app)
   end
   if refusal then return {now, 0, wait, refusal[1], refusal[2], refusal[3]} end
 
-  local id = redis.call('HINCRBY', state, 'seq', 1)
+  seq = seq + 1
+  local id = int(seq)
   local expires = now + lock_ttl_us
   add(current, app, wanted, 1)
   locked_tokens = locked_tokens + wanted
@@ -249,17 +321,17 @@ end
 
 local result
 if op == 'acquire' then
-  result = acquire(tonumber(ARGV[8]), ARGV[9])
+  result = acquire(tonumber(ARGV[3]), ARGV[4])
 elseif op == 'report' then
-  result = settle(ARGV[8], tonumber(ARGV[9]), ARGV[10])
+  result = settle(ARGV[3], tonumber(ARGV[4]), ARGV[5])
 elseif op == 'release' then
-  result = release(ARGV[8])
+  result = release(ARGV[3])
 elseif op == 'observe' then
-  result = observe(tonumber(ARGV[8]), tonumber(ARGV[9]))
+  result = observe(tonumber(ARGV[3]), tonumber(ARGV[4]))
 else
   sweep()
   result = {now, tpm, rpm, sub_rpm, tokens, requests, sub_requests, locked_tokens, locked_requests,
-            redis.call('HGETALL', state)}
+            head, serialized_open(), redis.call('HGETALL', state)}
 end
 save()
 return result

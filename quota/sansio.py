@@ -39,6 +39,7 @@ _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _APP_ID = re.compile(r"[A-Za-z0-9_.@/-]{1,100}")
 _REQUEST_ID = re.compile(r"(?P<pool>[a-z]+)/(?P<deployment>[^/:]+)/t(?P<seq>\d+):r(?P=seq)")
 _BUCKET_FIELD = re.compile(r"(?P<bucket>\d+):(?P<kind>[tr])(?::(?P<app>.+))?")
+_OPEN_BUCKET = re.compile(r"([^ ;]+) (-?\d+) (-?\d+)")
 
 T = TypeVar("T")
 
@@ -179,12 +180,23 @@ class QuotaProtocol:
         self.charge_models = {pool: settings.quota_charge_model for pool in POOLS}
         self.charge_models.update(charge_models or {})
         self.registry_key = f"{prefix}:deployments"
+        # The script's constant settings, one argument per pool: every argument costs the
+        # client time to encode and the script time to convert.
+        self._settings_arg = {
+            pool.name: f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
+                       f"{self.lock_ttl_s * 1_000_000} {pool.tpm} {pool.rpm}"
+            for pool in settings.pools()
+        }
 
     # --- keys ------------------------------------------------------------------------------------
-    def keys(self, pool: str, deployment: str) -> tuple[str, str, str, str]:
-        """state, locks, expiry, limits: one hash tag per pool+deployment (Redis Cluster)."""
+    def keys(self, pool: str, deployment: str) -> tuple[str, str, str]:
+        """state, locks, expiry: one hash tag per pool+deployment (Redis Cluster)."""
         base = f"{self.prefix}:{{{pool}:{deployment}}}"
-        return f"{base}:state", f"{base}:locks", f"{base}:expiry", f"{base}:limits"
+        return f"{base}:state", f"{base}:locks", f"{base}:expiry"
+
+    def limits_key(self, pool: str, deployment: str) -> str:
+        """Limits live in the state hash, so a decision reads them in the same command."""
+        return self.keys(check_pool(pool), check_deployment(deployment))[0]
 
     def registry_member(self, pool: str, deployment: str) -> str:
         return f"{pool}:{deployment}"
@@ -214,9 +226,7 @@ class QuotaProtocol:
     # --- calls -----------------------------------------------------------------------------------
     def _call(self, pool: str, deployment: str, op: str, *extra: str | int,
               parse: Callable[[Any], T]) -> Call[T]:
-        defaults = self.defaults[check_pool(pool)]
-        args = (op, self.bucket_us, WINDOW_BUCKETS, SUB_WINDOW_BUCKETS,
-                self.lock_ttl_s * 1_000_000, defaults.tpm, defaults.rpm, *extra)
+        args = (op, self._settings_arg[check_pool(pool)], *extra)
         return Call(self.keys(pool, check_deployment(deployment)), args, parse)
 
     def acquire(self, pool: str, deployment: str, tokens: int,
@@ -301,19 +311,21 @@ class QuotaProtocol:
 
     def _status(self, pool: str, deployment: str, reply: Sequence[Any]) -> QuotaStatus:
         now_us, tpm, rpm, sub_rpm, tokens, requests, sub_requests, locked_tokens, \
-            locked_requests = (int(value) for value in reply[:9])
-        flat = [_text(value) for value in reply[9]]
-        apps: dict[str, list[int]] = {}
-        oldest: int | None = None
+            locked_requests, open_bucket = (int(value) for value in reply[:10])
+        # (bucket, "t" or "r", app, count): the open bucket's, then the closed buckets' fields.
+        counts: list[tuple[int, str, str, int]] = []
+        for app, app_tokens, app_requests in _OPEN_BUCKET.findall(_text(reply[10])):
+            counts += [(open_bucket, "t", app, int(app_tokens)),
+                       (open_bucket, "r", app, int(app_requests))]
+        flat = [_text(value) for value in reply[11]]
         for name, value in zip(flat[::2], flat[1::2], strict=True):
             match = _BUCKET_FIELD.fullmatch(name)
-            if not match or int(value) == 0:
-                continue
-            bucket = int(match["bucket"])
-            oldest = bucket if oldest is None else min(oldest, bucket)
-            if match["app"]:
-                usage = apps.setdefault(match["app"], [0, 0])
-                usage[0 if match["kind"] == "t" else 1] += int(value)
+            if match and match["app"]:
+                counts.append((int(match["bucket"]), match["kind"], match["app"], int(value)))
+        apps: dict[str, list[int]] = {}
+        for _bucket, kind, app, count in counts:
+            apps.setdefault(app, [0, 0])[0 if kind == "t" else 1] += count
+        oldest = min((bucket for bucket, _kind, _app, count in counts if count), default=None)
         reset_us = 0 if oldest is None else (oldest + WINDOW_BUCKETS + 1) * self.bucket_us - now_us
         # Locks older than the window are no longer in it; the split must still add up.
         shown_locked_tokens = min(locked_tokens, tokens)
@@ -327,5 +339,5 @@ class QuotaProtocol:
             used_requests=requests - shown_locked_requests,
             locked_requests=shown_locked_requests,
             reset_time_seconds=max(0, reset_us) / 1e6,
-            apps={app: AppUsage(*usage) for app, usage in sorted(apps.items())},
+            apps={app: AppUsage(*usage) for app, usage in sorted(apps.items()) if any(usage)},
         )

@@ -37,12 +37,15 @@ def make_limiter(client, *, window_s: float = 60, lock_ttl_s: int = 300,
 
 
 def snapshot(client) -> dict[bytes, object]:
-    """Every key's content except the limiter clock, to show a call changed nothing."""
+    """Every key's content except the limiter's clock, to show a call changed nothing."""
     state = {}
     for key in client.keys("*"):
         kind = client.type(key)
         if kind == b"hash":
-            state[key] = {k: v for k, v in client.hgetall(key).items() if k != b"clock"}
+            fields = client.hgetall(key)
+            if b"totals" in fields:  # "<clock> <the totals>": the clock moves on every call
+                fields[b"totals"] = fields[b"totals"].split(b" ", 1)[1]
+            state[key] = fields
         elif kind == b"zset":
             state[key] = client.zrange(key, 0, -1, withscores=True)
         else:
@@ -139,6 +142,23 @@ def test_a_refund_after_its_bucket_left_the_window_creates_nothing(client):
     assert limiter.release(late_release) == Settlement(0, 0)
     status = limiter.status("completion", DEPLOYMENT)
     assert (status.used_tokens, status.locked_tokens, status.available_tokens) == (0, 0, 1000)
+
+
+def test_refunds_reach_older_buckets_still_in_the_window(client):
+    # 3 s window: 50 ms buckets, so each step below lands in a bucket of its own.
+    limiter = make_limiter(client, window_s=3, charge_model="usage")
+    reported = limiter.acquire("completion", DEPLOYMENT, 100, "a").request_id
+    time.sleep(0.06)
+    released = limiter.acquire("completion", DEPLOYMENT, 200, "b").request_id
+    time.sleep(0.06)
+    limiter.acquire("completion", DEPLOYMENT, 300, "c")
+    time.sleep(0.06)
+    assert limiter.report(reported, 40, 0) == Settlement(0, 60)
+    assert limiter.release(released) == Settlement(0, 200)
+    status = limiter.status("completion", DEPLOYMENT)
+    assert (status.used_tokens, status.locked_tokens, status.available_tokens) == (40, 300, 660)
+    assert status.apps == {"a": (40, 1), "c": (300, 1)}
+    assert 2.8 < status.reset_time_seconds <= 3.05  # when the first bucket leaves
 
 
 def test_release_gives_back_tokens_and_the_request(client):

@@ -76,7 +76,7 @@ def test_unknown_pools_and_unsafe_names_are_refused(protocol, pool, deployment, 
 def test_keys_share_one_hash_tag_per_pool_and_deployment(protocol):
     keys = protocol.keys("completion", "gpt-4o")
     assert all(key.startswith("conduit:quota:{completion:gpt-4o}:") for key in keys)
-    assert len(set(keys)) == 4
+    assert len(set(keys)) == 3
 
 
 @pytest.mark.parametrize("window_s", [60, 2, 2.5, 0.7])
@@ -100,12 +100,14 @@ def test_set_limits_refuses_limits_that_cannot_work(protocol, pool, tpm, rpm, me
 def test_status_reply_becomes_the_older_fields_with_a_per_app_split(protocol):
     bucket_us = protocol.bucket_us
     now_us = 1000 * bucket_us + 250
+    # Bucket 990 was closed into fields; 1000 is open, its charges in one string.
     state = [
-        "head", "1000", "990:t", "300", "990:r", "2", "990:t:feedback", "300", "990:r:feedback",
-        "2", "1000:t", "50", "1000:r", "1", "1000:t:reasoner", "50", "1000:r:reasoner", "1",
+        "totals", "1 2 3", "990:t", "300", "990:r", "2", "990:apps", "feedback,idle",
+        "990:t:feedback", "300", "990:r:feedback", "2", "990:t:idle", "0", "990:r:idle", "0",
     ]
-    # now, tpm, rpm, sub_rpm, tokens, requests, sub_requests, locked tokens, locked requests
-    reply = [now_us, 1000, 60, 10, 350, 3, 1, 50, 1, state]
+    # now, tpm, rpm, sub_rpm, tokens, requests, sub_requests, locked tokens, locked requests,
+    # open bucket, its charges, the state hash
+    reply = [now_us, 1000, 60, 10, 350, 3, 1, 50, 1, 1000, "reasoner 50 1", state]
     status = protocol.status("completion", "gpt-4o").parse(reply)
     assert status.as_dict() == {
         "pool": "completion", "deployment": "gpt-4o", "tpm": 1000, "rpm": 60,
