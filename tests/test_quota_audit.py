@@ -20,6 +20,7 @@ import time
 import pytest
 import redis
 
+from bench.quota_limiter import most_in_any_window
 from quota import QuotaLimiter
 from settings import load_settings
 from tests.support.processes import REPO_ROOT
@@ -89,19 +90,6 @@ def run_process() -> None:
     seeds = range(int(first_seed), int(first_seed) + THREADS_PER_PROCESS)
     grants = [grant for result in race(limiter, seeds, start, until) for grant in result]
     print(json.dumps(grants))
-
-
-def most_in_any_window(events: list[tuple[int, int]], span_us: int) -> int:
-    """The largest total weight of events whose times fit in one closed span of ``span_us``."""
-    events = sorted(events)
-    best = total = first = 0
-    for at_us, weight in events:
-        total += weight
-        while events[first][0] < at_us - span_us:
-            total -= events[first][1]
-            first += 1
-        best = max(best, total)
-    return best
 
 
 @pytest.mark.parametrize("charge_model", ["azure", "usage"])
