@@ -4,7 +4,8 @@ Imports no redis (STYLE.md: code that does no I/O lives apart from code that doe
 and asyncio limiters share every rule here and differ only in how they send a :class:`Call`:
 
     call = protocol.acquire("completion", "gpt-4o", 1200, "feedback")
-    decision, server_time_us = call.parse(script(keys=call.keys, args=call.args))
+    reply = client.evalsha(LIMITER_SHA, len(call.keys), *call.keys, *call.args)
+    decision, server_time_us = call.parse(reply)
 
 Bad input raises :class:`QuotaError` here, before anything reaches Redis, so state is unchanged.
 """
