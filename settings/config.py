@@ -214,6 +214,12 @@ class Settings(BaseSettings):
     bridge_reclaim_idle_s: float = Field(
         60.0, gt=0, validation_alias=_env("BRIDGE_RECLAIM_IDLE_SECONDS")
     )
+    # A published task with neither a result nor a trace in the result backend after this long
+    # was lost by the broker (a worker killed as it took it) and is published again.
+    # Unset: the broker visibility timeout.
+    bridge_republish_after_s: float | None = Field(
+        None, gt=0, validation_alias=_env("BRIDGE_REPUBLISH_AFTER_SECONDS")
+    )
     counter_app_base_url: str | None = Field(None, validation_alias=_env("COUNTER_APP_BASE_URL"))
 
     # --- emulators/ ------------------------------------------------------------------------------
