@@ -3,11 +3,12 @@
 Tasks append results to a Redis Stream per output queue, one entry per task id
 (tasks/outbox.py). The egress reads every stream through one consumer group, sends a batch to
 its output queue with ``message_id`` = the task id, and only after the send succeeded
-acknowledges and deletes the entries. A bridge that dies between the send and the
-acknowledgement leaves its entries pending; once they have idled ``BRIDGE_RECLAIM_IDLE_SECONDS``
-another bridge (or the restarted one) claims them (XAUTOCLAIM) and sends them again, and the bus
-drops that second copy as a duplicate of the message id. On Service Bus this needs duplicate
-detection enabled on the output queues; the local bus always has it.
+acknowledges and deletes the entries and forgets their tasks in the ledger (ledger.py). A bridge
+that dies between the send and the acknowledgement leaves its entries pending; once they have
+idled ``BRIDGE_RECLAIM_IDLE_SECONDS`` another bridge (or the restarted one) claims them
+(XAUTOCLAIM) and sends them again, and the bus drops that second copy as a duplicate of the
+message id. On Service Bus this needs duplicate detection enabled on the output queues; the
+local bus always has it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import redis
 
 from bridge.bus import Bus, OutgoingMessage
 from bridge.errors import BusError, BusUnavailable
+from bridge.ledger import Ledger
 from bridge.metrics import Counters
 from settings import get_logger
 from tasks.outbox import stream_key
@@ -114,6 +116,8 @@ class Egress:
                 self.client.xgroup_delconsumer(stream, GROUP, consumer["name"])
 
     def send(self, stream: str, entries: Sequence[Entry]) -> int:
+        if not entries:
+            return 0
         out_queue = self.out_queue_of[stream]
         messages = []
         for entry_id, fields in entries:
@@ -133,6 +137,7 @@ class Egress:
         pipe = self.client.pipeline(transaction=True)
         pipe.xack(stream, GROUP, *ids)
         pipe.xdel(stream, *ids)
+        Ledger.forget(pipe, [message.message_id for message in messages])
         try:
             pipe.execute()
         except redis.RedisError:

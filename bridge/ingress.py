@@ -2,10 +2,11 @@
 
 For each batch received in peek-lock mode: route every message (routing.py) and dead-letter the
 ones no retry could fix; publish the rest as one batch, each with ``task_id =
-task_id_for(in_queue, message_id)``; complete a message only after its publish succeeded, and
-abandon the batch when the broker failed. A crash anywhere in between leaves messages locked, and
-the bus delivers them again when the locks expire: publishing a message twice is harmless, since
-the task id is the same and a task writes one result per id.
+task_id_for(in_queue, message_id)``, and record them in the ledger (ledger.py); complete a
+message only after both succeeded, and abandon the batch when the broker failed. A crash
+anywhere in between leaves messages locked, and the bus delivers them again when the locks
+expire: publishing a message twice is harmless, since the task id is the same and a task writes
+one result per id.
 
 Receiving pauses while the processor's Celery queue holds more than ``BRIDGE_HIGH_WATER`` tasks,
 so a backlog waits in the bus, not in Redis memory.
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from bridge.bus import ReceivedMessage, Receiver
 from bridge.celery_publisher import CeleryPublisher
 from bridge.errors import BridgeError, BrokerUnavailable, BusUnavailable
+from bridge.ledger import Ledger
 from bridge.metrics import Counters
 from bridge.routing import Rejection, TaskRequest, route_message
 from settings import Route, get_logger
@@ -59,10 +61,10 @@ class Ingress:
     """Moves one route's messages into Celery until told to stop, then finishes its batch."""
 
     def __init__(self, route: Route, receiver: Receiver, publisher: CeleryPublisher,
-                 counters: Counters, *, batch_size: int, high_water: int,
+                 ledger: Ledger, counters: Counters, *, batch_size: int, high_water: int,
                  max_idle_s: float, celery_queue: str) -> None:
-        self.route, self.receiver, self.publisher, self.counters = (
-            route, receiver, publisher, counters)
+        self.route, self.receiver, self.publisher, self.ledger, self.counters = (
+            route, receiver, publisher, ledger, counters)
         self.batch_size, self.high_water, self.celery_queue = batch_size, high_water, celery_queue
         self.idle = IdleWait(max_idle_s)
         self.paused = False
@@ -118,6 +120,7 @@ class Ingress:
                 requests.append(outcome)
         try:
             self.publisher.publish(requests)
+            self.ledger.record(requests)
         except BrokerUnavailable:
             lost = self.receiver.abandon(accepted)
             self.counters.add(self.route.in_queue, "abandoned", len(accepted) - len(lost))

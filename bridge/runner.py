@@ -1,4 +1,5 @@
-"""The bridge process: one ingress thread per route, one egress thread, and a heartbeat.
+"""The bridge process: an ingress thread per route, the egress and the lost-task sweeper
+threads, and a heartbeat.
 
 SIGTERM or SIGINT drains it: every thread stops receiving, finishes the batch it holds
 (publish and complete, or send and acknowledge), and the process closes its connections and
@@ -17,6 +18,7 @@ from bridge.bus import Bus, connect_bus
 from bridge.celery_publisher import CeleryPublisher
 from bridge.egress import Egress
 from bridge.ingress import Ingress
+from bridge.ledger import Ledger, LostTaskSweeper
 from bridge.metrics import HEARTBEAT_SECS, Counters, Heartbeat, celery_queue, new_bridge_id
 from settings import Settings, configure_logging, get_logger
 from tasks.processors import UnknownProcessor, get_processor
@@ -35,9 +37,14 @@ class Bridge:
         self.publisher = CeleryPublisher(create_celery(settings))
         self.bridge_id = new_bridge_id()
         counters = Counters()
+        ledger = Ledger(self.client)
+        self.sweeper = LostTaskSweeper(
+            ledger, self.publisher,
+            republish_after_s=settings.bridge_republish_after_s
+            or settings.broker_visibility_timeout_s)
         self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)
         self.ingresses = [
-            Ingress(route, bus.receiver(route.in_queue), self.publisher, counters,
+            Ingress(route, bus.receiver(route.in_queue), self.publisher, ledger, counters,
                     batch_size=settings.bridge_batch_size, high_water=settings.bridge_high_water,
                     max_idle_s=settings.bridge_max_idle_s, celery_queue=celery_queue(route))
             for route in settings.routes
@@ -59,6 +66,8 @@ class Bridge:
                    for ingress in self.ingresses]
         threads.append(threading.Thread(target=self.egress.run, args=(stop,), daemon=True,
                                         name="egress"))
+        threads.append(threading.Thread(target=self.sweeper.run, args=(stop,), daemon=True,
+                                        name="lost-task sweeper"))
         for thread in threads:
             thread.start()
         log.info("bridge %s running %d route(s)", self.bridge_id, len(self.ingresses))

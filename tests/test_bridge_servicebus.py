@@ -174,6 +174,14 @@ class FakePublisher:
         return 0
 
 
+class FakeLedger:
+    def __init__(self) -> None:
+        self.recorded: list[Any] = []
+
+    def record(self, requests) -> None:
+        self.recorded += requests
+
+
 @pytest.fixture
 def namespace() -> FakeNamespace:
     return FakeNamespace()
@@ -265,7 +273,7 @@ def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus,
     put(namespace, "echo_iq", '{"id": "a"}', "not json", '{"no_id": true}', '{"id": "b"}')
     publisher = FakePublisher()
     ingress = Ingress(Route.parse("echo_iq:echo:echo_oq"), bus.receiver("echo_iq"), publisher,
-                      Counters(), batch_size=32, high_water=10, max_idle_s=1.0,
+                      FakeLedger(), Counters(), batch_size=32, high_water=10, max_idle_s=1.0,
                       celery_queue="echo")
     assert ingress.run_once() == 4
     assert [r.message_id for r in publisher.published] == ["m-0", "m-3"]
@@ -280,7 +288,7 @@ def test_ingress_abandons_the_batch_when_the_broker_fails(bus, namespace):
     publisher = FakePublisher()
     publisher.fail = True
     ingress = Ingress(Route.parse("echo_iq:echo:echo_oq"), bus.receiver("echo_iq"), publisher,
-                      Counters(), batch_size=32, high_water=10, max_idle_s=1.0,
+                      FakeLedger(), Counters(), batch_size=32, high_water=10, max_idle_s=1.0,
                       celery_queue="echo")
     with pytest.raises(BrokerUnavailable):
         ingress.run_once()

@@ -1,0 +1,111 @@
+"""The ledger: tasks the bridge published whose result it has not sent yet, so none is lost.
+
+Why it exists: Celery's Redis transport takes a task off its queue (BRPOP) before it records the
+task as unacknowledged. A worker killed between the two loses the task for good; no visibility
+timeout brings it back, and its bus message was completed long ago. The ledger closes that gap
+end to end: the ingress records every task before it completes the bus message; the egress
+forgets it in the transaction that acknowledges its result; and :class:`LostTaskSweeper`
+publishes again any task recorded for longer than ``BRIDGE_REPUBLISH_AFTER_SECONDS`` that no
+worker holds: the result backend shows no trace of it, or a failure outside the processor (whose
+outcome was never written). Publishing again is safe: the task id is the same and a task writes
+one result per id. A task that merely waited that long in a queue runs twice at worst, and the
+second run finds the first one's result.
+
+    conduit:bridge:ledger            zset  task id -> when it was last published (unix s)
+    conduit:bridge:ledger:requests   hash  task id -> the TaskRequest, JSON
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Sequence
+
+import redis
+from celery import states
+
+from bridge.celery_publisher import CeleryPublisher
+from bridge.errors import BrokerUnavailable
+from bridge.routing import TaskRequest
+from settings import get_logger
+
+log = get_logger(__name__)
+
+LEDGER_KEY = "conduit:bridge:ledger"
+REQUESTS_KEY = f"{LEDGER_KEY}:requests"
+# Result-backend states of a task that no worker holds and that wrote no result: never taken
+# (lost as a worker took it), or crashed outside the processor (its outcome never written).
+LOST_STATES = frozenset({states.PENDING, states.FAILURE})
+# Overdue tasks looked at per sweep: a sweep stays short however much a worker lost.
+SWEEP_BATCH = 500
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def record(self, requests: Sequence[TaskRequest]) -> None:
+        """Record published tasks; BrokerUnavailable when Redis (the broker's) cannot."""
+        if not requests:
+            return
+        now = time.time()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(LEDGER_KEY, {request.task_id: now for request in requests})
+        pipe.hset(REQUESTS_KEY, mapping={
+            request.task_id: json.dumps(dataclasses.asdict(request)) for request in requests})
+        try:
+            pipe.execute()
+        except redis.RedisError as error:
+            raise BrokerUnavailable(f"recording {len(requests)} task(s) failed: {error}") from error
+
+    @staticmethod
+    def forget(pipe: redis.client.Pipeline, task_ids: Sequence[str]) -> None:
+        """Queue the removal on ``pipe``: in the same transaction that acknowledges results."""
+        if task_ids:
+            pipe.zrem(LEDGER_KEY, *task_ids)
+            pipe.hdel(REQUESTS_KEY, *task_ids)
+
+    def overdue(self, older_than_s: float) -> list[TaskRequest]:
+        task_ids = self.client.zrangebyscore(LEDGER_KEY, "-inf", time.time() - older_than_s,
+                                             start=0, num=SWEEP_BATCH)
+        if not task_ids:
+            return []
+        stored = self.client.hmget(REQUESTS_KEY, task_ids)
+        return [TaskRequest(**json.loads(request)) for request in stored if request]
+
+    def touch(self, requests: Sequence[TaskRequest]) -> None:
+        """Start the clock again: looked at now, looked at again a period later."""
+        if requests:
+            self.client.zadd(LEDGER_KEY, {r.task_id: time.time() for r in requests}, xx=True)
+
+
+class LostTaskSweeper:
+    """Publishes again the recorded tasks the broker lost; runs in its own thread."""
+
+    def __init__(self, ledger: Ledger, publisher: CeleryPublisher, *,
+                 republish_after_s: float) -> None:
+        self.ledger, self.publisher, self.republish_after_s = ledger, publisher, republish_after_s
+
+    def run(self, stop: threading.Event) -> None:
+        # Four looks per period: a lost task is published again within 1.25 periods.
+        while not stop.wait(max(1.0, self.republish_after_s / 4)):
+            try:
+                self.sweep()
+            except (redis.RedisError, BrokerUnavailable) as error:
+                log.warning("lost-task sweep failed: %s; trying again later", error)
+
+    def sweep(self) -> int:
+        """Publish again the overdue tasks that are neither running, retrying nor done;
+        returns how many."""
+        overdue = self.ledger.overdue(self.republish_after_s)
+        lost = [request for request in overdue
+                if self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES]
+        if lost:
+            log.warning("publishing again %d task(s) the broker lost: %s", len(lost),
+                        ", ".join(request.task_id for request in lost[:5]))
+            self.publisher.publish(lost)
+        # All of them, so tasks still running do not hold the head of the ledger.
+        self.ledger.touch(overdue)
+        return len(lost)

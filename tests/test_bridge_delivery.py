@@ -1,0 +1,235 @@
+"""The bridge for real: local bus in, real `celery worker` and `python -m bridge` processes, a
+real Redis; every result out exactly once, whatever is killed or stopped along the way."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bridge.bus import OutgoingMessage
+from bridge.ledger import LEDGER_KEY
+from bridge.local_bus import LocalBus, queue_keys
+from bridge.metrics import HEARTBEATS_KEY, read_bridge_stats
+from settings import load_settings
+from settings.redis_server import RedisServer, free_port
+from tasks.outbox import stream_key
+from tests.support.processes import ManagedProcess, python_args
+
+pytestmark = pytest.mark.slow
+
+# Short locks, reclaim, visibility and republish times, so what a killed process held comes
+# back within the test; a low high-water mark keeps the ingress working (and killable) until the end.
+STACK_ENV = {
+    "CONDUIT_ROUTES": "echo_iq:echo:echo_oq,ghost_iq:ghost:ghost_oq",
+    "LOCAL_BUS_LOCK_DURATION_SECONDS": "3",
+    "BRIDGE_RECLAIM_IDLE_SECONDS": "3",
+    "BRIDGE_MAX_IDLE_SECONDS": "1",
+    "BRIDGE_HIGH_WATER": "50",
+    "TASK_TIME_LIMIT_SECONDS": "4",
+    "BROKER_VISIBILITY_TIMEOUT_SECONDS": "6",
+    "BRIDGE_REPUBLISH_AFTER_SECONDS": "10",
+    "LOG_LEVEL": "INFO",
+}
+# Generous: a loaded 2-core machine, a worker restart and a visibility timeout on the way.
+DELIVERY_TIMEOUT_SECS = 150.0
+
+
+class Stack:
+    """A bus client and the worker and bridge processes of one test, all on one Redis."""
+
+    def __init__(self, redis_url: str, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**env, **STACK_ENV, "REDIS_URL": redis_url}
+        self.log_dir = log_dir
+        self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.bus = LocalBus(self.client)
+        self.app = None
+        self.processes: list[ManagedProcess] = []
+
+    def start_worker(self, concurrency: int = 4) -> ManagedProcess:
+        from worker import create_celery
+
+        self.app = self.app or create_celery(load_settings(redis_url=self.env["REDIS_URL"]))
+        name = f"bridge-test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        args = python_args("-m", "celery", "-A", "worker", "worker", "-P", "threads",
+                           "-c", str(concurrency), "-n", name, "--without-gossip",
+                           "--without-mingle", "--loglevel", "INFO")
+        return self._start(args, name, lambda _: bool(
+            self.app.control.ping(destination=[name], timeout=0.5)))
+
+    def start_bridge(self) -> ManagedProcess:
+        def ready(process: ManagedProcess) -> bool:
+            bridge_id = f"{socket.gethostname()}:{process.pid}"
+            return self.client.zscore(HEARTBEATS_KEY, bridge_id) is not None
+
+        return self._start(python_args("-m", "bridge"), "bridge", ready)
+
+    def _start(self, args: list[str], name: str,
+               ready: Callable[[ManagedProcess], bool]) -> ManagedProcess:
+        process = ManagedProcess(args, self.env, self.log_dir / f"{name}-{len(self.processes)}.log",
+                                 name=name)
+        process.ready = lambda: ready(process)
+        self.processes.append(process)
+        return process.start()
+
+    def send(self, count: int, queue: str = "echo_iq") -> None:
+        for start in range(0, count, 100):
+            self.bus.send(queue, [OutgoingMessage(body=json.dumps({"id": str(i)}),
+                                                  message_id=f"m-{i}")
+                                  for i in range(start, min(count, start + 100))])
+
+    def results(self) -> Counter[str]:
+        return Counter(json.loads(m.body)["id"] for m in self.bus.peek("echo_oq", 10_000))
+
+    def settled(self) -> bool:
+        """Nothing left anywhere between the input queue and the output queue."""
+        return (not self.bus.peek("echo_iq", 1) and self.client.llen("echo") == 0
+                and self.client.hlen("unacked") == 0
+                and self.client.xlen(stream_key("echo_oq")) == 0
+                and self.client.zcard(LEDGER_KEY) == 0)
+
+    def wait_for_results(self, at_least: int, process: ManagedProcess) -> None:
+        process.wait_until(lambda: sum(self.results().values()) >= at_least,
+                           DELIVERY_TIMEOUT_SECS, f"{at_least} results")
+
+    def describe(self, count: int) -> str:
+        """Where the messages are, for a failure message."""
+        missing = sorted({str(i) for i in range(count)} - set(self.results()), key=int)
+        return (f"results={sum(self.results().values())} missing={missing[:20]} "
+                f"inputs={len(self.bus.peek('echo_iq', 10_000))} "
+                f"dead={len(self.bus.dead_letters('echo_iq', 10_000))} "
+                f"celery_queue={self.client.llen('echo')} unacked={self.client.hlen('unacked')} "
+                f"outbox={self.client.xlen(stream_key('echo_oq'))} "
+                f"ledger={self.client.zcard(LEDGER_KEY)}")
+
+    def assert_each_result_exactly_once(self, count: int, process: ManagedProcess) -> None:
+        try:
+            process.wait_until(lambda: sum(self.results().values()) >= count and self.settled(),
+                               DELIVERY_TIMEOUT_SECS, f"all {count} results and an idle pipeline")
+        except TimeoutError as error:
+            raise AssertionError(self.describe(count)) from error
+        results = self.results()
+        assert set(results) == {str(i) for i in range(count)}
+        assert results.most_common(1)[0][1] == 1, f"duplicates: {results.most_common(3)}"
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        if self.app is not None:
+            self.app.close()
+        self.client.close()
+
+
+@pytest.fixture
+def stack(redis_url: str, conduit_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(redis_url, conduit_env, tmp_path)
+    yield stack
+    stack.stop()
+
+
+def test_a_thousand_messages_in_a_thousand_results_out(stack):
+    stack.start_worker()
+    bridge = stack.start_bridge()
+    stack.send(1000)
+    stack.assert_each_result_exactly_once(1000, bridge)
+    bridge.stop()
+    [route] = [r for r in read_bridge_stats(stack.client)["routes"] if r["in_queue"] == "echo_iq"]
+    assert (route["received"], route["published"], route["sent"]) == (1000, 1000, 1000)
+    assert route["dead_lettered"] == 0 and route["outbox_lag"] == 0
+
+
+def test_bridge_killed_mid_batch_twice_still_sends_each_result_once(stack):
+    stack.start_worker()
+    stack.send(1000)
+    for results_before_kill in (150, 450):
+        bridge = stack.start_bridge()
+        stack.wait_for_results(results_before_kill, bridge)
+        bridge.kill()
+    stack.assert_each_result_exactly_once(1000, stack.start_bridge())
+
+
+def test_worker_killed_mid_task_still_sends_each_result_once(stack):
+    worker = stack.start_worker()
+    bridge = stack.start_bridge()
+    stack.send(1000)
+    stack.wait_for_results(300, bridge)
+    worker.kill()
+    stack.start_worker()
+    stack.assert_each_result_exactly_once(1000, bridge)
+
+
+def test_a_task_the_broker_loses_is_published_again(stack):
+    bridge = stack.start_bridge()
+    stack.send(10)
+    bridge.wait_until(lambda: stack.client.llen("echo") == 10, 30, "10 published tasks")
+    stack.client.rpop("echo")  # what a worker killed as it took a task leaves behind
+    stack.start_worker()
+    stack.assert_each_result_exactly_once(10, bridge)
+    assert "publishing again 1 task(s) the broker lost" in bridge.output()
+
+
+def test_sigterm_drains_without_losing_or_duplicating(stack):
+    stack.start_worker()
+    bridge = stack.start_bridge()
+    stack.send(1000)
+    stack.wait_for_results(300, bridge)
+    bridge.signal(signal.SIGTERM)
+    assert bridge.process.wait(30) == 0
+    # Drained: no input message still locked, no result taken and left unsent.
+    assert stack.client.zcard(queue_keys("echo_iq")["locked"]) == 0
+    assert stack.client.xpending(stream_key("echo_oq"), "conduit-bridge")["pending"] == 0
+    assert "bridge stopped" in bridge.output()
+    stack.assert_each_result_exactly_once(1000, stack.start_bridge())
+
+
+def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carries_on(stack):
+    stack.start_worker()
+    bridge = stack.start_bridge()
+    bad = {"json": "not json", "array": "[1, 2]", "fields": '{"no_id": true}'}
+    stack.bus.send("echo_iq", [OutgoingMessage(body=body, message_id=name)
+                               for name, body in bad.items()])
+    stack.bus.send("ghost_iq", [OutgoingMessage(body='{"id": "1"}', message_id="ghost")])
+    stack.send(1)
+    stack.assert_each_result_exactly_once(1, bridge)
+
+    def dead(queue: str) -> dict[str, tuple[str, str]]:
+        return {m.message_id: (m.dead_letter_reason, m.dead_letter_description)
+                for m in stack.bus.dead_letters(queue, 10)}
+
+    bridge.wait_until(lambda: len(dead("echo_iq")) == 3 and dead("ghost_iq"), 30,
+                      "the dead letters")
+    reasons = dead("echo_iq")
+    assert reasons["json"] == ("MalformedJson", "body is not valid JSON: Expecting value: "
+                                                "line 1 column 1 (char 0)")
+    assert reasons["array"] == ("MalformedJson", "body must be a JSON object, not list")
+    assert reasons["fields"] == ("InvalidFields", "field 'id': Field required")
+    assert dead("ghost_iq")["ghost"][0] == "UnknownProcessor"
+    assert "'ghost'" in dead("ghost_iq")["ghost"][1]
+    assert bridge.process.poll() is None
+
+
+def test_redis_stopped_for_five_seconds_loses_nothing(conduit_env, tmp_path):
+    # A Redis of this test's own, restarted on the same port and data directory (its AOF).
+    server = RedisServer(tmp_path / "redis", port=free_port()).start()
+    stack = Stack(server.url, conduit_env, tmp_path)
+    try:
+        stack.start_worker()
+        bridge = stack.start_bridge()
+        stack.send(500)
+        stack.wait_for_results(100, bridge)
+        server.stop()
+        time.sleep(5)
+        server.start()
+        stack.assert_each_result_exactly_once(500, bridge)
+        assert bridge.process.poll() is None
+    finally:
+        stack.stop()
+        server.stop()

@@ -1,0 +1,46 @@
+"""The ledger publishes again a task the broker lost, and only such a task."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from celery import states
+
+from bridge.celery_publisher import CeleryPublisher
+from bridge.ledger import LEDGER_KEY, Ledger, LostTaskSweeper
+from bridge.routing import TaskRequest
+
+
+def request(task_id: str) -> TaskRequest:
+    return TaskRequest(task_name="processors.echo", queue="echo", task_id=task_id,
+                       body={"id": task_id}, out_queue="echo_oq", message_id=f"m-{task_id}")
+
+
+@pytest.fixture
+def sweeper(celery_app, redis_client):
+    return LostTaskSweeper(Ledger(redis_client), CeleryPublisher(celery_app),
+                           republish_after_s=0.2)
+
+
+def test_only_overdue_tasks_without_a_live_trace_are_published_again(sweeper, celery_app,
+                                                                      redis_client):
+    sweeper.ledger.record([request("lost"), request("running"), request("crashed")])
+    celery_app.backend.store_result("running", None, states.STARTED)
+    celery_app.backend.store_result("crashed", {"exc_type": "ConnectionError"}, states.FAILURE)
+    assert sweeper.sweep() == 0  # not overdue yet
+    time.sleep(0.3)
+    assert sweeper.sweep() == 2
+    republished = {json.loads(message)["headers"]["id"]
+                   for message in redis_client.lrange("echo", 0, -1)}
+    assert republished == {"lost", "crashed"}
+    assert sweeper.sweep() == 0  # the clock started again for all three
+
+
+def test_a_sent_result_forgets_its_task(sweeper, redis_client):
+    sweeper.ledger.record([request("done"), request("waiting")])
+    pipe = redis_client.pipeline(transaction=True)
+    Ledger.forget(pipe, ["done"])
+    pipe.execute()
+    assert redis_client.zrange(LEDGER_KEY, 0, -1) == ["waiting"]
