@@ -1,0 +1,208 @@
+"""What the bridge's guarantees cost: ingress against raw publishing, and the round trip.
+
+    python -m bench.bridge_throughput        -> bench/results/bridge_throughput.json
+
+On an embedded Redis of its own, in one run:
+
+- ``raw_publish_per_s``: a tight ``apply_async`` loop putting echo tasks into the echo queue,
+  the fastest a client puts tasks into Celery one by one;
+- ``bridge_ingress_per_s``: as many messages moved from the local bus into the same queue by the
+  bridge's ingress (receive with a lock, validate, publish, complete only after the publish);
+  ``ratio`` is the second over the first (target >= 0.7). The two alternate for three rounds and
+  each reports its median, so a noisy neighbour slows both alike. The ingress publishes a batch
+  in one pipelined round trip (kombu's publish batch), which the one-by-one loop cannot, so it
+  can beat it: ``batched_publish_per_s`` (the ingress's publisher alone) shows what the bus
+  work (receive, complete, ledger) costs on top;
+- ``e2e_per_s``: a burst sent to the local bus and answered on the output queue by a real
+  ``celery worker`` and ``python -m bridge`` with the no-op echo processor; ``e2e_p50_ms`` and
+  ``e2e_p95_ms``: the same path for messages sent one at a time at a steady, unsaturated pace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from bench.report import median, percentile, write_result
+from bridge.bus import OutgoingMessage
+from bridge.celery_publisher import CeleryPublisher
+from bridge.ingress import Ingress
+from bridge.ledger import Ledger
+from bridge.local_bus import LocalBus
+from bridge.metrics import HEARTBEATS_KEY, Counters
+from bridge.routing import TaskRequest
+from settings import Route, load_settings
+from settings.redis_server import RedisServer
+
+ROUTE = Route.parse("bench_iq:echo:bench_oq")
+ROUNDS = 3
+# Steady pace of the latency phase: far below what the path sustains, so no queue builds up.
+LATENCY_RATE_PER_S = 20.0
+START_TIMEOUT_SECS = 60.0
+
+
+def bodies(count: int) -> list[tuple[str, dict[str, object]]]:
+    """(message id, body) pairs, fresh ids each call: the bus and the tasks dedupe by id."""
+    return [(str(uuid.uuid4()), {"id": str(i)}) for i in range(count)]
+
+
+def measure_raw_publish(app, count: int) -> float:
+    task = app.tasks["processors.echo"]
+    messages = bodies(count)
+    started = time.perf_counter()
+    for message_id, body in messages:
+        task.apply_async(args=[body], kwargs={"out_queue": ROUTE.out_queue,
+                                              "message_id": message_id},
+                         task_id=message_id, queue="echo")
+    return count / (time.perf_counter() - started)
+
+
+def measure_batched_publish(app, count: int, batch_size: int) -> float:
+    """The ingress's publisher alone: what the ingress would reach if the bus cost nothing."""
+    publisher = CeleryPublisher(app)
+    requests = [TaskRequest(task_name="processors.echo", queue="echo", task_id=message_id,
+                            body=body, out_queue=ROUTE.out_queue, message_id=message_id)
+                for message_id, body in bodies(count)]
+    started = time.perf_counter()
+    for start in range(0, count, batch_size):
+        publisher.publish(requests[start:start + batch_size])
+    return count / (time.perf_counter() - started)
+
+
+def measure_ingress(app, bus: LocalBus, count: int, batch_size: int) -> float:
+    bus.send(ROUTE.in_queue, [OutgoingMessage(body=json.dumps(body), message_id=message_id)
+                              for message_id, body in bodies(count)])
+    ingress = Ingress(ROUTE, bus.receiver(ROUTE.in_queue), CeleryPublisher(app),
+                      Ledger(bus.client), Counters(),
+                      batch_size=batch_size, high_water=10 * count, max_idle_s=1.0,
+                      celery_queue="echo")
+    moved = 0
+    started = time.perf_counter()
+    while moved < count:
+        moved += ingress.run_once()
+    return count / (time.perf_counter() - started)
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path,
+            ready: Callable[[subprocess.Popen], bool]) -> Iterator[subprocess.Popen]:
+    with open(log, "ab") as output:
+        child = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_SECS
+            while not ready(child):
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{args[2]} did not start; see {log}")
+                time.sleep(0.2)
+            yield child
+        finally:
+            os.killpg(child.pid, signal.SIGTERM)
+            child.wait(30)
+
+
+def measure_e2e(app, bus: LocalBus, env: dict[str, str], logs: Path, burst: int) -> dict:
+    worker_name = f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    worker_args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "threads",
+                   "-c", "8", "-n", worker_name, "--without-gossip", "--without-mingle",
+                   "--loglevel", "WARNING"]
+    with process(worker_args, env, logs / "worker.log",
+                 lambda _: bool(app.control.ping(destination=[worker_name], timeout=0.5))), \
+            process([sys.executable, "-m", "bridge"], env, logs / "bridge.log",
+                    lambda child: bus.client.zscore(
+                        HEARTBEATS_KEY, f"{socket.gethostname()}:{child.pid}") is not None):
+        output = bus.receiver(ROUTE.out_queue)
+
+        def collect(expected: int) -> list[float]:
+            """Seconds from each result's send to its arrival, as the results come in."""
+            latencies: list[float] = []
+            while len(latencies) < expected:
+                batch = output.receive(500, 1.0)
+                arrived = time.time()
+                latencies += [arrived - json.loads(m.body)["sent_at"] for m in batch]
+                output.complete(batch)
+            return latencies
+
+        def send(count: int, pace_s: float = 0.0) -> None:
+            for message_id, body in bodies(count):
+                bus.send(ROUTE.in_queue, [OutgoingMessage(
+                    body=json.dumps({**body, "sent_at": time.time()}), message_id=message_id)])
+                time.sleep(pace_s)
+
+        started = time.perf_counter()
+        sender = threading.Thread(target=send, args=(burst,))
+        sender.start()
+        collect(burst)
+        burst_s = time.perf_counter() - started
+        sender.join()
+
+        steady = int(LATENCY_RATE_PER_S * 10)
+        sender = threading.Thread(target=send, args=(steady, 1 / LATENCY_RATE_PER_S))
+        sender.start()
+        latencies = collect(steady)
+        sender.join()
+    return {"e2e_per_s": round(burst / burst_s, 1), "e2e_burst_messages": burst,
+            "e2e_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+            "e2e_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
+            "e2e_latency_messages": steady, "e2e_latency_rate_per_s": LATENCY_RATE_PER_S}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=3000, help="per raw/ingress round")
+    parser.add_argument("--burst", type=int, default=2000, help="messages in the e2e burst")
+    args = parser.parse_args(argv)
+
+    from worker import create_celery
+
+    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as scratch, \
+            RedisServer(Path(scratch) / "redis") as server:
+        env = {**os.environ, "REDIS_URL": server.url, "CONDUIT_ROUTES": f"{ROUTE.in_queue}:"
+               f"{ROUTE.processor}:{ROUTE.out_queue}", "LOG_LEVEL": "WARNING",
+               "CONDUIT_ENV_FILE": os.devnull}
+        settings = load_settings(redis_url=server.url)
+        app = create_celery(settings)
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        bus = LocalBus(client)
+        raw, batched, ingress = [], [], []
+        for _ in range(ROUNDS):
+            raw.append(measure_raw_publish(app, args.messages))
+            client.delete("echo")
+            batched.append(measure_batched_publish(app, args.messages,
+                                                   settings.bridge_batch_size))
+            client.delete("echo")
+            ingress.append(measure_ingress(app, bus, args.messages, settings.bridge_batch_size))
+            client.delete("echo")
+        figures = {"raw_publish_per_s": round(median(raw), 1),
+                   "bridge_ingress_per_s": round(median(ingress), 1),
+                   "ratio": round(median(ingress) / median(raw), 2),
+                   "batched_publish_per_s": round(median(batched), 1),
+                   "ingress_vs_batched_publish": round(median(ingress) / median(batched), 2),
+                   "messages_per_round": args.messages, "rounds": ROUNDS,
+                   "batch_size": settings.bridge_batch_size}
+        figures |= measure_e2e(app, bus, env, Path(scratch), args.burst)
+        app.close()
+        client.close()
+    write_result("bridge_throughput", figures,
+                 f"ingress {figures['bridge_ingress_per_s']}/s vs raw "
+                 f"{figures['raw_publish_per_s']}/s (ratio {figures['ratio']}); e2e "
+                 f"{figures['e2e_per_s']}/s, p50 {figures['e2e_p50_ms']} ms, "
+                 f"p95 {figures['e2e_p95_ms']} ms")
+
+
+if __name__ == "__main__":
+    main()
