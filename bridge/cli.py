@@ -15,6 +15,7 @@ import json
 import sys
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 from bridge.bus import Bus, OutgoingMessage, ReceivedMessage, connect_bus
 from bridge.errors import BridgeError
@@ -37,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = commands.add_parser("send", help="send JSON message(s) to a queue")
     send.add_argument("queue")
-    send.add_argument("file", type=argparse.FileType("r", encoding="utf-8"),
-                      help="a file with the message body, or - for stdin")
+    send.add_argument("file", help="a file with the message body, or - for stdin")
     send.add_argument("--lines", action="store_true", help="one message per non-empty line")
     send.add_argument("--message-id", help="the message id (default: a new uuid per message)")
     send.add_argument("--property", action="append", type=_property, default=[],
@@ -72,7 +72,7 @@ def _as_json(message: ReceivedMessage) -> str:
 
 
 def send(bus: Bus, args: argparse.Namespace) -> int:
-    text = args.file.read()
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     bodies = [line for line in text.splitlines() if line.strip()] if args.lines else [text]
     if args.message_id and len(bodies) > 1:
         sys.exit("--message-id names one message; leave it out with --lines")

@@ -27,7 +27,7 @@ from tests.support.processes import ManagedProcess, python_args
 pytestmark = pytest.mark.slow
 
 # Short locks, reclaim, visibility and republish times, so what a killed process held comes
-# back within the test; a low high-water mark keeps the ingress working (and killable) until the end.
+# back within the test; a low high-water mark keeps the ingress working (and killable) to the end.
 STACK_ENV = {
     "CONDUIT_ROUTES": "echo_iq:echo:echo_oq,ghost_iq:ghost:ghost_oq",
     "LOCAL_BUS_LOCK_DURATION_SECONDS": "3",

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bridge.bus import OutgoingMessage
 from bridge.errors import BusUnavailable
@@ -140,7 +142,7 @@ def test_a_waiting_receiver_wakes_when_a_message_is_sent(bus):
 
 
 def test_an_unreachable_redis_is_reported_as_bus_unavailable():
-    client = redis.Redis(port=free_port(), decode_responses=True)
+    client = redis.Redis(port=free_port(), decode_responses=True, retry=Retry(NoBackoff(), 0))
     with pytest.raises(BusUnavailable, match="unreachable"):
         LocalBus(client).receiver("q").receive(1, 0)
     client.close()
