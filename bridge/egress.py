@@ -137,7 +137,7 @@ class Egress:
         pipe = self.client.pipeline(transaction=True)
         pipe.xack(stream, GROUP, *ids)
         pipe.xdel(stream, *ids)
-        Ledger.forget(pipe, [message.message_id for message in messages])
+        Ledger.forget(pipe, out_queue, [message.message_id for message in messages])
         try:
             pipe.execute()
         except redis.RedisError:

@@ -11,8 +11,11 @@ outcome was never written). Publishing again is safe: the task id is the same an
 one result per id. A task that merely waited that long in a queue runs twice at worst, and the
 second run finds the first one's result.
 
-    conduit:bridge:ledger            zset  task id -> when it was last published (unix s)
-    conduit:bridge:ledger:requests   hash  task id -> the TaskRequest, JSON
+    conduit:bridge:ledger:{<out_queue>}            zset  task id -> last published (unix s)
+    conduit:bridge:ledger:{<out_queue>}:requests   hash  task id -> the TaskRequest, JSON
+
+One pair per output queue, under the outbox stream's hash tag: the egress acknowledges a result
+and forgets its task in one transaction, which Redis Cluster allows only within one slot.
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ from settings import get_logger
 
 log = get_logger(__name__)
 
-LEDGER_KEY = "conduit:bridge:ledger"
-REQUESTS_KEY = f"{LEDGER_KEY}:requests"
+KEY_PREFIX = "conduit:bridge:ledger"
 # Result-backend states of a task that no worker holds and that wrote no result: never taken
 # (lost as a worker took it), or crashed outside the processor (its outcome never written).
 LOST_STATES = frozenset({states.PENDING, states.FAILURE})
-# Overdue tasks looked at per sweep: a sweep stays short however much a worker lost.
+# Overdue tasks looked at per sweep and queue: a sweep stays short however much a worker lost.
 SWEEP_BATCH = 500
+
+
+def ledger_key(out_queue: str) -> str:
+    return f"{KEY_PREFIX}:{{{out_queue}}}"
+
+
+def requests_key(out_queue: str) -> str:
+    return f"{ledger_key(out_queue)}:requests"
 
 
 class Ledger:
@@ -51,42 +61,45 @@ class Ledger:
         if not requests:
             return
         now = time.time()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(LEDGER_KEY, {request.task_id: now for request in requests})
-        pipe.hset(REQUESTS_KEY, mapping={
-            request.task_id: json.dumps(dataclasses.asdict(request)) for request in requests})
+        pipe = self.client.pipeline(transaction=False)
+        for request in requests:
+            pipe.zadd(ledger_key(request.out_queue), {request.task_id: now})
+            pipe.hset(requests_key(request.out_queue), request.task_id,
+                      json.dumps(dataclasses.asdict(request)))
         try:
             pipe.execute()
         except redis.RedisError as error:
             raise BrokerUnavailable(f"recording {len(requests)} task(s) failed: {error}") from error
 
     @staticmethod
-    def forget(pipe: redis.client.Pipeline, task_ids: Sequence[str]) -> None:
+    def forget(pipe: redis.client.Pipeline, out_queue: str, task_ids: Sequence[str]) -> None:
         """Queue the removal on ``pipe``: in the same transaction that acknowledges results."""
         if task_ids:
-            pipe.zrem(LEDGER_KEY, *task_ids)
-            pipe.hdel(REQUESTS_KEY, *task_ids)
+            pipe.zrem(ledger_key(out_queue), *task_ids)
+            pipe.hdel(requests_key(out_queue), *task_ids)
 
-    def overdue(self, older_than_s: float) -> list[TaskRequest]:
-        task_ids = self.client.zrangebyscore(LEDGER_KEY, "-inf", time.time() - older_than_s,
-                                             start=0, num=SWEEP_BATCH)
+    def overdue(self, out_queue: str, older_than_s: float) -> list[TaskRequest]:
+        task_ids = self.client.zrangebyscore(ledger_key(out_queue), "-inf",
+                                             time.time() - older_than_s, start=0, num=SWEEP_BATCH)
         if not task_ids:
             return []
-        stored = self.client.hmget(REQUESTS_KEY, task_ids)
+        stored = self.client.hmget(requests_key(out_queue), task_ids)
         return [TaskRequest(**json.loads(request)) for request in stored if request]
 
-    def touch(self, requests: Sequence[TaskRequest]) -> None:
+    def touch(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
         """Start the clock again: looked at now, looked at again a period later."""
         if requests:
-            self.client.zadd(LEDGER_KEY, {r.task_id: time.time() for r in requests}, xx=True)
+            self.client.zadd(ledger_key(out_queue), {r.task_id: time.time() for r in requests},
+                             xx=True)
 
 
 class LostTaskSweeper:
     """Publishes again the recorded tasks the broker lost; runs in its own thread."""
 
-    def __init__(self, ledger: Ledger, publisher: CeleryPublisher, *,
+    def __init__(self, ledger: Ledger, publisher: CeleryPublisher, out_queues: Sequence[str], *,
                  republish_after_s: float) -> None:
         self.ledger, self.publisher, self.republish_after_s = ledger, publisher, republish_after_s
+        self.out_queues = sorted(set(out_queues))
 
     def run(self, stop: threading.Event) -> None:
         # Four looks per period: a lost task is published again within 1.25 periods.
@@ -99,13 +112,16 @@ class LostTaskSweeper:
     def sweep(self) -> int:
         """Publish again the overdue tasks that are neither running, retrying nor done;
         returns how many."""
-        overdue = self.ledger.overdue(self.republish_after_s)
-        lost = [request for request in overdue
-                if self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES]
-        if lost:
-            log.warning("publishing again %d task(s) the broker lost: %s", len(lost),
-                        ", ".join(request.task_id for request in lost[:5]))
-            self.publisher.publish(lost)
-        # All of them, so tasks still running do not hold the head of the ledger.
-        self.ledger.touch(overdue)
-        return len(lost)
+        republished = 0
+        for out_queue in self.out_queues:
+            overdue = self.ledger.overdue(out_queue, self.republish_after_s)
+            lost = [request for request in overdue
+                    if self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES]
+            if lost:
+                log.warning("publishing again %d task(s) the broker lost: %s", len(lost),
+                            ", ".join(request.task_id for request in lost[:5]))
+                self.publisher.publish(lost)
+                republished += len(lost)
+            # All of them, so tasks still running do not hold the head of the ledger.
+            self.ledger.touch(out_queue, overdue)
+        return republished

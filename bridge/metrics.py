@@ -97,7 +97,7 @@ class Heartbeat:
     def beat(self) -> None:
         counts = self.counters.take()
         now = time.time()
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=False)
         pipe.zadd(HEARTBEATS_KEY, {self.bridge_id: now})
         pipe.zremrangebyscore(HEARTBEATS_KEY, "-inf", now - FORGET_AFTER_SECS)
         pipe.hset(info_key(self.bridge_id), mapping={

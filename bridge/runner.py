@@ -39,7 +39,7 @@ class Bridge:
         counters = Counters()
         ledger = Ledger(self.client)
         self.sweeper = LostTaskSweeper(
-            ledger, self.publisher,
+            ledger, self.publisher, [route.out_queue for route in settings.routes],
             republish_after_s=settings.bridge_republish_after_s
             or settings.broker_visibility_timeout_s)
         self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)

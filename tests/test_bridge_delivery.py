@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from bridge.bus import OutgoingMessage
-from bridge.ledger import LEDGER_KEY
+from bridge.ledger import ledger_key
 from bridge.local_bus import LocalBus, queue_keys
 from bridge.metrics import HEARTBEATS_KEY, read_bridge_stats
 from settings import load_settings
@@ -94,7 +94,7 @@ class Stack:
         return (not self.bus.peek("echo_iq", 1) and self.client.llen("echo") == 0
                 and self.client.hlen("unacked") == 0
                 and self.client.xlen(stream_key("echo_oq")) == 0
-                and self.client.zcard(LEDGER_KEY) == 0)
+                and self.client.zcard(ledger_key("echo_oq")) == 0)
 
     def wait_for_results(self, at_least: int, process: ManagedProcess) -> None:
         process.wait_until(lambda: sum(self.results().values()) >= at_least,
@@ -108,7 +108,7 @@ class Stack:
                 f"dead={len(self.bus.dead_letters('echo_iq', 10_000))} "
                 f"celery_queue={self.client.llen('echo')} unacked={self.client.hlen('unacked')} "
                 f"outbox={self.client.xlen(stream_key('echo_oq'))} "
-                f"ledger={self.client.zcard(LEDGER_KEY)}")
+                f"ledger={self.client.zcard(ledger_key('echo_oq'))}")
 
     def assert_each_result_exactly_once(self, count: int, process: ManagedProcess) -> None:
         try:

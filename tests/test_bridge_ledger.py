@@ -9,7 +9,7 @@ import pytest
 from celery import states
 
 from bridge.celery_publisher import CeleryPublisher
-from bridge.ledger import LEDGER_KEY, Ledger, LostTaskSweeper
+from bridge.ledger import Ledger, LostTaskSweeper, ledger_key
 from bridge.routing import TaskRequest
 
 
@@ -20,7 +20,7 @@ def request(task_id: str) -> TaskRequest:
 
 @pytest.fixture
 def sweeper(celery_app, redis_client):
-    return LostTaskSweeper(Ledger(redis_client), CeleryPublisher(celery_app),
+    return LostTaskSweeper(Ledger(redis_client), CeleryPublisher(celery_app), ["echo_oq"],
                            republish_after_s=0.2)
 
 
@@ -41,6 +41,6 @@ def test_only_overdue_tasks_without_a_live_trace_are_published_again(sweeper, ce
 def test_a_sent_result_forgets_its_task(sweeper, redis_client):
     sweeper.ledger.record([request("done"), request("waiting")])
     pipe = redis_client.pipeline(transaction=True)
-    Ledger.forget(pipe, ["done"])
+    Ledger.forget(pipe, "echo_oq", ["done"])
     pipe.execute()
-    assert redis_client.zrange(LEDGER_KEY, 0, -1) == ["waiting"]
+    assert redis_client.zrange(ledger_key("echo_oq"), 0, -1) == ["waiting"]
