@@ -17,7 +17,8 @@ Every request asks for 1-100 tokens: the moving window stores one list entry per
 requests would only make it slower and fill memory; our limiter's cost does not depend on size.
 Limits are set high enough that these phases admit everything. A separate audit phase then races
 32 threads for a small limit over a short window, logs each grant's server time, and counts
-``overadmitted``: tokens or requests beyond a limit in any window of the configured length.
+``overadmitted``: tokens or requests beyond a limit in any window of the configured length plus
+the upstream margin (QUOTA_UPSTREAM_MARGIN_SECONDS), which bounds every window upstream counts in.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def systems(url: str, client: redis.Redis) -> dict[str, Operation]:
 
 def audit(client: redis.Redis) -> int:
     """Race 32 threads for a small limit; how far any window went over it (0 when none did)."""
-    limiter = QuotaLimiter(client, load_settings(), window_s=AUDIT_WINDOW_S)
+    settings = load_settings()
+    limiter = QuotaLimiter(client, settings, window_s=AUDIT_WINDOW_S)
     limiter.set_limits("completion", "audited", tpm=AUDIT_TPM, rpm=AUDIT_RPM)
     grants: list[tuple[int, int]] = []
 
@@ -140,10 +142,12 @@ def audit(client: redis.Redis) -> int:
 
     run_threads(grab, 32, AUDIT_WINDOWS * AUDIT_WINDOW_S)
     window_us = round(AUDIT_WINDOW_S * 1_000_000)
+    margin_us = round(settings.quota_upstream_margin_s * 1_000_000)
+    sub_window_us = math.ceil(window_us / 6)
     requests = [(at_us, 1) for at_us, _ in grants]
-    return (max(0, most_in_any_window(grants, window_us) - AUDIT_TPM)
-            + max(0, most_in_any_window(requests, window_us) - AUDIT_RPM)
-            + max(0, most_in_any_window(requests, math.ceil(window_us / 6)) - AUDIT_RPM // 6))
+    return (max(0, most_in_any_window(grants, window_us + margin_us) - AUDIT_TPM)
+            + max(0, most_in_any_window(requests, window_us + margin_us) - AUDIT_RPM)
+            + max(0, most_in_any_window(requests, sub_window_us + margin_us) - AUDIT_RPM // 6))
 
 
 def main() -> None:

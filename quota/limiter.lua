@@ -8,9 +8,12 @@ report, release, observe and status agree on what "in the window" means.
 The window is WINDOW buckets wide (60) plus the current bucket; requests are also limited over the
 last SUB buckets (10, a sixth, as Azure enforces RPM/6 per 10 s). Counting one bucket more than the
 window is deliberate: every window of the configured length ending now lies inside it, so no such
-window can ever hold more than the limit. Totals are kept running, so a call costs O(1) Redis
-commands (five for an acquire) and Lua work in the apps charged in the open bucket, plus
-O(buckets) when a bucket leaves the window or a refusal computes its retry time.
+window can ever hold more than the limit. A charge also stays counted a margin of buckets longer
+(SPAN, SUB_SPAN): we count it from when it is locked, the upstream from when the request arrives,
+up to the margin later, so our window must reach back that much further to cover every upstream
+window that can hold the charge. Totals are kept running, so a call costs O(1) Redis commands
+(five for an acquire) and Lua work in the apps charged in the open bucket, plus O(buckets) when a
+bucket leaves the window or a refusal computes its retry time.
 
 Every Redis command a script makes costs about as much as a small decision, so a decision makes
 few: the newest ("open") bucket travels with the running totals in the fields read and written
@@ -21,15 +24,16 @@ KEYS (all carry the hash tag {pool:deployment}, so the script is Redis-Cluster-s
   1 state   hash: "totals" (see TOTALS); "open" the newest bucket's charges per app
             ("app tokens requests;..."); for each older bucket in the window "<bucket>:t" /
             "<bucket>:r" tokens and requests, "<bucket>:t:<app>" / "<bucket>:r:<app>" per app,
-            "<bucket>:apps" its apps ("a,b"); "bucket_us" the bucket width this pool counts in;
+            "<bucket>:apps" its apps ("a,b"); "layout" the "bucket_us margin_buckets" this pool
+            counts in;
             "tpm", "rpm" limits set at run time (absent: the ARGV defaults)
   2 locks   hash: lock id -> "<bucket>|<tokens>|<app>|<expires_us>", or a "done"/"expired" tombstone
   3 expiry  zset: lock id scored by when its lock expires or its tombstone is purged (µs)
 
 ARGV (times in microseconds of server time)
   1 op: acquire | report | release | observe | status
-  2 "bucket_us window_buckets sub_buckets lock_ttl_us default_tpm default_rpm", space-separated;
-    default_tpm 0 means no token limit (Whisper)
+  2 "bucket_us window_buckets sub_buckets margin_buckets lock_ttl_us default_tpm default_rpm",
+    space-separated; default_tpm 0 means no token limit (Whisper)
   3.. acquire: tokens, app | report: lock id, actual tokens, charge model ("azure" | "usage")
       release: lock id | observe: remaining tokens, remaining requests (-1: not reported)
 
@@ -44,8 +48,8 @@ Returns, each starting with the server time used, `now`:
 ]]
 local state, locks, expiry = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
-local bucket_text, window_text, sub_text, ttl_text, tpm_text, rpm_text =
-  string.match(ARGV[2], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+local bucket_text, window_text, sub_text, margin_text, ttl_text, tpm_text, rpm_text =
+  string.match(ARGV[2], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
 local bucket_us = tonumber(bucket_text)
 local WINDOW = tonumber(window_text)
 local SUB = tonumber(sub_text)
@@ -61,12 +65,17 @@ local OPERATIONS = {acquire = true, report = true, release = true, observe = tru
 if not OPERATIONS[op] or not bucket_us then
   return redis.error_reply('CONDUIT bad quota call: ' .. tostring(op) .. ' ' .. tostring(ARGV[2]))
 end
+-- How many buckets before the current one a charge still counts: the window, then the margin.
+local SPAN = WINDOW + tonumber(margin_text)
+local SUB_SPAN = SUB + tonumber(margin_text)
 
-local stored = redis.call('HMGET', state, 'totals', 'open', 'bucket_us', 'tpm', 'rpm')
-if stored[3] and stored[3] ~= bucket_text then
-  return redis.error_reply('CONDUIT quota window mismatch: this pool counts in buckets of '
-    .. stored[3] .. ' us, the caller in ' .. bucket_text .. ' us; every process must use the'
-    .. ' same QUOTA_WINDOW_SECONDS')
+-- Processes that disagree on either would evict each other's buckets early or late.
+local layout = bucket_text .. ' ' .. margin_text
+local stored = redis.call('HMGET', state, 'totals', 'open', 'layout', 'tpm', 'rpm')
+if stored[3] and stored[3] ~= layout then
+  return redis.error_reply('CONDUIT quota window mismatch: this pool counts in "' .. stored[3]
+    .. '" (bucket us, margin buckets), the caller in "' .. layout .. '"; every process must use'
+    .. ' the same QUOTA_WINDOW_SECONDS and QUOTA_UPSTREAM_MARGIN_SECONDS')
 end
 -- TOTALS: last time counted, the open bucket, tokens, requests and sub-window requests in the
 -- window, tokens and requests locked, last lock id.
@@ -112,7 +121,7 @@ local function save()
   redis.call('HSET', state, 'open', serialized_open(), 'totals', string.format(
     '%d %d %d %d %d %d %d %d', now, head, tokens, requests, sub_requests, locked_tokens,
     locked_requests, seq))
-  if not stored[3] then redis.call('HSET', state, 'bucket_us', bucket_text) end
+  if not stored[3] then redis.call('HSET', state, 'layout', layout) end
 end
 
 -- Time moved past the open bucket: write it out as fields of its own.
@@ -160,7 +169,7 @@ local function add(bucket, app, token_count, request_count)
   end
   tokens = tokens + token_count
   requests = requests + request_count
-  if bucket >= current - SUB then sub_requests = sub_requests + request_count end
+  if bucket >= current - SUB_SPAN then sub_requests = sub_requests + request_count end
 end
 
 -- A bucket left the window: its charges stop counting and its fields go.
@@ -214,10 +223,10 @@ if current > head then
   close_open_bucket()
   head = current
   if previous > 0 then
-    for bucket = previous - SUB, math.min(previous, current - SUB - 1) do
+    for bucket = previous - SUB_SPAN, math.min(previous, current - SUB_SPAN - 1) do
       sub_requests = sub_requests - bucket_count(bucket, 'r')
     end
-    for bucket = previous - WINDOW, math.min(previous, current - WINDOW - 1) do
+    for bucket = previous - SPAN, math.min(previous, current - SPAN - 1) do
       evict(bucket)
     end
     sweep()
@@ -255,11 +264,11 @@ local function acquire(wanted, app)
     refusal = refusal or {kind, used, limit}
   end
   if tpm > 0 and tokens + wanted > tpm then
-    refuse('tokens', tokens, tpm, tokens + wanted - tpm, 't', WINDOW)
+    refuse('tokens', tokens, tpm, tokens + wanted - tpm, 't', SPAN)
   end
-  if requests + 1 > rpm then refuse('requests', requests, rpm, requests + 1 - rpm, 'r', WINDOW) end
+  if requests + 1 > rpm then refuse('requests', requests, rpm, requests + 1 - rpm, 'r', SPAN) end
   if sub_requests + 1 > sub_rpm then
-    refuse('sub_requests', sub_requests, sub_rpm, sub_requests + 1 - sub_rpm, 'r', SUB)
+    refuse('sub_requests', sub_requests, sub_rpm, sub_requests + 1 - sub_rpm, 'r', SUB_SPAN)
   end
   if refusal then return {now, 0, wait, refusal[1], refusal[2], refusal[3]} end
 
@@ -282,7 +291,7 @@ local function settle(id, actual, model)
   local extra, refunded = actual - lock.tokens, 0
   if extra > 0 then
     add(current, lock.app, extra, 0)
-  elseif extra < 0 and model == 'usage' and lock.bucket >= current - WINDOW then
+  elseif extra < 0 and model == 'usage' and lock.bucket >= current - SPAN then
     add(lock.bucket, lock.app, extra, 0)
     refunded = -extra
   end
@@ -295,7 +304,7 @@ local function release(id)
   local lock, why = find_lock(id)
   if not lock then return {now, 0, why} end
   local refunded = 0
-  if lock.bucket >= current - WINDOW then
+  if lock.bucket >= current - SPAN then
     add(lock.bucket, lock.app, -lock.tokens, -1)
     refunded = lock.tokens
   end

@@ -175,6 +175,10 @@ class QuotaProtocol:
             raise QuotaError(f"window_s must be positive, got {window_s!r}")
         # Rounded up: a window a few µs longer than asked is safe, a shorter one is not.
         self.bucket_us = math.ceil(self.window_s * 1_000_000 / WINDOW_BUCKETS)
+        # How many buckets a charge stays counted past the window (QUOTA_UPSTREAM_MARGIN_SECONDS),
+        # rounded up for the same reason.
+        margin_us = round(settings.quota_upstream_margin_s * 1_000_000)
+        self.margin_buckets = math.ceil(margin_us / self.bucket_us)
         self.lock_ttl_s = settings.quota_lock_ttl_s
         self.prefix = prefix
         self.defaults = {pool.name: pool for pool in settings.pools()}
@@ -185,7 +189,8 @@ class QuotaProtocol:
         # client time to encode and the script time to convert.
         self._settings_arg = {
             pool.name: f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
-                       f"{self.lock_ttl_s * 1_000_000} {pool.tpm} {pool.rpm}"
+                       f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000} "
+                       f"{pool.tpm} {pool.rpm}"
             for pool in settings.pools()
         }
 
@@ -327,7 +332,9 @@ class QuotaProtocol:
         for _bucket, kind, app, count in counts:
             apps.setdefault(app, [0, 0])[0 if kind == "t" else 1] += count
         oldest = min((bucket for bucket, _kind, _app, count in counts if count), default=None)
-        reset_us = 0 if oldest is None else (oldest + WINDOW_BUCKETS + 1) * self.bucket_us - now_us
+        # The oldest bucket stops counting when the window and the margin have passed it.
+        span = WINDOW_BUCKETS + self.margin_buckets
+        reset_us = 0 if oldest is None else (oldest + span + 1) * self.bucket_us - now_us
         # Locks older than the window are no longer in it; the split must still add up.
         shown_locked_tokens = min(locked_tokens, tokens)
         shown_locked_requests = min(locked_requests, requests)

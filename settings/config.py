@@ -159,6 +159,14 @@ class Settings(BaseSettings):
     # --- quota/ ----------------------------------------------------------------------------------
     # Shorter windows are for benchmarks only; limits stay "per window".
     quota_window_s: int = Field(60, ge=1, le=3600, validation_alias=_env("QUOTA_WINDOW_SECONDS"))
+    # A charge stays counted this long past the window, because the upstream counts it from when
+    # the request arrives, after we locked it: the time from acquire to arrival (up to ~0.6 s seen
+    # on a cold worker) must fit. Absolute, as that time does not grow with the window; 1 s keeps
+    # a charge 1/60 longer in a 60 s window (1/10 in Azure's 10 s request window). Rounded up to
+    # whole buckets (a sixtieth of the window). 0 only for an upstream that counts at our lock.
+    quota_upstream_margin_s: float = Field(
+        1.0, ge=0, le=60, validation_alias=_env("QUOTA_UPSTREAM_MARGIN_SECONDS")
+    )
     # A lock neither reported nor released in this time expires and stays spent (crashed worker).
     quota_lock_ttl_s: int = Field(300, ge=1, validation_alias=_env("QUOTA_LOCK_TTL_SECONDS"))
     # azure: charge the estimate at arrival, never refund (as Azure counts); usage: true up.

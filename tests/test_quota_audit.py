@@ -5,6 +5,11 @@ Every grant is logged with the server time the script decided at; an audit that 
 buckets then slides a window of the configured length over the log. No window may hold more
 tokens than the TPM, more requests than the RPM, or more than RPM/6 requests in a sixth of it.
 Grants given back by ``release`` while still counted are left out, as the limiter refunds them.
+
+With an upstream margin the audit slides windows of the configured length plus the margin: a
+request reaches the upstream up to the margin after its grant, so the requests in any upstream
+window [s, s + W] were granted in [s - margin, s + W]. Bounding every such span bounds every
+upstream window, whatever each request's delay.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ pytestmark = pytest.mark.slow
 
 DEPLOYMENT = "audited"
 WINDOW_S = 1.5
+# A fifth of the window (12 buckets of 25 ms): long enough to matter, short enough to leave a race.
+MARGIN_S = 0.3
 WINDOWS = 3
 TPM, RPM = 2000, 36  # RPM/6 = 6 requests per 0.25 s
 THREADS, PROCESSES, THREADS_PER_PROCESS = 32, 4, 4
@@ -60,8 +67,8 @@ def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list
     return grants
 
 
-def make_limiter(url: str, charge_model: str) -> QuotaLimiter:
-    settings = load_settings(quota_charge_model=charge_model)
+def make_limiter(url: str, charge_model: str, margin_s: float) -> QuotaLimiter:
+    settings = load_settings(quota_charge_model=charge_model, quota_upstream_margin_s=margin_s)
     return QuotaLimiter(redis.Redis.from_url(url), settings, window_s=WINDOW_S)
 
 
@@ -81,10 +88,10 @@ def race(limiter: QuotaLimiter, seeds: range, start: float, until: float) -> lis
 
 
 def run_process() -> None:
-    """The audit's subprocesses: argv url charge_model first_seed; says "ready", then reads
-    "start until" from stdin, races, and prints its grants as JSON."""
-    url, charge_model, first_seed = sys.argv[1:]
-    limiter = make_limiter(url, charge_model)
+    """The audit's subprocesses: argv url charge_model margin_s first_seed; says "ready", then
+    reads "start until" from stdin, races, and prints its grants as JSON."""
+    url, charge_model, margin_s, first_seed = sys.argv[1:]
+    limiter = make_limiter(url, charge_model, float(margin_s))
     print("ready", flush=True)
     start, until = map(float, sys.stdin.readline().split())
     seeds = range(int(first_seed), int(first_seed) + THREADS_PER_PROCESS)
@@ -92,13 +99,15 @@ def run_process() -> None:
     print(json.dumps(grants))
 
 
-@pytest.mark.parametrize("charge_model", ["azure", "usage"])
-def test_no_window_ever_holds_more_than_the_limit(redis_url, charge_model):
-    limiter = make_limiter(redis_url, charge_model)
+def race_everyone(redis_url: str, charge_model: str, margin_s: float) -> list[list[Grant]]:
+    """This process's threads and the subprocesses race for three windows; every client's grants
+    (this process's threads first, then one list per subprocess)."""
+    limiter = make_limiter(redis_url, charge_model, margin_s)
     limiter.set_limits("completion", DEPLOYMENT, tpm=TPM, rpm=RPM)
     code = "from tests.test_quota_audit import run_process; run_process()"
     processes = [
-        subprocess.Popen([sys.executable, "-c", code, redis_url, charge_model, str(1000 * (n + 1))],
+        subprocess.Popen([sys.executable, "-c", code, redis_url, charge_model, str(margin_s),
+                          str(1000 * (n + 1))],
                          cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for n in range(PROCESSES)
     ]
@@ -122,16 +131,31 @@ def test_no_window_ever_holds_more_than_the_limit(redis_url, charge_model):
             process.wait()
             process.stdin.close()
             process.stdout.close()
-
-    charged = [(at_us, tokens) for result in results for at_us, tokens in result]
-    window_us = round(WINDOW_S * 1_000_000)
-    sub_window_us = math.ceil(window_us / 6)
     assert len(results) == THREADS + PROCESSES and all(results[THREADS:]), "a process got nothing"
+    return results
+
+
+def assert_no_span_holds_more_than_the_limit(results: list[list[Grant]], margin_s: float) -> None:
+    """Every span of a window (or a sixth of one) plus the margin holds at most the limit."""
+    charged = [(at_us, tokens) for result in results for at_us, tokens in result]
     requests = [(at_us, 1) for at_us, _ in charged]
-    assert most_in_any_window(charged, window_us) <= TPM
-    assert most_in_any_window(requests, window_us) <= RPM
+    window_us, margin_us = round(WINDOW_S * 1_000_000), round(margin_s * 1_000_000)
+    sub_window_us = math.ceil(window_us / 6)
+    assert most_in_any_window(charged, window_us + margin_us) <= TPM
+    assert most_in_any_window(requests, window_us + margin_us) <= RPM
     # "==", not "<=": the race was real, the limit was reached and held.
-    assert most_in_any_window(requests, sub_window_us) == RPM // 6
+    assert most_in_any_window(requests, sub_window_us + margin_us) == RPM // 6
+
+
+@pytest.mark.parametrize("charge_model", ["azure", "usage"])
+def test_no_window_ever_holds_more_than_the_limit(redis_url, charge_model):
+    results = race_everyone(redis_url, charge_model, margin_s=0)
+    assert_no_span_holds_more_than_the_limit(results, margin_s=0)
+
+
+def test_no_upstream_window_arriving_up_to_the_margin_later_holds_more(redis_url):
+    results = race_everyone(redis_url, "azure", margin_s=MARGIN_S)
+    assert_no_span_holds_more_than_the_limit(results, margin_s=MARGIN_S)
 
 
 def test_the_audit_catches_an_over_admission():

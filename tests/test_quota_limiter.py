@@ -1,7 +1,8 @@
 """QuotaLimiter behaviour on fakeredis (which runs the real Lua script): fast, no servers.
 
 Tests that need time to pass use a 1 s window or a 1 s lock TTL and sleep just past it; they
-assert what the limiter decides, never how fast it is.
+assert what the limiter decides, never how fast it is. They count the window alone (no upstream
+margin) unless they are about the margin.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ def client() -> Iterator[fakeredis.FakeRedis]:
     client.close()
 
 
-def make_limiter(client, *, window_s: float = 60, lock_ttl_s: int = 300,
+def make_limiter(client, *, window_s: float = 60, margin_s: float = 0, lock_ttl_s: int = 300,
                  charge_model: str = "azure", tpm: int = 1000, rpm: int = 60) -> QuotaLimiter:
-    settings = load_settings(quota_lock_ttl_s=lock_ttl_s, quota_charge_model=charge_model)
+    settings = load_settings(quota_lock_ttl_s=lock_ttl_s, quota_charge_model=charge_model,
+                             quota_upstream_margin_s=margin_s)
     limiter = QuotaLimiter(client, settings, window_s=window_s)
     limiter.set_limits("completion", DEPLOYMENT, tpm=tpm, rpm=rpm)
     return limiter
@@ -114,6 +116,20 @@ def test_retry_after_is_honest(client):
     assert not refused.allowed and refused.retry_after_s < 0.9
     time.sleep(refused.retry_after_s)
     assert limiter.acquire("completion", DEPLOYMENT, 50, "a").allowed
+
+
+def test_a_charge_stays_counted_for_the_upstream_margin_past_the_window(client):
+    # 1 s window, 0.5 s margin: the upstream may count this charge until 1.5 s from now.
+    limiter = make_limiter(client, window_s=1, margin_s=0.5, tpm=100, rpm=600)
+    assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
+    refused = limiter.acquire("completion", DEPLOYMENT, 1, "a")
+    assert not refused.allowed and 1.0 < refused.retry_after_s <= 1.55
+    assert 1.0 < limiter.status("completion", DEPLOYMENT).reset_time_seconds <= 1.55
+    time.sleep(1.1)  # past the window, not past the margin
+    still = limiter.acquire("completion", DEPLOYMENT, 1, "a")
+    assert not still.allowed and 0 < still.retry_after_s <= 0.45
+    time.sleep(still.retry_after_s)
+    assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
 
 
 def test_azure_charge_model_keeps_the_estimate_and_adds_overruns(client):
@@ -253,6 +269,12 @@ def test_processes_with_different_windows_are_refused_not_mixed(client):
     make_limiter(client, window_s=60).acquire("completion", DEPLOYMENT, 1, "a")
     with pytest.raises(QuotaError, match="every process must use the same QUOTA_WINDOW_SECONDS"):
         make_limiter(client, window_s=30).acquire("completion", DEPLOYMENT, 1, "a")
+
+
+def test_processes_with_different_upstream_margins_are_refused_not_mixed(client):
+    make_limiter(client, margin_s=1).acquire("completion", DEPLOYMENT, 1, "a")
+    with pytest.raises(QuotaError, match="QUOTA_UPSTREAM_MARGIN_SECONDS"):
+        make_limiter(client, margin_s=2).acquire("completion", DEPLOYMENT, 1, "a")
 
 
 @pytest.mark.parametrize("call", [

@@ -43,11 +43,12 @@ def test_a_restarted_redis_gets_the_script_again(tmp_path: Path):
 
 def test_retry_after_is_honest_on_the_real_server(redis_url):
     client = redis.Redis.from_url(redis_url)
-    limiter = QuotaLimiter(client, load_settings(), window_s=1)
+    limiter = QuotaLimiter(client, load_settings(quota_upstream_margin_s=0.5), window_s=1)
     limiter.set_limits("completion", DEPLOYMENT, tpm=100, rpm=6000)
     assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
     refused = limiter.acquire("completion", DEPLOYMENT, 1, "a")
-    assert not refused.allowed and 0 < refused.retry_after_s <= 1.05
+    # The window, the margin and at most one bucket (25 ms) more.
+    assert not refused.allowed and 1.0 < refused.retry_after_s <= 1.55
     time.sleep(refused.retry_after_s)
     assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
     client.close()

@@ -106,7 +106,8 @@ def test_the_older_wording_waits_for_the_pool_to_reset(token_client):
 
 def test_end_to_end_a_task_refused_by_the_limiter_runs_once_capacity_frees():
     redis_client = fakeredis.FakeRedis()
-    limiter = QuotaLimiter(redis_client, load_settings(), window_s=1)
+    # The window alone, no upstream margin: capacity frees within a second.
+    limiter = QuotaLimiter(redis_client, load_settings(quota_upstream_margin_s=0), window_s=1)
     limiter.set_limits("completion", "gpt-4o", tpm=100, rpm=6000)
     with SyncTokenClient("app", limiter=limiter, deployments={"completion": "gpt-4o"}) as client:
 

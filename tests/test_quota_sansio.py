@@ -86,6 +86,15 @@ def test_buckets_never_make_the_window_shorter_than_asked(window_s):
     assert protocol.bucket_us * WINDOW_BUCKETS < window_s * 1_000_000 + WINDOW_BUCKETS
 
 
+@pytest.mark.parametrize(("window_s", "margin_s", "margin_buckets"), [
+    (60, 1.0, 1), (60, 0.3, 1), (20, 1.0, 3), (11, 1.0, 6), (60, 0, 0),
+])
+def test_the_upstream_margin_is_rounded_up_to_whole_buckets(window_s, margin_s, margin_buckets):
+    protocol = QuotaProtocol(load_settings(quota_upstream_margin_s=margin_s), window_s=window_s)
+    assert protocol.margin_buckets == margin_buckets
+    assert protocol.margin_buckets * protocol.bucket_us >= margin_s * 1_000_000
+
+
 @pytest.mark.parametrize(("pool", "tpm", "rpm", "message"), [
     ("completion", None, None, "needs tpm, rpm or both"),
     ("completion", 0, None, "tpm must be a whole number of at least 1"),
@@ -113,8 +122,9 @@ def test_status_reply_becomes_the_older_fields_with_a_per_app_split(protocol):
         "pool": "completion", "deployment": "gpt-4o", "tpm": 1000, "rpm": 60,
         "available_tokens": 650, "used_tokens": 300, "locked_tokens": 50,
         "available_requests": 9, "used_requests": 2, "locked_requests": 1,
-        # The oldest charge (bucket 990) leaves when bucket 990 + 60 + 1 begins.
-        "reset_time_seconds": ((990 + WINDOW_BUCKETS + 1) * bucket_us - now_us) / 1e6,
+        # The oldest charge (bucket 990) leaves when the window and the margin have passed it.
+        "reset_time_seconds": (
+            (990 + WINDOW_BUCKETS + protocol.margin_buckets + 1) * bucket_us - now_us) / 1e6,
         "apps": {"feedback": {"tokens": 300, "requests": 2},
                  "reasoner": {"tokens": 50, "requests": 1}},
     }
