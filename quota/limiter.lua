@@ -35,7 +35,8 @@ ARGV (times in microseconds of server time)
   2 "bucket_us window_buckets sub_buckets margin_buckets lock_ttl_us default_tpm default_rpm",
     space-separated; default_tpm 0 means no token limit (Whisper)
   3.. acquire: tokens, app | report: lock id, actual tokens, charge model ("azure" | "usage")
-      release: lock id | observe: remaining tokens, remaining requests (-1: not reported)
+      release: lock id | observe: remaining tokens (per window), remaining requests (per
+      sub-window, as Azure's x-ratelimit-remaining-requests counts them); -1: not reported
 
 Returns, each starting with the server time used, `now`:
   acquire  {now, 1, lock_id}  or  {now, 0, retry_after_us, kind, used, limit}
@@ -314,13 +315,15 @@ end
 
 -- Upstream (other clients of a shared deployment) has spent what we did not see: charge the
 -- difference as external usage now. Never a refund: upstream may count in another window.
+-- Azure's remaining requests are those of its 10 s window, so they are set against the sub-window;
+-- against the minute they would book five sixths of the RPM that nobody spent.
 local function observe(remaining_tokens, remaining_requests)
   local external_tokens, external_requests = 0, 0
   if remaining_tokens >= 0 and tpm > 0 then
     external_tokens = math.max(0, tpm - tokens - remaining_tokens)
   end
   if remaining_requests >= 0 then
-    external_requests = math.max(0, rpm - requests - remaining_requests)
+    external_requests = math.max(0, sub_rpm - sub_requests - remaining_requests)
   end
   if external_tokens > 0 or external_requests > 0 then
     add(current, '(external)', external_tokens, external_requests)

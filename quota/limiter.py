@@ -124,7 +124,10 @@ class QuotaLimiter(_LimiterBase):
 
     def observe_upstream(self, pool: str, deployment: str, remaining_tokens: int | None = None,
                          remaining_requests: int | None = None) -> ExternalUsage:
-        """Book what upstream's x-ratelimit-remaining-* headers say others spent."""
+        """Book what upstream's x-ratelimit-remaining-* headers say others spent.
+
+        ``remaining_tokens`` is per window; ``remaining_requests`` per sixth of it (RPM/6 per
+        10 s), as Azure's ``x-ratelimit-remaining-requests`` counts."""
         return self._run(self.protocol.observe(pool, deployment, remaining_tokens,
                                                remaining_requests))
 

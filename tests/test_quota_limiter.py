@@ -247,12 +247,24 @@ def test_upstream_usage_we_did_not_see_is_charged_never_refunded(client):
     limiter = make_limiter(client, tpm=1000, rpm=60)
     limiter.acquire("completion", DEPLOYMENT, 100, "a")
     usage = limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=600,
-                                     remaining_requests=50)
-    assert (usage.tokens, usage.requests) == (300, 9)
+                                     remaining_requests=5)  # of 10 per 10 s
+    assert (usage.tokens, usage.requests) == (300, 4)
     assert limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=900) == (0, 0)
     status = limiter.status("completion", DEPLOYMENT)
     assert status.available_tokens == 600
-    assert status.apps["(external)"] == (300, 9)
+    assert status.apps["(external)"] == (300, 4)
+
+
+def test_upstream_remaining_requests_are_set_against_the_ten_second_window(client):
+    limiter = make_limiter(client, rpm=60)  # as upstream: 10 per 10 s
+    for _ in range(3):
+        limiter.acquire("completion", DEPLOYMENT, 1, "a")
+    # Upstream counted our 3 of its 10: nobody else spent anything (not 60 - 3 - 7 = 50).
+    assert limiter.observe_upstream("completion", DEPLOYMENT, remaining_requests=7).requests == 0
+    # Now it has 4 left: another client sent 3.
+    assert limiter.observe_upstream("completion", DEPLOYMENT, remaining_requests=4).requests == 3
+    status = limiter.status("completion", DEPLOYMENT)
+    assert status.available_requests == 4 and status.apps["(external)"].requests == 3
 
 
 def test_all_status_lists_settings_pools_and_every_deployment_used(client):
@@ -353,12 +365,16 @@ class LimiterAgainstAModel(RuleBasedStateMachine):
         with pytest.raises(QuotaError, match="already reported or released"):
             self.limiter.release(data.draw(st.sampled_from(self.settled)))
 
-    @rule(remaining=st.integers(0, 1000))
-    def observe(self, remaining):
+    @rule(remaining=st.integers(0, 1000), remaining_requests=st.integers(0, 10))
+    def observe(self, remaining, remaining_requests):
         external = max(0, self.tpm - self.tokens - remaining)
-        usage = self.limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=remaining)
-        assert usage.tokens == external
+        # Upstream's remaining requests are per 10 s: the sub-window's RPM/6.
+        external_requests = max(0, self.rpm // 6 - self.requests - remaining_requests)
+        usage = self.limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=remaining,
+                                              remaining_requests=remaining_requests)
+        assert usage == (external, external_requests)
         self.tokens += external
+        self.requests += external_requests
 
     @rule(tpm=st.integers(1, 1500))
     def set_limits(self, tpm):
