@@ -5,8 +5,9 @@ Every request goes the same way:
 1. **acquire** the estimate from quota/ (a refusal is :class:`QuotaExhausted` with the limiter's
    ``retry_after_s``: the caller retries later without holding anything);
 2. **call** the SDK (raw response, for the headers; the SDK's own retries are off);
-3. **observe** ``x-ratelimit-remaining-tokens``: when other clients share the deployment, Azure
-   has counted more than we did, and the limiter charges the difference so we stop over-spending;
+3. **observe** ``x-ratelimit-remaining-tokens`` and ``-requests``: when other clients share the
+   deployment, Azure has counted more than we did, and the limiter charges the difference so we
+   stop over-spending;
 4. **report** the usage the answer states, or on failure settle the lock: a request the upstream
    refused (429) or never received (no connection) is **released**; one it received is reported
    with no usage, since Azure charges a request that arrived even when it then fails.
@@ -67,11 +68,12 @@ def _header_int(headers: Any, name: str) -> int | None:
 
 
 def _observe(pool: PoolName, deployment: str, headers: Any) -> None:
-    # Only tokens: Azure reports remaining requests for its 10 s sub-window, not for the minute
-    # the limiter's request count covers, so the two cannot be compared.
-    remaining = _header_int(headers, "x-ratelimit-remaining-tokens")
-    if remaining is not None:
-        quota_limiter().observe_upstream(pool, deployment, remaining_tokens=remaining)
+    # Remaining requests are Azure's for its 10 s window; the limiter compares them with its own.
+    tokens = _header_int(headers, "x-ratelimit-remaining-tokens")
+    requests = _header_int(headers, "x-ratelimit-remaining-requests")
+    if tokens is not None or requests is not None:
+        quota_limiter().observe_upstream(pool, deployment, remaining_tokens=tokens,
+                                         remaining_requests=requests)
 
 
 def _as_conduit_error(  # noqa: PLR0911 - one answer per kind of error reads best flat

@@ -20,7 +20,7 @@ CHAT = "gpt-4o"
 EMBEDDING = "text-embedding-3-large"
 # Generous limits: these tests are about answers and accounting, not about waiting.
 LIMITS = {CHAT: {"tpm": 100_000, "rpm": 6000}, EMBEDDING: {"tpm": 1_000_000, "rpm": 6000},
-          "tight": {"tpm": 300, "rpm": 6000}}
+          "tight": {"tpm": 300, "rpm": 6000}, "counted": {"tpm": 100_000, "rpm": 60}}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,23 @@ def test_upstream_429_is_transient_with_its_hint_and_informs_the_limiter(conduit
     with pytest.raises(QuotaExhausted):
         chat_completion(messages, model="tight", max_tokens=200)
     assert charged(conduit, "tight")["throttled"] == 1
+
+
+def test_upstream_remaining_requests_are_booked_per_ten_seconds(conduit):
+    # Conduit and the deployment agree on 60 requests a minute, which Azure allows as 10 per 10 s.
+    quota_limiter().set_limits("completion", "counted", rpm=60)
+    messages = [{"role": "user", "content": "hello"}]
+    for _ in range(2):
+        chat_completion(messages, model="counted", max_tokens=10)
+    status = quota_limiter().status("completion", "counted")
+    assert "(external)" not in status.apps and status.available_requests == 8
+    # Another client of the deployment sends 5; the next answer says 2 are left, and so do we.
+    for _ in range(5):
+        conduit.azure_client().chat.completions.create(model="counted", messages=messages,
+                                                       max_tokens=10)
+    chat_completion(messages, model="counted", max_tokens=10)
+    status = quota_limiter().status("completion", "counted")
+    assert status.apps["(external)"].requests == 5 and status.available_requests == 2
 
 
 def test_a_bad_request_fails_permanently_and_stays_charged(conduit):
