@@ -1,9 +1,11 @@
 """Ingress: one route's messages, from its input queue into Celery, none lost.
 
 For each batch received in peek-lock mode: route every message (routing.py) and dead-letter the
-ones no retry could fix; publish the rest as one batch, each with ``task_id =
-task_id_for(in_queue, message_id)``, and record them in the ledger (ledger.py); complete a
-message only after both succeeded, and abandon the batch when the broker failed. A crash
+ones no retry could fix; record the rest in the ledger (ledger.py), then publish them as one
+batch, each with ``task_id = task_id_for(in_queue, message_id)``; complete a message only after
+both succeeded, and abandon the batch when the broker failed. Recording comes first because a
+fast task can be answered (and forgotten by the egress) before a record made after publishing
+would land, which would leave an entry no result ever clears. A crash
 anywhere in between leaves messages locked, and the bus delivers them again when the locks
 expire: publishing a message twice is harmless, since the task id is the same and a task writes
 one result per id.
@@ -119,8 +121,8 @@ class Ingress:
                 accepted.append(message)
                 requests.append(outcome)
         try:
-            self.publisher.publish(requests)
             self.ledger.record(requests)
+            self.publisher.publish(requests)
         except BrokerUnavailable:
             lost = self.receiver.abandon(accepted)
             self.counters.add(self.route.in_queue, "abandoned", len(accepted) - len(lost))

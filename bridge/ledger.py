@@ -33,6 +33,7 @@ from bridge.celery_publisher import CeleryPublisher
 from bridge.errors import BrokerUnavailable
 from bridge.routing import TaskRequest
 from settings import get_logger
+from tasks.outbox import written_key
 
 log = get_logger(__name__)
 
@@ -86,6 +87,19 @@ class Ledger:
         stored = self.client.hmget(requests_key(out_queue), task_ids)
         return [TaskRequest(**json.loads(request)) for request in stored if request]
 
+    def answered(self, out_queue: str, requests: Sequence[TaskRequest]) -> list[TaskRequest]:
+        """Those whose outcome is already in the outbox: the egress delivers it from there."""
+        pipe = self.client.pipeline(transaction=False)
+        for request in requests:
+            pipe.exists(written_key(out_queue, request.task_id))
+        return [request for request, written in zip(requests, pipe.execute(), strict=True)
+                if written]
+
+    def drop(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self.forget(pipe, out_queue, [request.task_id for request in requests])
+        pipe.execute()
+
     def touch(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
         """Start the clock again: looked at now, looked at again a period later."""
         if requests:
@@ -115,6 +129,11 @@ class LostTaskSweeper:
         republished = 0
         for out_queue in self.out_queues:
             overdue = self.ledger.overdue(out_queue, self.republish_after_s)
+            # A message delivered again after its task was answered re-runs against the stored
+            # outcome and writes nothing new, so the egress never clears its entry: clear it here.
+            answered = self.ledger.answered(out_queue, overdue)
+            self.ledger.drop(out_queue, answered)
+            overdue = [request for request in overdue if request not in answered]
             lost = [request for request in overdue
                     if self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES]
             if lost:

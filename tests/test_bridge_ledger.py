@@ -11,6 +11,7 @@ from celery import states
 from bridge.celery_publisher import CeleryPublisher
 from bridge.ledger import Ledger, LostTaskSweeper, ledger_key
 from bridge.routing import TaskRequest
+from tasks.outbox import write_result
 
 
 def request(task_id: str) -> TaskRequest:
@@ -44,3 +45,15 @@ def test_a_sent_result_forgets_its_task(sweeper, redis_client):
     Ledger.forget(pipe, "echo_oq", ["done"])
     pipe.execute()
     assert redis_client.zrange(ledger_key("echo_oq"), 0, -1) == ["waiting"]
+
+
+def test_a_task_whose_outcome_is_in_the_outbox_is_dropped_not_republished(sweeper, celery_app,
+                                                                          redis_client):
+    # A message delivered again after its task was answered: re-recorded, then re-run against
+    # the stored outcome, which writes nothing new, so only the sweeper can clear the entry.
+    write_result(redis_client, "echo_oq", "answered", "m-answered", {"id": "answered"})
+    celery_app.backend.store_result("answered", {"id": "answered"}, states.SUCCESS)
+    sweeper.ledger.record([request("answered"), request("lost")])
+    time.sleep(0.3)
+    assert sweeper.sweep() == 1  # only "lost"
+    assert redis_client.zrange(ledger_key("echo_oq"), 0, -1) == ["lost"]
