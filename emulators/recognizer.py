@@ -17,9 +17,11 @@ alignment. Text is given in sentence case with a full stop per segment, as Whisp
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,8 @@ LOUD_FRACTION = 0.1
 # very much" became "goodbye"); wider beams keep it, and the silence check catches forced fits.
 WIDE_BEAMS = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}
 DEFAULT_PHRASES_FILE = Path(__file__).with_name("phrases.txt")
+# Transcripts remembered by audio hash: a few minutes of recordings, a few hundred KB of text.
+RECENT_TRANSCRIPTS = 256
 PHRASE_SEARCH = "phrases"
 # Entries of the alignment that are not words: sentence marks, fillers, grammar joints.
 _FILLERS = {"<s>", "</s>", "<sil>", "(NULL)"}
@@ -101,7 +105,12 @@ def read_phrases(path: str | Path) -> list[str]:
 
 
 class Recognizer:
-    """One pocketsphinx decoder (0.4 s to load) shared by every request thread, one at a time."""
+    """One pocketsphinx decoder (0.4 s to load) shared by every request thread, one at a time.
+
+    Decoding is deterministic and costs about real time with the wide beams, so transcripts are
+    kept by the audio's hash: the same recording sent again (a retried task, a second format)
+    answers at once, as a second Whisper call would, only faster.
+    """
 
     def __init__(self, phrases: list[str]) -> None:
         # bestpath off: its lattice rescoring drops the last word of grammar results.
@@ -109,6 +118,7 @@ class Recognizer:
                                 **WIDE_BEAMS)
         self._open_search = self._decoder.current_search()
         self._lock = threading.Lock()
+        self._recent: OrderedDict[bytes, Transcript] = OrderedDict()
         self.phrases = self._known_phrases(phrases)
         if self.phrases:
             rules = " | ".join(self.phrases)
@@ -131,15 +141,26 @@ class Recognizer:
 
     def transcribe(self, pcm: np.ndarray) -> Transcript:
         """Recognise int16 mono 16 kHz speech."""
-        padding = np.zeros(int(PADDING_SECS * SAMPLE_RATE), dtype=np.int16)
-        audio = np.concatenate([padding, pcm.astype(np.int16), padding])
+        pcm = pcm.astype(np.int16)
+        key = hashlib.sha256(pcm.tobytes()).digest()
         with self._lock:
-            alignment = self._decode(PHRASE_SEARCH, audio) if self.phrases else None
-            if alignment is not None and _speech_in_silence(alignment, audio) > \
-                    MAX_SPEECH_IN_SILENCE:
-                alignment = None
-            if alignment is None:
-                alignment = self._decode(self._open_search, audio) or []
+            if key in self._recent:
+                self._recent.move_to_end(key)
+                return self._recent[key]
+            transcript = self._recognise(pcm)
+            self._recent[key] = transcript
+            if len(self._recent) > RECENT_TRANSCRIPTS:
+                self._recent.popitem(last=False)
+        return transcript
+
+    def _recognise(self, pcm: np.ndarray) -> Transcript:
+        padding = np.zeros(int(PADDING_SECS * SAMPLE_RATE), dtype=np.int16)
+        audio = np.concatenate([padding, pcm, padding])
+        alignment = self._decode(PHRASE_SEARCH, audio) if self.phrases else None
+        if alignment is not None and _speech_in_silence(alignment, audio) > MAX_SPEECH_IN_SILENCE:
+            alignment = None
+        if alignment is None:
+            alignment = self._decode(self._open_search, audio) or []
         duration = len(pcm) / SAMPLE_RATE
         return Transcript(tuple(_segments(alignment, duration)), duration)
 
