@@ -55,6 +55,11 @@ DEV_DEFAULTS = {
 }
 
 
+# How to reach a worker from another terminal while the stack runs.
+PING_COMMAND = (""".venv/bin/python -c "from worker import app; """
+                """print(app.send_task('worker.ping').get(timeout=10))\"""")
+
+
 class StackError(RuntimeError):
     """The stack could not start or do its work; the message says what to look at."""
 
@@ -153,6 +158,7 @@ def summary(settings: Settings, tally: ResultTally, *, peaks: QuotaPeaks, window
     say(f"  flower      http://127.0.0.1:{settings.flower_port}")
     say(f"  quota API   {web}/api/v1/quota")
     say(f"  logs        {log_path}")
+    say(f"  try         {PING_COMMAND}")
 
 
 def run_workload(settings: Settings, redis_url: str, honcho: subprocess.Popen,
