@@ -31,9 +31,18 @@ test: $(INSTALLED) test-tools
 # client. Installed once when missing (needs root, as CI has); later runs skip this.
 test-tools:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+		$(call apt_install,chromium chromium-driver)
 	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose)
+		$(call apt_install,--no-install-recommends docker-compose)
+
+# Root (as in CI) installs directly, a developer with passwordless sudo through sudo; anyone else
+# is told what is missing, and the tests that need it fail saying so.
+APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || (sudo -n true 2>/dev/null && echo "sudo apt-get"))
+define apt_install
+	( [ -n "$(APT_GET)" ] && $(APT_GET) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $(1) ) || \
+	echo "make test: could not install $(1) (needs root or sudo)" >&2
+endef
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
