@@ -1,8 +1,9 @@
 """Whisper transcriptions and translations: decode the upload, recognise it, format the answer.
 
-Any format libsndfile reads (wav, flac, ogg, mp3 ...) is decoded with soundfile; others (m4a,
-webm, mp4) go through librosa, which needs ffmpeg on the machine for them. Audio is mixed down
-to mono and resampled to 16 kHz, as Whisper does, then recognised (:mod:`emulators.recognizer`).
+Any format libsndfile reads (wav, flac, ogg, mp3 ...) is decoded with soundfile; the others (m4a,
+mp4, webm: AAC, Opus ...) with the FFmpeg decoders bundled in the PyAV wheel, so no ffmpeg needs
+to be installed. Audio is mixed down to mono and resampled to 16 kHz, as Whisper does, then
+recognised (:mod:`emulators.recognizer`).
 
 Translations return the English transcript: the acoustic model is English, and Whisper
 translates into English, so for English speech the two answers agree.
@@ -16,11 +17,10 @@ from __future__ import annotations
 import io
 import json
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import soundfile
 import soxr
@@ -75,28 +75,30 @@ def decode_audio(data: bytes, filename: str) -> np.ndarray:
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.SoundFileError, TypeError):
-        samples, rate = _decode_with_librosa(data, filename)
+        samples, rate = _decode_with_av(data, filename)
     mono = samples.mean(axis=1)
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE)
     return (np.clip(mono, -1.0, 1.0) * 32767).astype(np.int16)
 
 
-def _decode_with_librosa(data: bytes, filename: str) -> tuple[np.ndarray, int]:
-    import librosa  # slow to import (numba); only formats libsndfile cannot read need it
-
-    # audioread (librosa's fallback) opens paths, not streams.
-    with tempfile.NamedTemporaryFile(suffix=Path(filename).suffix) as file:
-        file.write(data)
-        file.flush()
-        try:
-            samples, rate = librosa.load(file.name, sr=None, mono=False)
-        except Exception as error:  # noqa: BLE001 - any decoder failure means the same to a client
-            raise BadRequest(
-                f"Invalid file format. Supported formats: {SUPPORTED_FORMATS} "
-                f"(emulator: could not decode {filename!r}: {type(error).__name__})", "file"
-            ) from None
-    return np.atleast_2d(samples).T, int(rate)
+def _decode_with_av(data: bytes, filename: str) -> tuple[np.ndarray, int]:
+    """float32 samples (frames × channels, as soundfile gives them) and their rate."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.audio[0]
+            # Each decoder answers in its own sample format (AAC and Opus planar float, ALAC
+            # integers ...): convert to one. Rate and channels are kept; soxr and the mix-down
+            # above deal with those for every format alike.
+            to_float = av.AudioResampler(format="fltp")
+            blocks = [converted.to_ndarray() for frame in container.decode(stream)
+                      for converted in to_float.resample(frame)]
+            return np.concatenate(blocks, axis=1).T, stream.rate
+    except Exception as error:  # noqa: BLE001 - any decoder failure means the same to a client
+        raise BadRequest(
+            f"Invalid file format. Supported formats: {SUPPORTED_FORMATS} "
+            f"(emulator: could not decode {filename!r}: {type(error).__name__})", "file"
+        ) from None
 
 
 def _timestamp(seconds: float, separator: str) -> str:
