@@ -1,5 +1,9 @@
 """Long recordings cut at silences into chunks Whisper can take, so they transcribe in parallel.
 
+Recordings are read with soundfile when libsndfile knows the format (WAV, MP3, FLAC, OGG) and
+otherwise (MP4, M4A, WEBM: AAC, Opus ...) with the FFmpeg decoders bundled in the PyAV wheel, so
+no ffmpeg needs to be installed; librosa mixes them down and resamples them to 16 kHz.
+
 A cut falls in the middle of a pause, never inside a word: librosa finds the stretches of sound,
 and each chunk ends at the last pause before it would grow longer than the limit (or at the
 limit itself when someone talks without pausing). Chunks are 16 kHz mono 16-bit WAV: what
@@ -12,12 +16,20 @@ is imported here only, and only recordings that need cutting pay for it.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.audio_files import MAX_UPLOAD_BYTES
+from tasks.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import numpy as np
+    from av.audio.stream import AudioStream
+    from av.container import InputContainer
 
 CHUNK_SAMPLE_RATE = 16000
 CHUNK_BYTES_PER_SECOND = CHUNK_SAMPLE_RATE * 2  # mono, 16-bit
@@ -33,15 +45,60 @@ class AudioChunk:
     wav: bytes
 
 
-def duration_s(path: str | Path) -> float | None:
-    """The recording's length read from its header, or None for containers libsndfile cannot
-    read (MP4, M4A, WEBM): those are sent whole, as Whisper takes any of them up to 25 MB."""
+def duration_s(path: str | Path) -> float:
+    """The recording's length: from its header, or by decoding it when the header does not say
+    (a WEBM recorded in a browser, written as it streamed, has no duration)."""
+    import av
     import soundfile
 
     try:
         return soundfile.info(str(path)).duration
     except soundfile.LibsndfileError:
-        return None
+        pass
+    with _opened_with_av(path) as (container, _stream):
+        if container.duration is not None:
+            return container.duration / av.time_base
+    samples, rate = read_audio(path)
+    return samples.shape[-1] / rate
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """The recording's float32 samples (channels × frames) and their rate."""
+    import numpy as np
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        return samples.T, rate
+    except soundfile.LibsndfileError:
+        pass
+    import av
+
+    with _opened_with_av(path) as (container, stream):
+        # Each decoder answers in its own sample format (AAC and Opus planar float, ALAC
+        # integers ...): convert to one, keeping rate and channels for librosa to deal with.
+        to_float = av.AudioResampler(format="fltp")
+        blocks = [converted.to_ndarray() for frame in container.decode(stream)
+                  for converted in to_float.resample(frame)]
+        rate = stream.rate
+    if not blocks:
+        raise InvalidInput(f"audio file {Path(path).name!r} holds no audio")
+    return np.concatenate(blocks, axis=1), rate
+
+
+@contextmanager
+def _opened_with_av(path: str | Path) -> Iterator[tuple[InputContainer, AudioStream]]:
+    """The file's container and its first audio stream; FFmpeg refusing the file (its first
+    bytes passed the sniff, the rest is not what they promised) is the caller's bad input."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise InvalidInput(f"audio file {Path(path).name!r} holds no audio")
+            yield container, container.streams.audio[0]
+    except av.FFmpegError as error:
+        raise InvalidInput(f"audio file {Path(path).name!r} cannot be decoded: {error}") from None
 
 
 def max_chunk_seconds(requested_s: float) -> float:
@@ -72,7 +129,9 @@ def split_at_silences(path: str | Path, max_chunk_s: float) -> list[AudioChunk]:
     import librosa
     import soundfile
 
-    samples, rate = librosa.load(str(path), sr=CHUNK_SAMPLE_RATE, mono=True)
+    recording, recording_rate = read_audio(path)
+    rate = CHUNK_SAMPLE_RATE
+    samples = librosa.resample(librosa.to_mono(recording), orig_sr=recording_rate, target_sr=rate)
     sounds = [(start / rate, end / rate)
               for start, end in librosa.effects.split(samples, top_db=SILENCE_TOP_DB)]
     chunks = []

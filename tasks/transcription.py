@@ -82,8 +82,7 @@ def transcribe_upload(
 
 
 def needs_chunking(path: Path) -> bool:
-    length = duration_s(path)
-    return length is not None and length > get_settings().whisper_chunk_max_s
+    return duration_s(path) > get_settings().whisper_chunk_max_s
 
 
 def park_chunks(path: Path) -> list[ChunkRef]:

@@ -14,7 +14,15 @@ from quota import QuotaLimiter
 from tasks.connections import redis_client
 from tasks.errors import InvalidInput
 from tasks.processors import get_processor, task_id_for
-from tasks.transcription import get_rate_limit_stats, set_rate_limit, transcribe_audio
+from tasks.transcription import (
+    get_rate_limit_stats,
+    merge_chunk_results,
+    prepare_transcription,
+    set_rate_limit,
+    transcribe_audio,
+    transcribe_chunk,
+)
+from tests.support.audio import compressed
 
 WHISPER = "whisper"
 LIMITS = {WHISPER: {"tpm": 0, "rpm": 600}}
@@ -25,8 +33,9 @@ PAUSE_SECS = 0.7
 RESULT_TIMEOUT_SECS = 240
 
 
-def recording(seconds: float) -> bytes:
-    """Known phrases, spoken one after another with a pause between, for about ``seconds``."""
+def recording(seconds: float) -> np.ndarray:
+    """Known phrases, spoken one after another with a pause between, for about ``seconds``
+    (int16 at 16 kHz)."""
     phrases = read_phrases(DEFAULT_PHRASES_FILE)
     pause = np.zeros(int(PAUSE_SECS * 16000), dtype=np.int16)
     parts, samples, number = [], 0, 0
@@ -35,7 +44,7 @@ def recording(seconds: float) -> bytes:
         parts += [speech, pause]
         samples += len(speech) + len(pause)
         number += 1
-    return wav_bytes(np.concatenate(parts))
+    return np.concatenate(parts)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +55,14 @@ def emulator(module_emulator_starter):
 @pytest.fixture(scope="module")
 def short_wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("audio") / "short.wav"
-    path.write_bytes(recording(8))
+    path.write_bytes(wav_bytes(recording(8)))
     return path
 
 
 @pytest.fixture(scope="module")
 def three_minutes_wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("audio") / "three-minutes.wav"
-    path.write_bytes(recording(180))
+    path.write_bytes(wav_bytes(recording(180)))
     return path
 
 
@@ -92,8 +101,11 @@ def test_bad_audio_is_refused_before_upload(env, emulator, tmp_path):
         file.truncate(26 * 1024 * 1024)
     unsupported = tmp_path / "voice.ogg"
     unsupported.write_bytes(b"OggS" + bytes(100))
+    # An MP4 header in front of text passes the sniff; FFmpeg cannot decode the rest.
+    posing = tmp_path / "memo.m4a"
+    posing.write_bytes(b"\x00\x00\x00\x1cftypM4A " + b"this is a text file\n" * 100)
     for path, problem in [(renamed, "not audio"), (too_large, "26.0 MB"),
-                          (unsupported, "unsupported extension")]:
+                          (unsupported, "unsupported extension"), (posing, "cannot be decoded")]:
         with pytest.raises(InvalidInput, match=problem):
             transcribe_audio(path)
     with pytest.raises(InvalidInput, match="response_format"):
@@ -111,12 +123,34 @@ def test_rate_limit_stats_and_changes_are_shared(env, short_wav, redis_client):
     assert QuotaLimiter(redis_client).status("whisper", WHISPER).rpm == 120
 
 
+def test_a_short_webm_is_accepted_and_sent_whole(env, emulator, tmp_path):
+    clip = tmp_path / "clip.webm"
+    clip.write_bytes(compressed(recording(8), 16000, "webm"))
+    assert transcribe_audio(clip, response_format="text").startswith("What is the weather today.")
+    assert whisper_requests(emulator) == 1
+
+
 def assert_monotonic(segments, total_s):
     starts = [segment["start"] for segment in segments]
     assert starts == sorted(starts)
     assert all(s["start"] <= s["end"] <= n["start"] + 0.01
                for s, n in pairwise(segments))
     assert segments[-1]["end"] > total_s - 10 and segments[-1]["end"] <= total_s + 1
+
+
+@pytest.mark.slow
+def test_a_long_m4a_is_cut_at_silences_and_merged_in_order(env, emulator, tmp_path):
+    # In-process, chunk by chunk: the Celery group around these is the three-minute test's.
+    speech = recording(60)
+    memo = tmp_path / "memo.m4a"
+    memo.write_bytes(compressed(speech, 16000, "m4a"))
+    chunks = prepare_transcription(memo, "verbose_json")
+    assert len(chunks) >= 2  # 60 s in chunks of at most 30 s
+    merged = merge_chunk_results([transcribe_chunk(chunk.key, chunk.offset_s)
+                                  for chunk in chunks], "verbose_json")
+    assert_monotonic(merged["segments"], len(speech) / 16000)
+    assert merged["text"].startswith("What is the weather today. Hello world.")
+    assert whisper_requests(emulator) == len(chunks)
 
 
 @pytest.mark.slow
