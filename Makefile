@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Touched after a successful install; reinstalls only when the pins change.
 INSTALLED := $(VENV)/.installed
+AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: run test test-tools lint bench .venv clean
 
@@ -28,12 +29,16 @@ test: $(INSTALLED) test-tools
 	exit $$status
 
 # The dashboard's browser test needs Debian's Chromium and ChromeDriver, the compose test a compose
-# client. Installed once when missing (needs root, as CI has); later runs skip this.
+# client. Installed once when missing (needs root, as CI has); later runs skip this. The blob tests
+# need Azurite, installed from tools/azurite's lockfile when npm is there (without npm they skip
+# on a laptop and fail on CI).
 test-tools:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		$(call apt_install,chromium chromium-driver)
 	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || \
 		$(call apt_install,--no-install-recommends docker-compose)
+	@test -x $(AZURITE) || ! command -v npm >/dev/null || \
+		(cd tools/azurite && npm ci --no-audit --no-fund --loglevel=error)
 
 # Root (as in CI) installs directly, a developer with passwordless sudo through sudo; anyone else
 # is told what is missing, and the tests that need it fail saying so.

@@ -2,14 +2,17 @@
 
 Each source ends as a local file the transcription can validate and read. Blob URLs are read
 with ``azure-storage-blob``: a SAS in the URL is used as is; otherwise the account key from
-AZURE_STORAGE_CONNECTION_STRING, or Entra ID (managed identity) when that is unset. Plain
-``http://`` is accepted only for a loopback host (Azurite in development).
+AZURE_STORAGE_CONNECTION_STRING, or Entra ID (managed identity) when that is unset. Blob URLs
+must be ``https://``, except on the account the connection string names (Azurite, in
+development, serves plain ``http://``). Errors name the URL with its SAS signature redacted:
+they end in logs and in the failure payload on the output queue.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,23 +21,46 @@ from settings import get_settings
 from tasks.audio_files import MAX_UPLOAD_BYTES, validate_audio_file
 from tasks.errors import InvalidInput, PermanentError, TransientError
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# A SAS token's signature, in a URL or in an error text that quotes one.
+_SAS_SIGNATURE = re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE)
 
 
-def _blob_credential(url: str) -> Any:
-    if "sig=" in (urlparse(url).query or ""):
-        return None  # the SAS token in the URL is the credential
+def _redacted(text: str) -> str:
+    return _SAS_SIGNATURE.sub(r"\1REDACTED", text)
+
+
+def _connection_string() -> dict[str, str] | None:
+    """AZURE_STORAGE_CONNECTION_STRING's ``key=value`` parts, when it is set."""
     connection_string = get_settings().blob_connection_string
     if connection_string is None:
+        return None
+    return dict(part.split("=", 1) for part in connection_string.get_secret_value().split(";")
+                if "=" in part)
+
+
+def _blob_credential(url: str, account: dict[str, str] | None) -> Any:
+    if "sig=" in (urlparse(url).query or ""):
+        return None  # the SAS token in the URL is the credential
+    if account is None:
         from azure.identity import DefaultAzureCredential
 
         return DefaultAzureCredential()
-    parts = dict(part.split("=", 1) for part in connection_string.get_secret_value().split(";")
-                 if "=" in part)
-    if "AccountKey" not in parts:
+    if "AccountKey" not in account:
         raise PermanentError("AZURE_STORAGE_CONNECTION_STRING has no AccountKey to read "
                              "blobs with; use a SAS URL or an account-key connection string")
-    return {"account_name": parts["AccountName"], "account_key": parts["AccountKey"]}
+    return {"account_name": account["AccountName"], "account_key": account["AccountKey"]}
+
+
+def _check_scheme(url: str, account: dict[str, str] | None) -> None:
+    """A blob URL must be https, so neither the audio nor a SAS travels in clear; plain http is
+    trusted only under the BlobEndpoint the operator configured (Azurite, which serves http on
+    localhost), never because a message asks for it."""
+    parsed = urlparse(url)
+    endpoint = urlparse((account or {}).get("BlobEndpoint", ""))
+    on_endpoint = ((parsed.scheme, parsed.netloc) == (endpoint.scheme, endpoint.netloc)
+                   and parsed.path.startswith(endpoint.path.rstrip("/") + "/"))
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and on_endpoint):
+        raise InvalidInput(f"audio_url {_redacted(url)!r} must be an https:// blob URL")
 
 
 def download_blob(url: str, destination: Path) -> Path:
@@ -47,12 +73,11 @@ def download_blob(url: str, destination: Path) -> Path:
     )
     from azure.storage.blob import BlobClient
 
-    parsed = urlparse(url)
-    if parsed.scheme != "https" and not (parsed.scheme == "http"
-                                         and parsed.hostname in LOOPBACK_HOSTS):
-        raise InvalidInput(f"audio_url {url!r} must be an https:// blob URL")
+    account = _connection_string()
+    _check_scheme(url, account)
+    shown = _redacted(url)
     try:
-        with BlobClient.from_blob_url(url, credential=_blob_credential(url)) as blob:
+        with BlobClient.from_blob_url(url, credential=_blob_credential(url, account)) as blob:
             size = blob.get_blob_properties().size
             if size > MAX_UPLOAD_BYTES:
                 raise InvalidInput(f"audio_url blob is {size / 2**20:.1f} MB; Whisper accepts at "
@@ -60,15 +85,18 @@ def download_blob(url: str, destination: Path) -> Path:
             with destination.open("wb") as file:
                 blob.download_blob().readinto(file)
     except ResourceNotFoundError:
-        raise InvalidInput(f"audio_url {url!r}: no such blob") from None
+        raise InvalidInput(f"audio_url {shown!r}: no such blob") from None
     except ClientAuthenticationError as error:
-        raise PermanentError(f"audio_url {url!r}: access denied ({error.message}); check "
+        raise PermanentError(f"audio_url {shown!r}: access denied "
+                             f"({_redacted(str(error.message))}); check "
                              "AZURE_STORAGE_CONNECTION_STRING or the SAS") from None
     except ServiceRequestError as error:
-        raise TransientError(f"cannot reach blob storage for {url!r}: {error}") from error
+        # `from None` here too: the SDK's error chained in would quote the URL, SAS and all.
+        raise TransientError(f"cannot reach blob storage for {shown!r}: "
+                             f"{_redacted(str(error))}") from None
     except HttpResponseError as error:
-        raise PermanentError(f"audio_url {url!r}: blob storage answered {error.status_code}: "
-                             f"{error.message}") from None
+        raise PermanentError(f"audio_url {shown!r}: blob storage answered {error.status_code}: "
+                             f"{_redacted(str(error.message))}") from None
     return destination
 
 
