@@ -9,22 +9,29 @@ idled ``BRIDGE_RECLAIM_IDLE_SECONDS`` another bridge (or the restarted one) clai
 (XAUTOCLAIM) and sends them again, and the bus drops that second copy as a duplicate of the
 message id. On Service Bus this needs duplicate detection enabled on the output queues; the
 local bus always has it.
+
+A result too large for one message (over ``BRIDGE_MAX_MESSAGE_BYTES``, or refused by the bus as
+over its own limit) would be refused forever and hold up every result behind it: its task's
+failure payload (error type ``ResultTooLarge``) is sent in its place, and counted as too_large.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import redis
 
 from bridge.bus import Bus, OutgoingMessage
-from bridge.errors import BusError, BusUnavailable
+from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 from bridge.ledger import Ledger
 from bridge.metrics import Counters
 from settings import get_logger
 from tasks.outbox import stream_key
+from tasks.processors.base import failure_payload
 
 log = get_logger(__name__)
 
@@ -38,15 +45,24 @@ FAILURE_RETRY_SECS = 1.0
 Entry = tuple[str, dict[str, str] | None]
 
 
+class ResultTooLarge(Exception):
+    """A task's result no message can carry; its name is the error type in the failure payload."""
+
+
 class Egress:
     """Sends the outbox of every output queue until told to stop, then finishes its batch."""
 
     def __init__(self, client: redis.Redis, bus: Bus, out_queues: Sequence[str], consumer: str,
-                 counters: Counters, *, batch_size: int, reclaim_idle_s: float) -> None:
+                 counters: Counters, *, batch_size: int, reclaim_idle_s: float,
+                 max_message_bytes: int) -> None:
         self.client, self.bus, self.consumer, self.counters = client, bus, consumer, counters
         self.out_queue_of = {stream_key(queue): queue for queue in sorted(set(out_queues))}
         self.batch_size = batch_size
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
+        self.max_message_bytes = max_message_bytes
+        # Task id -> why the bus refused its result as too large, though within our limit (a
+        # namespace whose limit is lower); forgotten once its failure payload is sent.
+        self.refused: dict[str, str] = {}
         # Entries this consumer read but could not send; read again (id "0") before new ones.
         self.own_pending = False
 
@@ -119,16 +135,24 @@ class Egress:
         if not entries:
             return 0
         out_queue = self.out_queue_of[stream]
-        messages = []
+        results = []
         for entry_id, fields in entries:
             if fields and {"task_id", "message_id", "body"} <= fields.keys():
-                messages.append(OutgoingMessage(body=fields["body"], message_id=fields["task_id"],
-                                                correlation_id=fields["message_id"]))
+                results.append(OutgoingMessage(body=fields["body"], message_id=fields["task_id"],
+                                               correlation_id=fields["message_id"]))
             elif fields:  # deleted entries come back as None: nothing to send, just acknowledge
                 log.error("egress: outbox entry %s of %s lacks task_id/message_id/body; "
                           "dropping it: %s", entry_id, out_queue, fields)
+        messages = [self.sendable(out_queue, result) for result in results]
         try:
             self.bus.send(out_queue, messages)
+        except MessageTooLarge as error:
+            if error.message_id in self.refused:
+                raise  # even its failure payload is too large: a limit no result can meet
+            # Read the batch again at once; this time the refused result is replaced.
+            self.refused[error.message_id] = str(error)
+            self.own_pending = True
+            return 0
         except (BusError, BusUnavailable):
             self.own_pending = True
             self.counters.add(out_queue, "send_failures", len(messages))
@@ -144,5 +168,25 @@ class Egress:
             # Sent but still pending: sent again later, and dropped then as a duplicate.
             self.own_pending = True
             raise
+        for message in messages:
+            self.refused.pop(message.message_id, None)
+        replaced = [result for message, result in zip(messages, results, strict=True)
+                    if message is not result]
         self.counters.add(out_queue, "sent", len(messages))
+        self.counters.add(out_queue, "too_large", len(replaced))
         return len(messages)
+
+    def sendable(self, out_queue: str, result: OutgoingMessage) -> OutgoingMessage:
+        """The result, or its task's failure payload when the result is too large to send."""
+        size = len(result.body.encode())
+        detail = self.refused.get(result.message_id)
+        if detail is None and size > self.max_message_bytes:
+            detail = (f"the result is {size} bytes, {size - self.max_message_bytes} bytes over "
+                      f"the limit of {self.max_message_bytes} bytes for one message "
+                      "(BRIDGE_MAX_MESSAGE_BYTES)")
+        if detail is None:
+            return result
+        log.error("egress: the result of task %s for %s is too large to send; sending its "
+                  "failure payload instead: %s", result.message_id, out_queue, detail)
+        payload = failure_payload(json.loads(result.body), ResultTooLarge(detail))
+        return replace(result, body=json.dumps(payload, ensure_ascii=False))

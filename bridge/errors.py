@@ -4,6 +4,7 @@ azure-servicebus and redis in the bus adapters, kombu and redis in the Celery pu
     BridgeError
     ├── BusUnavailable       the bus cannot be reached now: wait and try again
     ├── BusError             the bus refused an operation (bad queue name, no permission ...)
+    │   └── MessageTooLarge  one message is over the bus's size limit
     └── BrokerUnavailable    Celery's broker refused or dropped a publish: abandon, retry later
 """
 
@@ -20,6 +21,14 @@ class BusUnavailable(BridgeError):
 
 class BusError(BridgeError):
     """Service Bus or the local bus refused the operation; retrying the same call will not help."""
+
+
+class MessageTooLarge(BusError):
+    """The message ``message_id`` is over the bus's size limit: it can never be sent."""
+
+    def __init__(self, message_id: str, detail: str) -> None:
+        super().__init__(detail)
+        self.message_id = message_id
 
 
 class BrokerUnavailable(BridgeError):

@@ -6,7 +6,8 @@ expires, with ``delivery_count`` one higher; after the maximum delivery count it
 dead-letter sub-queue (reason ``MaxDeliveryCountExceeded``), as it does when dead-lettered on
 purpose with a reason and description; ``message_id``, ``correlation_id``, application
 properties and scheduled enqueue time travel with the message; a ``message_id`` sent again within
-the duplicate detection window is dropped.
+the duplicate detection window is dropped; a message over the size limit is refused, as Service
+Bus refuses one over its tier's limit.
 
 Every operation is one Lua script from ``lua/`` (the shared head, ``prelude.lua``, documents the
 keys): atomic, on the server's clock, and one round trip for a whole batch.
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from bridge.bus import OutgoingMessage, ReceivedMessage
-from bridge.errors import BusError, BusUnavailable
+from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -100,6 +101,7 @@ class LocalBus:
         lock_duration_s: float = 60.0,
         max_delivery_count: int = 10,
         duplicate_window_s: float = 600.0,
+        max_message_bytes: int = 256 * 1024,
         owns_client: bool = False,
     ) -> None:
         if not client.get_encoder().decode_responses:
@@ -108,6 +110,7 @@ class LocalBus:
         self.lock_duration_ms = int(lock_duration_s * 1000)
         self.max_delivery_count = max_delivery_count
         self.duplicate_window_ms = int(duplicate_window_s * 1000)
+        self.max_message_bytes = max_message_bytes
         self._owns_client = owns_client
         self._scripts: dict[str, Callable[..., Any]] = {}
 
@@ -116,7 +119,8 @@ class LocalBus:
         client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
         return cls(client, lock_duration_s=settings.local_bus_lock_duration_s,
                    max_delivery_count=settings.local_bus_max_delivery_count,
-                   duplicate_window_s=settings.local_bus_duplicate_window_s, owns_client=True)
+                   duplicate_window_s=settings.local_bus_duplicate_window_s,
+                   max_message_bytes=settings.bridge_max_message_bytes, owns_client=True)
 
     def run_script(self, name: str, queue: str, args: Sequence[object]) -> Any:
         if name not in self._scripts:
@@ -128,9 +132,18 @@ class LocalBus:
         return LocalReceiver(self, queue)
 
     def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Send all of ``messages``, or none when one is over the size limit."""
         args: list[object] = [self.duplicate_window_ms]
         for message in messages:
-            args += [message.message_id, _envelope(message), _enqueue_at_ms(message)]
+            envelope = _envelope(message)
+            # The whole stored message counts, ids and properties too, as Service Bus counts
+            # a message's headers with its body.
+            size = len(envelope.encode())
+            if size > self.max_message_bytes:
+                raise MessageTooLarge(message.message_id, (
+                    f"the message is {size} bytes, {size - self.max_message_bytes} bytes over "
+                    f"the local bus's limit of {self.max_message_bytes} bytes"))
+            args += [message.message_id, envelope, _enqueue_at_ms(message)]
         if messages:
             self.run_script("send_messages", queue, args)
 

@@ -8,7 +8,8 @@ Redis keys (the web dashboard reads them through :func:`read_bridge_stats`, noth
     conduit:bridge:counters:<queue>    hash  counter name -> total since the data began
 
 Counters are kept per input queue (received, published, dead_lettered, abandoned, locks_lost)
-and per output queue (sent, send_failures). They are added up in memory and written with the
+and per output queue (sent, send_failures, and too_large: results sent as their failure payload
+because no message could carry them). They are added up in memory and written with the
 heartbeat, once a second, so counting costs the message path nothing; a bridge killed outright
 loses at most its last second of counts, never a message.
 """
@@ -39,7 +40,7 @@ ALIVE_WITHIN_SECS = 10.0
 FORGET_AFTER_SECS = 24 * 3600
 
 INGRESS_COUNTERS = ("received", "published", "dead_lettered", "abandoned", "locks_lost")
-EGRESS_COUNTERS = ("sent", "send_failures")
+EGRESS_COUNTERS = ("sent", "send_failures", "too_large")
 
 
 def info_key(bridge_id: str) -> str:

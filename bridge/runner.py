@@ -51,7 +51,8 @@ class Bridge:
         ]
         self.egress = Egress(self.client, bus, [route.out_queue for route in settings.routes],
                              self.bridge_id, counters, batch_size=settings.bridge_batch_size,
-                             reclaim_idle_s=settings.bridge_reclaim_idle_s)
+                             reclaim_idle_s=settings.bridge_reclaim_idle_s,
+                             max_message_bytes=settings.bridge_max_message_bytes)
         for route in settings.routes:
             try:
                 get_processor(route.processor)

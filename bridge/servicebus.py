@@ -39,7 +39,7 @@ from azure.servicebus.exceptions import (
 )
 
 from bridge.bus import OutgoingMessage, ReceivedMessage
-from bridge.errors import BusError, BusUnavailable
+from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -166,9 +166,11 @@ class ServiceBus:
             for message in messages:
                 try:
                     batch.add_message(_outgoing(message))
-                except MessageSizeExceededError:
-                    if not len(batch):
-                        raise  # this one message alone is over the limit
+                except MessageSizeExceededError as error:
+                    if not len(batch):  # this one message alone is over the limit
+                        raise MessageTooLarge(message.message_id, (
+                            "Service Bus refused it as over the namespace's limit of "
+                            f"{batch.max_size_in_bytes} bytes")) from error
                     sender.send_messages(batch)
                     batch = sender.create_message_batch()
                     batch.add_message(_outgoing(message))

@@ -213,9 +213,15 @@ class Settings(BaseSettings):
     local_bus_max_delivery_count: int = Field(
         10, ge=1, validation_alias=_env("LOCAL_BUS_MAX_DELIVERY_COUNT")
     )
-    # Service Bus's default duplicate detection window: a message id sent again within it is dropped.
+    # Service Bus's default duplicate detection window: a message id sent again within it is
+    # dropped.
     local_bus_duplicate_window_s: float = Field(
         600.0, gt=0, validation_alias=_env("LOCAL_BUS_DUPLICATE_WINDOW_SECONDS")
+    )
+    # The largest message the bridge sends, and the local bus accepts: Service Bus standard tier's
+    # 256 KiB. Raise it on a premium namespace (up to its configured maximum message size).
+    bridge_max_message_bytes: int = Field(
+        256 * 1024, ge=1024, validation_alias=_env("BRIDGE_MAX_MESSAGE_BYTES")
     )
     # Results a dead bridge took but never acknowledged are taken over after idling this long;
     # longer than any send takes, so a live bridge's in-flight send is never taken from it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bridge.bus import OutgoingMessage
-from bridge.errors import BusUnavailable
+from bridge.errors import BusUnavailable, MessageTooLarge
 from bridge.local_bus import LocalBus
 from settings.redis_server import free_port
 
@@ -120,6 +121,16 @@ def test_a_message_id_sent_twice_within_the_window_is_dropped(bus, redis_client)
     time.sleep(0.3)
     send(short, "m-1")
     assert len(bus.peek("q", 10)) == 2
+
+
+def test_a_message_over_the_size_limit_is_refused_and_its_batch_not_sent(redis_client):
+    bus = LocalBus(redis_client, max_message_bytes=1024)
+    batch = [OutgoingMessage(body='{"id": 1}', message_id="small"),
+             OutgoingMessage(body=json.dumps({"pad": "x" * 1024}), message_id="big")]
+    with pytest.raises(MessageTooLarge, match="over the local bus's limit of 1024") as refused:
+        bus.send("q", batch)
+    assert refused.value.message_id == "big"
+    assert bus.peek("q", 10) == []
 
 
 def test_peek_shows_locked_and_available_messages_without_taking_them(bus):

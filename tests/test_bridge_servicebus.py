@@ -20,11 +20,13 @@ from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import MessageLockLostError, ServiceBusConnectionError
 
 from bridge.bus import OutgoingMessage, connect_bus
-from bridge.errors import BrokerUnavailable, BusUnavailable
+from bridge.egress import Egress
+from bridge.errors import BrokerUnavailable, BusUnavailable, MessageTooLarge
 from bridge.ingress import Ingress
 from bridge.metrics import Counters
 from bridge.servicebus import ServiceBus
 from settings import Route, load_settings
+from tasks.outbox import write_result
 
 _sequence = itertools.count(1)
 
@@ -253,6 +255,37 @@ def test_send_sets_ids_and_splits_batches_that_would_be_too_large(bus, namespace
     assert [m.correlation_id for m in messages] == [f"m-{i}" for i in range(4)]
     assert json.loads(str(messages[0]))["n"] == 0
     assert messages[0].content_type == "application/json"
+
+
+def test_a_message_alone_over_the_limit_is_refused_as_too_large(bus, namespace):
+    namespace.max_batch_bytes = 600
+    with pytest.raises(MessageTooLarge, match="namespace's limit of 600 bytes") as refused:
+        bus.send("out", [OutgoingMessage(body="x" * 1000, message_id="task-1")])
+    assert refused.value.message_id == "task-1"
+
+
+def test_egress_sends_the_failure_payload_of_a_result_service_bus_refuses(
+    bus, namespace, redis_client
+):
+    # A standard-tier namespace under a bridge whose limit was raised for premium.
+    namespace.max_batch_bytes = 4096
+    egress = Egress(redis_client, bus, ["out"], "bridge-1", Counters(), batch_size=10,
+                    reclaim_idle_s=60, max_message_bytes=1024 * 1024)
+    egress.ensure_groups()
+    write_result(redis_client, "out", "task-big", "m-big", {"id": "big", "pad": "x" * 5000})
+    write_result(redis_client, "out", "task-small", "m-small", {"id": "small"})
+
+    assert egress.run_once() == 0  # refused by the SDK: nothing acknowledged
+    assert egress.run_once() == 2
+
+    sent = [m for batch in namespace.sent["out"] for m in batch]
+    failed, small = (json.loads(str(m)) for m in sent)
+    assert failed == {"id": "big", "taskId": None, "message": "failed", "error": {
+        "type": "ResultTooLarge",
+        "detail": "Service Bus refused it as over the namespace's limit of 4096 bytes"}}
+    assert small == {"id": "small"}
+    assert [m.message_id for m in sent] == ["task-big", "task-small"]
+    assert egress.counters.take()[("out", "too_large")] == 1
 
 
 def test_dead_letters_are_listed_and_resubmitted_as_copies(bus, namespace):
