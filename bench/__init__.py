@@ -1,1 +1,2 @@
-"""Benchmarks: ``python -m bench.<name>`` prints one summary line and writes bench/results/<name>.json."""
+"""Benchmarks: ``python -m bench.<name>`` prints one summary line and writes
+bench/results/<name>.json."""

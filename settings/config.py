@@ -183,6 +183,12 @@ class Settings(BaseSettings):
     blob_connection_string: SecretStr | None = Field(
         None, validation_alias=_env("AZURE_STORAGE_CONNECTION_STRING")
     )
+    # With Entra ID instead of a connection string: the account blob URLs may name, e.g.
+    # https://myaccount.blob.core.windows.net. Our token is sent to no other host.
+    blob_account_url: str | None = Field(None, validation_alias=_env("AZURE_STORAGE_ACCOUNT_URL"))
+    # The directory `audio_path` messages may read from; unset: messages cannot name local files
+    # (a message must not make a worker read whatever file it names).
+    audio_local_root: str | None = Field(None, validation_alias=_env("AUDIO_LOCAL_ROOT"))
 
     # --- Service Bus and the bridge --------------------------------------------------------------
     # Neither set: the local bus in Redis (same semantics, see bridge/).

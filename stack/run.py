@@ -52,6 +52,8 @@ DEV_DEFAULTS = {
     "PYTHONUNBUFFERED": "1",
     # Short enough that the long sample clip is split into chunks and transcribed in parallel.
     "APP_WHISPER_CHUNK_MAX_SECONDS": "15",
+    # The sample clips are written here and sent as audio_path messages.
+    "AUDIO_LOCAL_ROOT": str(DATA_DIR / "samples"),
 }
 
 

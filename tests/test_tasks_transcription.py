@@ -67,10 +67,12 @@ def three_minutes_wav(tmp_path_factory):
 
 
 @pytest.fixture
-def env(emulator, conduit_env, monkeypatch):
+def env(emulator, conduit_env, monkeypatch, tmp_path_factory):
     emulator.reset()
     values = {**emulator.client_env(), "APP_WHISPER_RPM_QUOTA": "600",
-              "APP_WHISPER_CHUNK_MAX_SECONDS": CHUNK_SECS}
+              "APP_WHISPER_CHUNK_MAX_SECONDS": CHUNK_SECS,
+              # The recordings live under the session's temporary directory.
+              "AUDIO_LOCAL_ROOT": str(tmp_path_factory.getbasetemp())}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
