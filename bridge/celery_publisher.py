@@ -1,4 +1,4 @@
-"""Publishing task requests to Celery, and measuring a Celery queue's backlog.
+"""Publishing task requests to Celery, and measuring what a Celery queue holds.
 
 A batch goes out through one producer in one kombu publish batch (a single pipelined round trip
 on Redis), so the bridge pays one round trip per batch, not per message. A batch that fails is
@@ -9,7 +9,8 @@ that was not published would lose it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -18,6 +19,11 @@ from kombu.exceptions import KombuError
 
 from bridge.errors import BrokerUnavailable
 from bridge.routing import TaskRequest
+
+
+def _task_id(payload: bytes | str | dict) -> str:
+    message = json.loads(payload) if isinstance(payload, bytes | str) else payload
+    return message["headers"]["id"]
 
 
 @contextmanager
@@ -52,6 +58,18 @@ class CeleryPublisher:
         with _mapped_errors(f"measuring queue {queue!r}"), \
                 self.app.pool.acquire(block=True) as connection:
             return connection.default_channel.queue_declare(queue=queue).message_count
+
+    def held_task_ids(self, queues: Iterable[str]) -> set[str]:
+        """Ids of the tasks the broker still holds for ``queues``: waiting in a queue, or taken
+        by a worker but not acknowledged (kombu gives those back if the worker dies). Read from
+        the Redis transport's own keys; bounded by the bridge's back-pressure high-water mark."""
+        with _mapped_errors("listing held tasks"), \
+                self.app.pool.acquire(block=True) as connection:
+            channel = connection.default_channel
+            client = channel.client
+            payloads = [message for queue in set(queues) for message in client.lrange(queue, 0, -1)]
+            payloads += [json.loads(entry)[0] for entry in client.hvals(channel.unacked_key)]
+        return {_task_id(payload) for payload in payloads}
 
     def close(self) -> None:
         self.app.close()

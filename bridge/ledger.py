@@ -129,13 +129,18 @@ class LostTaskSweeper:
         republished = 0
         for out_queue in self.out_queues:
             overdue = self.ledger.overdue(out_queue, self.republish_after_s)
+            if not overdue:
+                continue
             # A message delivered again after its task was answered re-runs against the stored
             # outcome and writes nothing new, so the egress never clears its entry: clear it here.
             answered = self.ledger.answered(out_queue, overdue)
             self.ledger.drop(out_queue, answered)
             overdue = [request for request in overdue if request not in answered]
-            lost = [request for request in overdue
-                    if self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES]
+            # A task still waiting in its queue (a backlog longer than the period) is not lost;
+            # publishing it again each period would grow the queue without bound.
+            held = self.publisher.held_task_ids(request.queue for request in overdue)
+            lost = [request for request in overdue if request.task_id not in held and
+                    self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES]
             if lost:
                 log.warning("publishing again %d task(s) the broker lost: %s", len(lost),
                             ", ".join(request.task_id for request in lost[:5]))

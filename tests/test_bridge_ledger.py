@@ -57,3 +57,13 @@ def test_a_task_whose_outcome_is_in_the_outbox_is_dropped_not_republished(sweepe
     time.sleep(0.3)
     assert sweeper.sweep() == 1  # only "lost"
     assert redis_client.zrange(ledger_key("echo_oq"), 0, -1) == ["lost"]
+
+
+def test_a_task_still_waiting_in_its_queue_is_not_published_again(sweeper, redis_client):
+    # A backlog longer than the period: the task is late, not lost. Publishing it again each
+    # period would pile copies into the queue.
+    sweeper.publisher.publish([request("waiting")])
+    sweeper.ledger.record([request("waiting")])
+    time.sleep(0.3)
+    assert sweeper.sweep() == 0
+    assert redis_client.llen("echo") == 1
