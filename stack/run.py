@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after the summary (CI); exit 1 unless every input got "
                              "exactly one successful result")
     args = parser.parse_args(argv)
+    # Both explicitly: a shell starts background jobs with SIGINT ignored, and Python then
+    # keeps it ignored, so Ctrl-C (or a test's SIGINT) would stop honcho but not this process.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
     settings = get_settings()
