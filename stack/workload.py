@@ -8,6 +8,8 @@ committed, and the emulator's recogniser can hear what was said.
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,18 +48,26 @@ def route_for(settings: Settings, processor: str) -> Route:
                       f"(e.g. in_queue:{processor}:out_queue)")
 
 
-def feedback_messages(route: Route) -> list[SampleMessage]:
+def new_run_id() -> str:
+    """A tag making this run's messages new ones. Redis keeps its data between runs, and a
+    message id seen before is dropped as a duplicate (or answered from its stored result), as
+    Service Bus and the tasks are meant to do; a producer sends new ids for new work."""
+    return f"{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def feedback_messages(route: Route, run_id: str = "sample") -> list[SampleMessage]:
     lines = (SAMPLES / "feedback.jsonl").read_text(encoding="utf-8").splitlines()
     messages = []
     for number, line in enumerate(filter(None, lines), start=1):
         form = json.loads(line)
-        body = {"id": f"form-{number}", "taskId": f"sample-{number}", "app_id": APP_ID, **form}
-        messages.append(SampleMessage(route, f"sample-form-{number}", body,
+        body = {"id": f"{run_id}-form-{number}", "taskId": f"{run_id}-{number}",
+                "app_id": APP_ID, **form}
+        messages.append(SampleMessage(route, f"{run_id}-form-{number}", body,
                                       f"form {number:>2} ({form['language']})"))
     return messages
 
 
-def audio_messages(route: Route, audio_dir: Path) -> list[SampleMessage]:
+def audio_messages(route: Route, audio_dir: Path, run_id: str = "sample") -> list[SampleMessage]:
     from emulators.speech import synthesize, wav_bytes
 
     audio_dir.mkdir(parents=True, exist_ok=True)
@@ -65,16 +75,17 @@ def audio_messages(route: Route, audio_dir: Path) -> list[SampleMessage]:
     for name, text in (("short", SHORT_CLIP), ("long", LONG_CLIP)):
         path = audio_dir / f"sample-{name}.wav"
         path.write_bytes(wav_bytes(synthesize(text)))
-        body = {"id": f"audio-{name}", "taskId": f"sample-audio-{name}", "app_id": APP_ID,
-                "audio_path": str(path.resolve()), "language": "en",
+        body = {"id": f"{run_id}-audio-{name}", "taskId": f"{run_id}-audio-{name}",
+                "app_id": APP_ID, "audio_path": str(path.resolve()), "language": "en",
                 "response_format": "verbose_json"}
-        messages.append(SampleMessage(route, f"sample-audio-{name}", body, f"audio {name}"))
+        messages.append(SampleMessage(route, f"{run_id}-audio-{name}", body, f"audio {name}"))
     return messages
 
 
 def sample_workload(settings: Settings, audio_dir: Path) -> list[SampleMessage]:
-    return (feedback_messages(route_for(settings, "feedback"))
-            + audio_messages(route_for(settings, "transcribe"), audio_dir))
+    run_id = new_run_id()
+    return (feedback_messages(route_for(settings, "feedback"), run_id)
+            + audio_messages(route_for(settings, "transcribe"), audio_dir, run_id))
 
 
 def send_workload(bus: Bus, messages: Sequence[SampleMessage]) -> None:
