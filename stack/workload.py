@@ -52,7 +52,7 @@ def new_run_id() -> str:
     """A tag making this run's messages new ones. Redis keeps its data between runs, and a
     message id seen before is dropped as a duplicate (or answered from its stored result), as
     Service Bus and the tasks are meant to do; a producer sends new ids for new work."""
-    return f"{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{time.strftime('%H%M%S')}-{secrets.token_hex(4)}"
 
 
 def feedback_messages(route: Route, run_id: str = "sample") -> list[SampleMessage]:
