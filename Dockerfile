@@ -1,11 +1,8 @@
 # One image for every Conduit process; docker-compose.yml picks the command.
 FROM python:3.11-slim
 
-# libsndfile and ffmpeg decode audio for transcription; espeak-ng backs the speech helpers.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends libsndfile1 ffmpeg \
-    && rm -rf /var/lib/apt/lists/*
-
+# No system packages: the soundfile, av (FFmpeg) and espeakng-loader wheels bundle the native
+# libraries audio decoding and speech synthesis need.
 WORKDIR /app
 COPY requirements.txt constraints.txt ./
 RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt
