@@ -326,6 +326,7 @@ local function observe(remaining_tokens, remaining_requests)
     external_requests = math.max(0, sub_rpm - sub_requests - remaining_requests)
   end
   if external_tokens > 0 or external_requests > 0 then
+    -- Booked to an app no caller can be: app ids may not contain parentheses (sansio._APP_ID).
     add(current, '(external)', external_tokens, external_requests)
   end
   return {now, 1, external_tokens, external_requests}

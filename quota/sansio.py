@@ -33,8 +33,6 @@ WINDOW_BUCKETS = 60
 SUB_WINDOW_BUCKETS = WINDOW_BUCKETS // 6
 # Far above any model's context: a larger count is a bug in the caller, not a request.
 MAX_TOKENS = 10_000_000
-# The app that usage reported by upstream headers, but not charged by us, is booked to.
-EXTERNAL_APP = "(external)"
 
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _APP_ID = re.compile(r"[A-Za-z0-9_.@/-]{1,100}")

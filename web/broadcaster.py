@@ -86,10 +86,6 @@ class StatusBroadcaster:
         with self._lock:
             self._subscribers.discard(subscription)
 
-    @property
-    def viewers(self) -> int:
-        return len(self._subscribers)
-
     def _run(self) -> None:
         while True:
             started = time.monotonic()
