@@ -12,9 +12,11 @@ Keys share the hash tag ``{<out_queue>}``, so the script stays valid on Redis Cl
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 KEY_PREFIX = "conduit:outbox"
 # How long a task id is remembered as written: far longer than any redelivery can take.
@@ -35,6 +37,12 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_length, '*',
 """
 
 
+@lru_cache(maxsize=8)
+def _write_once_script(client: redis.Redis) -> Script:
+    """The script bound to ``client``, made once: every result written goes through it."""
+    return client.register_script(_WRITE_ONCE)
+
+
 def stream_key(out_queue: str) -> str:
     return f"{KEY_PREFIX}:{{{out_queue}}}"
 
@@ -48,8 +56,7 @@ def write_result(
 ) -> str | None:
     """Append ``body`` to ``out_queue``'s outbox once per task id: the new entry id, or None
     when this task id was written before."""
-    script = client.register_script(_WRITE_ONCE)
-    entry_id = script(
+    entry_id = _write_once_script(client)(
         keys=[stream_key(out_queue), written_key(out_queue, task_id)],
         args=[task_id, message_id, json.dumps(body, ensure_ascii=False),
               WRITTEN_MARKER_TTL_SECS, STREAM_MAX_LENGTH],
