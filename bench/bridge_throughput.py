@@ -65,31 +65,54 @@ def measure_raw_publish(app, count: int) -> float:
     messages = bodies(count)
     started = time.perf_counter()
     for message_id, body in messages:
-        task.apply_async(args=[body], kwargs={"out_queue": ROUTE.out_queue,
-                                              "message_id": message_id},
-                         task_id=message_id, queue="echo")
+        task.apply_async(
+            args=[body],
+            kwargs={"out_queue": ROUTE.out_queue, "message_id": message_id},
+            task_id=message_id,
+            queue="echo",
+        )
     return count / (time.perf_counter() - started)
 
 
 def measure_batched_publish(app, count: int, batch_size: int) -> float:
     """The ingress's publisher alone: what the ingress would reach if the bus cost nothing."""
     publisher = CeleryPublisher(app)
-    requests = [TaskRequest(task_name="processors.echo", queue="echo", task_id=message_id,
-                            body=body, out_queue=ROUTE.out_queue, message_id=message_id)
-                for message_id, body in bodies(count)]
+    requests = [
+        TaskRequest(
+            task_name="processors.echo",
+            queue="echo",
+            task_id=message_id,
+            body=body,
+            out_queue=ROUTE.out_queue,
+            message_id=message_id,
+        )
+        for message_id, body in bodies(count)
+    ]
     started = time.perf_counter()
     for start in range(0, count, batch_size):
-        publisher.publish(requests[start:start + batch_size])
+        publisher.publish(requests[start : start + batch_size])
     return count / (time.perf_counter() - started)
 
 
 def measure_ingress(app, bus: LocalBus, count: int, batch_size: int) -> float:
-    bus.send(ROUTE.in_queue, [OutgoingMessage(body=json.dumps(body), message_id=message_id)
-                              for message_id, body in bodies(count)])
-    ingress = Ingress(ROUTE, bus.receiver(ROUTE.in_queue), CeleryPublisher(app),
-                      Ledger(bus.client), Counters(),
-                      batch_size=batch_size, high_water=10 * count, max_idle_s=1.0,
-                      celery_queue="echo")
+    bus.send(
+        ROUTE.in_queue,
+        [
+            OutgoingMessage(body=json.dumps(body), message_id=message_id)
+            for message_id, body in bodies(count)
+        ],
+    )
+    ingress = Ingress(
+        ROUTE,
+        bus.receiver(ROUTE.in_queue),
+        CeleryPublisher(app),
+        Ledger(bus.client),
+        Counters(),
+        batch_size=batch_size,
+        high_water=10 * count,
+        max_idle_s=1.0,
+        celery_queue="echo",
+    )
     moved = 0
     started = time.perf_counter()
     while moved < count:
@@ -98,11 +121,13 @@ def measure_ingress(app, bus: LocalBus, count: int, batch_size: int) -> float:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], log: Path,
-            ready: Callable[[subprocess.Popen], bool]) -> Iterator[subprocess.Popen]:
+def process(
+    args: list[str], env: dict[str, str], log: Path, ready: Callable[[subprocess.Popen], bool]
+) -> Iterator[subprocess.Popen]:
     with open(log, "ab") as output:
-        child = subprocess.Popen(args, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            args, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + START_TIMEOUT_SECS
             while not ready(child):
@@ -117,14 +142,40 @@ def process(args: list[str], env: dict[str, str], log: Path,
 
 def measure_e2e(app, bus: LocalBus, env: dict[str, str], logs: Path, burst: int) -> dict:
     worker_name = f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-    worker_args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "threads",
-                   "-c", "8", "-n", worker_name, "--without-gossip", "--without-mingle",
-                   "--loglevel", "WARNING"]
-    with process(worker_args, env, logs / "worker.log",
-                 lambda _: bool(app.control.ping(destination=[worker_name], timeout=0.5))), \
-            process([sys.executable, "-m", "bridge"], env, logs / "bridge.log",
-                    lambda child: bus.client.zscore(
-                        HEARTBEATS_KEY, f"{socket.gethostname()}:{child.pid}") is not None):
+    worker_args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        "8",
+        "-n",
+        worker_name,
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "WARNING",
+    ]
+    with (
+        process(
+            worker_args,
+            env,
+            logs / "worker.log",
+            lambda _: bool(app.control.ping(destination=[worker_name], timeout=0.5)),
+        ),
+        process(
+            [sys.executable, "-m", "bridge"],
+            env,
+            logs / "bridge.log",
+            lambda child: (
+                bus.client.zscore(HEARTBEATS_KEY, f"{socket.gethostname()}:{child.pid}") is not None
+            ),
+        ),
+    ):
         output = bus.receiver(ROUTE.out_queue)
 
         def collect(expected: int) -> list[float]:
@@ -139,8 +190,14 @@ def measure_e2e(app, bus: LocalBus, env: dict[str, str], logs: Path, burst: int)
 
         def send(count: int, pace_s: float = 0.0) -> None:
             for message_id, body in bodies(count):
-                bus.send(ROUTE.in_queue, [OutgoingMessage(
-                    body=json.dumps({**body, "sent_at": time.time()}), message_id=message_id)])
+                bus.send(
+                    ROUTE.in_queue,
+                    [
+                        OutgoingMessage(
+                            body=json.dumps({**body, "sent_at": time.time()}), message_id=message_id
+                        )
+                    ],
+                )
                 time.sleep(pace_s)
 
         started = time.perf_counter()
@@ -155,10 +212,14 @@ def measure_e2e(app, bus: LocalBus, env: dict[str, str], logs: Path, burst: int)
         sender.start()
         latencies = collect(steady)
         sender.join()
-    return {"e2e_per_s": round(burst / burst_s, 1), "e2e_burst_messages": burst,
-            "e2e_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
-            "e2e_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
-            "e2e_latency_messages": steady, "e2e_latency_rate_per_s": LATENCY_RATE_PER_S}
+    return {
+        "e2e_per_s": round(burst / burst_s, 1),
+        "e2e_burst_messages": burst,
+        "e2e_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "e2e_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
+        "e2e_latency_messages": steady,
+        "e2e_latency_rate_per_s": LATENCY_RATE_PER_S,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,11 +230,17 @@ def main(argv: list[str] | None = None) -> None:
 
     from worker import create_celery
 
-    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as scratch, \
-            RedisServer(Path(scratch) / "redis") as server:
-        env = {**os.environ, "REDIS_URL": server.url, "CONDUIT_ROUTES": f"{ROUTE.in_queue}:"
-               f"{ROUTE.processor}:{ROUTE.out_queue}", "LOG_LEVEL": "WARNING",
-               "CONDUIT_ENV_FILE": os.devnull}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-bridge-") as scratch,
+        RedisServer(Path(scratch) / "redis") as server,
+    ):
+        env = {
+            **os.environ,
+            "REDIS_URL": server.url,
+            "CONDUIT_ROUTES": f"{ROUTE.in_queue}:{ROUTE.processor}:{ROUTE.out_queue}",
+            "LOG_LEVEL": "WARNING",
+            "CONDUIT_ENV_FILE": os.devnull,
+        }
         settings = load_settings(redis_url=server.url)
         app = create_celery(settings)
         client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -182,26 +249,31 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(ROUNDS):
             raw.append(measure_raw_publish(app, args.messages))
             client.delete("echo")
-            batched.append(measure_batched_publish(app, args.messages,
-                                                   settings.bridge_batch_size))
+            batched.append(measure_batched_publish(app, args.messages, settings.bridge_batch_size))
             client.delete("echo")
             ingress.append(measure_ingress(app, bus, args.messages, settings.bridge_batch_size))
             client.delete("echo")
-        figures = {"raw_publish_per_s": round(median(raw), 1),
-                   "bridge_ingress_per_s": round(median(ingress), 1),
-                   "ratio": round(median(ingress) / median(raw), 2),
-                   "batched_publish_per_s": round(median(batched), 1),
-                   "ingress_vs_batched_publish": round(median(ingress) / median(batched), 2),
-                   "messages_per_round": args.messages, "rounds": ROUNDS,
-                   "batch_size": settings.bridge_batch_size}
+        figures = {
+            "raw_publish_per_s": round(median(raw), 1),
+            "bridge_ingress_per_s": round(median(ingress), 1),
+            "ratio": round(median(ingress) / median(raw), 2),
+            "batched_publish_per_s": round(median(batched), 1),
+            "ingress_vs_batched_publish": round(median(ingress) / median(batched), 2),
+            "messages_per_round": args.messages,
+            "rounds": ROUNDS,
+            "batch_size": settings.bridge_batch_size,
+        }
         figures |= measure_e2e(app, bus, env, Path(scratch), args.burst)
         app.close()
         client.close()
-    write_result("bridge_throughput", figures,
-                 f"ingress {figures['bridge_ingress_per_s']}/s vs raw "
-                 f"{figures['raw_publish_per_s']}/s (ratio {figures['ratio']}); e2e "
-                 f"{figures['e2e_per_s']}/s, p50 {figures['e2e_p50_ms']} ms, "
-                 f"p95 {figures['e2e_p95_ms']} ms")
+    write_result(
+        "bridge_throughput",
+        figures,
+        f"ingress {figures['bridge_ingress_per_s']}/s vs raw "
+        f"{figures['raw_publish_per_s']}/s (ratio {figures['ratio']}); e2e "
+        f"{figures['e2e_per_s']}/s, p50 {figures['e2e_p50_ms']} ms, "
+        f"p95 {figures['e2e_p95_ms']} ms",
+    )
 
 
 if __name__ == "__main__":

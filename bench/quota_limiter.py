@@ -102,8 +102,10 @@ def systems(url: str, client: redis.Redis) -> dict[str, Operation]:
     limiter.set_limits("completion", DEPLOYMENT, tpm=BIG_LIMIT, rpm=BIG_LIMIT)
     storage = RedisStorage(url)
     moving, sliding = MovingWindowRateLimiter(storage), SlidingWindowCounterRateLimiter(storage)
-    tokens_item, requests_item = (RateLimitItemPerMinute(BIG_LIMIT),
-                                  RateLimitItemPerMinute(BIG_LIMIT))
+    tokens_item, requests_item = (
+        RateLimitItemPerMinute(BIG_LIMIT),
+        RateLimitItemPerMinute(BIG_LIMIT),
+    )
 
     def acquire(rng: random.Random) -> object:
         return limiter.acquire("completion", DEPLOYMENT, rng.randint(1, MAX_TOKENS), "bench")
@@ -116,8 +118,10 @@ def systems(url: str, client: redis.Redis) -> dict[str, Operation]:
     def with_limits(strategy: MovingWindowRateLimiter | SlidingWindowCounterRateLimiter):
         def decide(rng: random.Random) -> object:
             cost = rng.randint(1, MAX_TOKENS)
-            return (strategy.hit(tokens_item, "tokens", DEPLOYMENT, cost=cost)
-                    and strategy.hit(requests_item, "requests", DEPLOYMENT))
+            return strategy.hit(tokens_item, "tokens", DEPLOYMENT, cost=cost) and strategy.hit(
+                requests_item, "requests", DEPLOYMENT
+            )
+
         return decide
 
     return {
@@ -148,9 +152,11 @@ def audit(client: redis.Redis) -> int:
     margin_us = round(settings.quota_upstream_margin_s * 1_000_000)
     sub_window_us = math.ceil(window_us / 6)
     requests = [(at_us, 1) for at_us, _ in grants]
-    return (max(0, most_in_any_window(grants, window_us + margin_us) - AUDIT_TPM)
-            + max(0, most_in_any_window(requests, window_us + margin_us) - AUDIT_RPM)
-            + max(0, most_in_any_window(requests, sub_window_us + margin_us) - AUDIT_RPM // 6))
+    return (
+        max(0, most_in_any_window(grants, window_us + margin_us) - AUDIT_TPM)
+        + max(0, most_in_any_window(requests, window_us + margin_us) - AUDIT_RPM)
+        + max(0, most_in_any_window(requests, sub_window_us + margin_us) - AUDIT_RPM // 6)
+    )
 
 
 def main() -> None:
@@ -195,12 +201,14 @@ def main() -> None:
         "max_tokens_per_request": MAX_TOKENS,
     }
     worst_ratio = min(figures["ratio_vs_incr"].values())
-    summary = (f"acquire {'/'.join(map(str, figures['acquire_per_s'].values()))} per s at "
-               f"{'/'.join(map(str, THREAD_COUNTS))} threads, ratio vs INCR >= {worst_ratio}, "
-               f"pairs p50/p99 {figures['p50_ms']['1']}/{figures['p99_ms']['1']} ms (1 thread), "
-               f"limits moving/sliding {figures['limits_moving_per_s']['8']}/"
-               f"{figures['limits_sliding_per_s']['8']} per s (8 threads), "
-               f"overadmitted {overadmitted}")
+    summary = (
+        f"acquire {'/'.join(map(str, figures['acquire_per_s'].values()))} per s at "
+        f"{'/'.join(map(str, THREAD_COUNTS))} threads, ratio vs INCR >= {worst_ratio}, "
+        f"pairs p50/p99 {figures['p50_ms']['1']}/{figures['p99_ms']['1']} ms (1 thread), "
+        f"limits moving/sliding {figures['limits_moving_per_s']['8']}/"
+        f"{figures['limits_sliding_per_s']['8']} per s (8 threads), "
+        f"overadmitted {overadmitted}"
+    )
     write_result("quota_limiter", figures, summary)
 
 

@@ -59,16 +59,24 @@ def workload(seed: int = 7) -> list[dict[str, Any]]:
     """The same mixed requests for every way: short and long prompts, small and large answers."""
     rng = random.Random(seed)
     words = "quota window token request deployment limit answer prompt worker".split()
+
     def prompt() -> str:
         return " ".join(rng.choices(words, k=rng.randint(10, 300)))
 
-    return [{"messages": [{"role": "system", "content": "You summarise."},
-                          {"role": "user", "content": prompt()}],
-             "max_tokens": rng.choice([50, 100, 200, 300])}
-            for _ in range(TASKS)]
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "You summarise."},
+                {"role": "user", "content": prompt()},
+            ],
+            "max_tokens": rng.choice([50, 100, 200, 300]),
+        }
+        for _ in range(TASKS)
+    ]
 
 
 # --- the two ways that are not Conduit's, as tasks the bench's worker also imports ---------------
+
 
 @shared_task(name="bench.naive_completion", acks_late=True)
 def naive_completion(messages: list[dict[str, Any]], max_tokens: int) -> int:
@@ -76,8 +84,9 @@ def naive_completion(messages: list[dict[str, Any]], max_tokens: int) -> int:
     from tasks.clients import completion_client
 
     client = completion_client().with_options(max_retries=NAIVE_SDK_RETRIES)
-    answer = client.chat.completions.create(model=DEPLOYMENT, messages=messages,
-                                            max_tokens=max_tokens)
+    answer = client.chat.completions.create(
+        model=DEPLOYMENT, messages=messages, max_tokens=max_tokens
+    )
     return answer.usage.total_tokens
 
 
@@ -101,11 +110,13 @@ def fixed_window_completion(self, messages: list[dict[str, Any]], max_tokens: in
     counter.expire(key, 2 * window_s)
     try:
         answer = completion_client().chat.completions.create(
-            model=DEPLOYMENT, messages=messages, max_tokens=max_tokens)
+            model=DEPLOYMENT, messages=messages, max_tokens=max_tokens
+        )
     except openai.RateLimitError as refused:
         counter.decrby(key, estimate)
-        raise self.retry(countdown=float(refused.response.headers.get("retry-after", 1))) \
-            from refused
+        raise self.retry(
+            countdown=float(refused.response.headers.get("retry-after", 1))
+        ) from refused
     counter.decrby(key, estimate - answer.usage.total_tokens)  # trued up to usage
     return answer.usage.total_tokens
 
@@ -118,6 +129,7 @@ WAYS = {
 
 
 # --- running one way -----------------------------------------------------------------------------
+
 
 def accepted_tokens(emulator) -> tuple[int, int]:
     stats = emulator.stats()["deployments"].get(DEPLOYMENT, {})
@@ -143,9 +155,12 @@ def run_way(way: str, app, emulator, redis_url: str) -> dict[str, float | int]:
     emulator.reset()
     window = emulator.stats()["window_s"]
     submitted = time.time()
-    results = [app.send_task(WAYS[way], args=[request["messages"]],
-                             kwargs={"max_tokens": request["max_tokens"]})
-               for request in workload()]
+    results = [
+        app.send_task(
+            WAYS[way], args=[request["messages"]], kwargs={"max_tokens": request["max_tokens"]}
+        )
+        for request in workload()
+    ]
     samples = []
     while time.time() - submitted < (1 + MEASURED_WINDOWS) * window:
         samples.append((time.time(), accepted_tokens(emulator)[0]))
@@ -172,42 +187,88 @@ def main() -> None:
 
     work_dir = Path(tempfile.mkdtemp(prefix="bench-quota-"))
     with RedisServer(work_dir / "redis") as server:
-        env = {**os.environ, "CONDUIT_ENV_FILE": os.devnull, "REDIS_URL": server.url,
-               "QUOTA_WINDOW_SECONDS": str(WINDOW_SECS), "QUOTA_CHARGE_MODEL": "azure",
-               "APP_OPENAI_ENGINE": DEPLOYMENT, "APP_TPM_QUOTA": str(TPM),
-               "APP_RPM_QUOTA": "100000", "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "CONDUIT_ENV_FILE": os.devnull,
+            "REDIS_URL": server.url,
+            "QUOTA_WINDOW_SECONDS": str(WINDOW_SECS),
+            "QUOTA_CHARGE_MODEL": "azure",
+            "APP_OPENAI_ENGINE": DEPLOYMENT,
+            "APP_TPM_QUOTA": str(TPM),
+            "APP_RPM_QUOTA": "100000",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
         starter = EmulatorStarter(work_dir, env)
         try:
-            emulator = starter(limits={DEPLOYMENT: {"tpm": TPM, "rpm": 100_000}},
-                               EMULATOR_WINDOW_SECONDS=str(WINDOW_SECS),
-                               EMULATOR_FIRST_TOKEN_MS=str(FIRST_TOKEN_MS),
-                               EMULATOR_TOKEN_MS=str(TOKEN_MS))
+            emulator = starter(
+                limits={DEPLOYMENT: {"tpm": TPM, "rpm": 100_000}},
+                EMULATOR_WINDOW_SECONDS=str(WINDOW_SECS),
+                EMULATOR_FIRST_TOKEN_MS=str(FIRST_TOKEN_MS),
+                EMULATOR_TOKEN_MS=str(TOKEN_MS),
+            )
             env.update(emulator.client_env())
-            os.environ.update({name: env[name] for name in
-                               ("CONDUIT_ENV_FILE", "REDIS_URL", "QUOTA_WINDOW_SECONDS",
-                                "APP_OPENAI_ENGINE", "APP_TPM_QUOTA")})
+            os.environ.update(
+                {
+                    name: env[name]
+                    for name in (
+                        "CONDUIT_ENV_FILE",
+                        "REDIS_URL",
+                        "QUOTA_WINDOW_SECONDS",
+                        "APP_OPENAI_ENGINE",
+                        "APP_TPM_QUOTA",
+                    )
+                }
+            )
             app = create_celery(load_settings())
             worker_name = f"bench-{uuid.uuid4().hex[:6]}@%h"
             hostname = worker_name.replace("%h", __import__("socket").gethostname())
-            worker_args = python_args("-m", "celery", "-A", "worker", "worker", "-P", "threads",
-                                      "-c", str(WORKER_CONCURRENCY), "-n", worker_name,
-                                      "-I", "bench.quota_utilization", "--without-gossip",
-                                      "--without-mingle", "--loglevel", "WARNING")
-            with ManagedProcess(worker_args, env, work_dir / "worker.log", name="worker",
-                                ready=lambda: bool(app.control.ping([hostname], timeout=0.5))):
+            worker_args = python_args(
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(WORKER_CONCURRENCY),
+                "-n",
+                worker_name,
+                "-I",
+                "bench.quota_utilization",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "WARNING",
+            )
+            with ManagedProcess(
+                worker_args,
+                env,
+                work_dir / "worker.log",
+                name="worker",
+                ready=lambda: bool(app.control.ping([hostname], timeout=0.5)),
+            ):
                 figures = {way: run_way(way, app, emulator, server.url) for way in WAYS}
             app.close()
         finally:
             starter.close()
     conduit = figures["conduit"]
-    write_result("quota_utilization", {
-        "deployment_tpm": TPM, "window_s": WINDOW_SECS,
-        "quota_upstream_margin_s": load_settings().quota_upstream_margin_s, "tasks": TASKS,
-        "measured_windows": MEASURED_WINDOWS, "worker_concurrency": WORKER_CONCURRENCY,
-        "ways": figures,
-    }, f"conduit utilization {conduit['utilization']:.3f} with {conduit['upstream_429']} "
-       f"upstream 429s; naive {figures['naive']['upstream_429']} 429s, fixed_window "
-       f"{figures['fixed_window']['upstream_429']} 429s")
+    write_result(
+        "quota_utilization",
+        {
+            "deployment_tpm": TPM,
+            "window_s": WINDOW_SECS,
+            "quota_upstream_margin_s": load_settings().quota_upstream_margin_s,
+            "tasks": TASKS,
+            "measured_windows": MEASURED_WINDOWS,
+            "worker_concurrency": WORKER_CONCURRENCY,
+            "ways": figures,
+        },
+        f"conduit utilization {conduit['utilization']:.3f} with {conduit['upstream_429']} "
+        f"upstream 429s; naive {figures['naive']['upstream_429']} 429s, fixed_window "
+        f"{figures['fixed_window']['upstream_429']} 429s",
+    )
 
 
 if __name__ == "__main__":

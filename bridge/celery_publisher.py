@@ -43,28 +43,34 @@ class CeleryPublisher:
         """Publish every request, or raise BrokerUnavailable (see the module docstring)."""
         if not requests:
             return
-        with _mapped_errors(f"publishing {len(requests)} task(s)"), \
-                self.app.producer_pool.acquire(block=True) as producer, \
-                producer.batch(max_size=10 * len(requests)):
+        with (
+            _mapped_errors(f"publishing {len(requests)} task(s)"),
+            self.app.producer_pool.acquire(block=True) as producer,
+            producer.batch(max_size=10 * len(requests)),
+        ):
             for request in requests:
                 self.app.send_task(
-                    request.task_name, args=[request.body],
+                    request.task_name,
+                    args=[request.body],
                     kwargs={"out_queue": request.out_queue, "message_id": request.message_id},
-                    task_id=request.task_id, queue=request.queue, producer=producer,
+                    task_id=request.task_id,
+                    queue=request.queue,
+                    producer=producer,
                 )
 
     def backlog(self, queue: str) -> int:
         """Messages waiting in a Celery queue (not yet taken by a worker)."""
-        with _mapped_errors(f"measuring queue {queue!r}"), \
-                self.app.pool.acquire(block=True) as connection:
+        with (
+            _mapped_errors(f"measuring queue {queue!r}"),
+            self.app.pool.acquire(block=True) as connection,
+        ):
             return connection.default_channel.queue_declare(queue=queue).message_count
 
     def held_task_ids(self, queues: Iterable[str]) -> set[str]:
         """Ids of the tasks the broker still holds for ``queues``: waiting in a queue, or taken
         by a worker but not acknowledged (kombu gives those back if the worker dies). Read from
         the Redis transport's own keys; bounded by the bridge's back-pressure high-water mark."""
-        with _mapped_errors("listing held tasks"), \
-                self.app.pool.acquire(block=True) as connection:
+        with _mapped_errors("listing held tasks"), self.app.pool.acquire(block=True) as connection:
             channel = connection.default_channel
             client = channel.client
             payloads = [message for queue in set(queues) for message in client.lrange(queue, 0, -1)]

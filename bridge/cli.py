@@ -1,11 +1,11 @@
 """``python -m bridge``: the bridge itself, and tools that work on Service Bus or the local bus.
 
-    python -m bridge                         run the bridge (the Procfile's ``bridge`` process)
-    python -m bridge send QUEUE FILE|-       send the JSON in FILE (``-``: stdin) as one message;
-                                             --lines: one message per line
-    python -m bridge peek QUEUE              browse messages without taking them (JSON lines)
-    python -m bridge dlq QUEUE               list dead letters with their reasons (JSON lines)
-    python -m bridge dlq QUEUE --resubmit    move dead letters back to the queue
+python -m bridge                         run the bridge (the Procfile's ``bridge`` process)
+python -m bridge send QUEUE FILE|-       send the JSON in FILE (``-``: stdin) as one message;
+                                         --lines: one message per line
+python -m bridge peek QUEUE              browse messages without taking them (JSON lines)
+python -m bridge dlq QUEUE               list dead letters with their reasons (JSON lines)
+python -m bridge dlq QUEUE --resubmit    move dead letters back to the queue
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def _property(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bridge",
-                                     description="Service Bus <-> Celery bridge and its tools.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bridge", description="Service Bus <-> Celery bridge and its tools."
+    )
     commands = parser.add_subparsers(dest="command")
 
     send = commands.add_parser("send", help="send JSON message(s) to a queue")
@@ -41,8 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file", help="a file with the message body, or - for stdin")
     send.add_argument("--lines", action="store_true", help="one message per non-empty line")
     send.add_argument("--message-id", help="the message id (default: a new uuid per message)")
-    send.add_argument("--property", action="append", type=_property, default=[],
-                      metavar="KEY=VALUE", help="an application property (repeatable)")
+    send.add_argument(
+        "--property",
+        action="append",
+        type=_property,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an application property (repeatable)",
+    )
 
     peek = commands.add_parser("peek", help="browse a queue's messages without taking them")
     peek.add_argument("queue")
@@ -76,9 +83,14 @@ def send(bus: Bus, args: argparse.Namespace) -> int:
     bodies = [line for line in text.splitlines() if line.strip()] if args.lines else [text]
     if args.message_id and len(bodies) > 1:
         sys.exit("--message-id names one message; leave it out with --lines")
-    messages = [OutgoingMessage(body=body, message_id=args.message_id or str(uuid.uuid4()),
-                                application_properties=dict(args.property))
-                for body in bodies]
+    messages = [
+        OutgoingMessage(
+            body=body,
+            message_id=args.message_id or str(uuid.uuid4()),
+            application_properties=dict(args.property),
+        )
+        for body in bodies
+    ]
     bus.send(args.queue, messages)
     for message in messages:
         print(message.message_id)

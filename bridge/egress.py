@@ -52,9 +52,18 @@ class ResultTooLarge(Exception):
 class Egress:
     """Sends the outbox of every output queue until told to stop, then finishes its batch."""
 
-    def __init__(self, client: redis.Redis, bus: Bus, out_queues: Sequence[str], consumer: str,
-                 counters: Counters, *, batch_size: int, reclaim_idle_s: float,
-                 max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        bus: Bus,
+        out_queues: Sequence[str],
+        consumer: str,
+        counters: Counters,
+        *,
+        batch_size: int,
+        reclaim_idle_s: float,
+        max_message_bytes: int,
+    ) -> None:
         self.client, self.bus, self.consumer, self.counters = client, bus, consumer, counters
         self.out_queue_of = {stream_key(queue): queue for queue in sorted(set(out_queues))}
         self.batch_size = batch_size
@@ -100,8 +109,12 @@ class Egress:
         """Read and send one batch per stream; returns how many entries were sent."""
         start = "0" if self.own_pending else ">"
         replies = self.client.xreadgroup(
-            GROUP, self.consumer, dict.fromkeys(self.out_queue_of, start),
-            count=self.batch_size, block=None if self.own_pending else READ_BLOCK_MS)
+            GROUP,
+            self.consumer,
+            dict.fromkeys(self.out_queue_of, start),
+            count=self.batch_size,
+            block=None if self.own_pending else READ_BLOCK_MS,
+        )
         sent = 0
         for stream, entries in replies or []:
             sent += self.send(stream, entries)
@@ -115,11 +128,19 @@ class Egress:
             cursor = "0-0"
             while True:
                 cursor, entries, *_ = self.client.xautoclaim(
-                    stream, GROUP, self.consumer, self.reclaim_idle_ms, start_id=cursor,
-                    count=self.batch_size)
+                    stream,
+                    GROUP,
+                    self.consumer,
+                    self.reclaim_idle_ms,
+                    start_id=cursor,
+                    count=self.batch_size,
+                )
                 if entries:
-                    log.info("egress: reclaimed %d unsent result(s) of %s", len(entries),
-                             self.out_queue_of[stream])
+                    log.info(
+                        "egress: reclaimed %d unsent result(s) of %s",
+                        len(entries),
+                        self.out_queue_of[stream],
+                    )
                     self.send(stream, entries)
                 if cursor in ("0-0", b"0-0"):
                     break
@@ -127,8 +148,11 @@ class Egress:
 
     def forget_gone_consumers(self, stream: str) -> None:
         for consumer in self.client.xinfo_consumers(stream, GROUP):
-            if (consumer["name"] != self.consumer and consumer["pending"] == 0
-                    and consumer["idle"] > FORGET_CONSUMER_AFTER_MS):
+            if (
+                consumer["name"] != self.consumer
+                and consumer["pending"] == 0
+                and consumer["idle"] > FORGET_CONSUMER_AFTER_MS
+            ):
                 self.client.xgroup_delconsumer(stream, GROUP, consumer["name"])
 
     def send(self, stream: str, entries: Sequence[Entry]) -> int:
@@ -138,11 +162,20 @@ class Egress:
         results = []
         for entry_id, fields in entries:
             if fields and {"task_id", "message_id", "body"} <= fields.keys():
-                results.append(OutgoingMessage(body=fields["body"], message_id=fields["task_id"],
-                                               correlation_id=fields["message_id"]))
+                results.append(
+                    OutgoingMessage(
+                        body=fields["body"],
+                        message_id=fields["task_id"],
+                        correlation_id=fields["message_id"],
+                    )
+                )
             elif fields:  # deleted entries come back as None: nothing to send, just acknowledge
-                log.error("egress: outbox entry %s of %s lacks task_id/message_id/body; "
-                          "dropping it: %s", entry_id, out_queue, fields)
+                log.error(
+                    "egress: outbox entry %s of %s lacks task_id/message_id/body; dropping it: %s",
+                    entry_id,
+                    out_queue,
+                    fields,
+                )
         messages = [self.sendable(out_queue, result) for result in results]
         try:
             self.bus.send(out_queue, messages)
@@ -170,8 +203,11 @@ class Egress:
             raise
         for message in messages:
             self.refused.pop(message.message_id, None)
-        replaced = [result for message, result in zip(messages, results, strict=True)
-                    if message is not result]
+        replaced = [
+            result
+            for message, result in zip(messages, results, strict=True)
+            if message is not result
+        ]
         self.counters.add(out_queue, "sent", len(messages))
         self.counters.add(out_queue, "too_large", len(replaced))
         return len(messages)
@@ -181,12 +217,19 @@ class Egress:
         size = len(result.body.encode())
         detail = self.refused.get(result.message_id)
         if detail is None and size > self.max_message_bytes:
-            detail = (f"the result is {size} bytes, {size - self.max_message_bytes} bytes over "
-                      f"the limit of {self.max_message_bytes} bytes for one message "
-                      "(BRIDGE_MAX_MESSAGE_BYTES)")
+            detail = (
+                f"the result is {size} bytes, {size - self.max_message_bytes} bytes over "
+                f"the limit of {self.max_message_bytes} bytes for one message "
+                "(BRIDGE_MAX_MESSAGE_BYTES)"
+            )
         if detail is None:
             return result
-        log.error("egress: the result of task %s for %s is too large to send; sending its "
-                  "failure payload instead: %s", result.message_id, out_queue, detail)
+        log.error(
+            "egress: the result of task %s for %s is too large to send; sending its "
+            "failure payload instead: %s",
+            result.message_id,
+            out_queue,
+            detail,
+        )
         payload = failure_payload(json.loads(result.body), ResultTooLarge(detail))
         return replace(result, body=json.dumps(payload, ensure_ascii=False))

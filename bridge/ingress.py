@@ -62,18 +62,37 @@ class IdleWait:
 class Ingress:
     """Moves one route's messages into Celery until told to stop, then finishes its batch."""
 
-    def __init__(self, route: Route, receiver: Receiver, publisher: CeleryPublisher,
-                 ledger: Ledger, counters: Counters, *, batch_size: int, high_water: int,
-                 max_idle_s: float, celery_queue: str) -> None:
+    def __init__(
+        self,
+        route: Route,
+        receiver: Receiver,
+        publisher: CeleryPublisher,
+        ledger: Ledger,
+        counters: Counters,
+        *,
+        batch_size: int,
+        high_water: int,
+        max_idle_s: float,
+        celery_queue: str,
+    ) -> None:
         self.route, self.receiver, self.publisher, self.ledger, self.counters = (
-            route, receiver, publisher, ledger, counters)
+            route,
+            receiver,
+            publisher,
+            ledger,
+            counters,
+        )
         self.batch_size, self.high_water, self.celery_queue = batch_size, high_water, celery_queue
         self.idle = IdleWait(max_idle_s)
         self.paused = False
 
     def run(self, stop: threading.Event) -> None:
-        log.info("ingress %s -> %s -> %s started", self.route.in_queue, self.route.processor,
-                 self.route.out_queue)
+        log.info(
+            "ingress %s -> %s -> %s started",
+            self.route.in_queue,
+            self.route.processor,
+            self.route.out_queue,
+        )
         try:
             while not stop.is_set():
                 try:
@@ -95,9 +114,14 @@ class Ingress:
         backlog = self.publisher.backlog(self.celery_queue)
         paused = backlog > self.high_water
         if paused != self.paused:
-            log.warning("route %s: %s receiving, Celery queue %r holds %d tasks (high water %d)",
-                        self.route.in_queue, "pausing" if paused else "resuming",
-                        self.celery_queue, backlog, self.high_water)
+            log.warning(
+                "route %s: %s receiving, Celery queue %r holds %d tasks (high water %d)",
+                self.route.in_queue,
+                "pausing" if paused else "resuming",
+                self.celery_queue,
+                backlog,
+                self.high_water,
+            )
             self.paused = paused
         return paused
 
@@ -132,13 +156,19 @@ class Ingress:
         if lost:
             # Published, but the lock ran out first: the bus delivers these again and they are
             # published again under the same task ids, which the tasks recognise.
-            log.warning("route %s: %d lock(s) expired before completion", self.route.in_queue,
-                        len(lost))
+            log.warning(
+                "route %s: %d lock(s) expired before completion", self.route.in_queue, len(lost)
+            )
             self.counters.add(self.route.in_queue, "locks_lost", len(lost))
 
     def dead_letter(self, message: ReceivedMessage, rejection: Rejection) -> None:
-        log.warning("route %s: dead-lettering message %s: %s: %s", self.route.in_queue,
-                    message.message_id, rejection.reason, rejection.description)
+        log.warning(
+            "route %s: dead-lettering message %s: %s: %s",
+            self.route.in_queue,
+            message.message_id,
+            rejection.reason,
+            rejection.description,
+        )
         if self.receiver.dead_letter(message, rejection.reason, rejection.description):
             self.counters.add(self.route.in_queue, "dead_lettered")
         else:

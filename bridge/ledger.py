@@ -65,8 +65,11 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for request in requests:
             pipe.zadd(ledger_key(request.out_queue), {request.task_id: now})
-            pipe.hset(requests_key(request.out_queue), request.task_id,
-                      json.dumps(dataclasses.asdict(request)))
+            pipe.hset(
+                requests_key(request.out_queue),
+                request.task_id,
+                json.dumps(dataclasses.asdict(request)),
+            )
         try:
             pipe.execute()
         except redis.RedisError as error:
@@ -80,8 +83,9 @@ class Ledger:
             pipe.hdel(requests_key(out_queue), *task_ids)
 
     def overdue(self, out_queue: str, older_than_s: float) -> list[TaskRequest]:
-        task_ids = self.client.zrangebyscore(ledger_key(out_queue), "-inf",
-                                             time.time() - older_than_s, start=0, num=SWEEP_BATCH)
+        task_ids = self.client.zrangebyscore(
+            ledger_key(out_queue), "-inf", time.time() - older_than_s, start=0, num=SWEEP_BATCH
+        )
         if not task_ids:
             return []
         stored = self.client.hmget(requests_key(out_queue), task_ids)
@@ -92,8 +96,9 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for request in requests:
             pipe.exists(written_key(out_queue, request.task_id))
-        return [request for request, written in zip(requests, pipe.execute(), strict=True)
-                if written]
+        return [
+            request for request, written in zip(requests, pipe.execute(), strict=True) if written
+        ]
 
     def drop(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -103,15 +108,22 @@ class Ledger:
     def touch(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
         """Start the clock again: looked at now, looked at again a period later."""
         if requests:
-            self.client.zadd(ledger_key(out_queue), {r.task_id: time.time() for r in requests},
-                             xx=True)
+            self.client.zadd(
+                ledger_key(out_queue), {r.task_id: time.time() for r in requests}, xx=True
+            )
 
 
 class LostTaskSweeper:
     """Publishes again the recorded tasks the broker lost; runs in its own thread."""
 
-    def __init__(self, ledger: Ledger, publisher: CeleryPublisher, out_queues: Sequence[str], *,
-                 republish_after_s: float) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        publisher: CeleryPublisher,
+        out_queues: Sequence[str],
+        *,
+        republish_after_s: float,
+    ) -> None:
         self.ledger, self.publisher, self.republish_after_s = ledger, publisher, republish_after_s
         self.out_queues = sorted(set(out_queues))
 
@@ -139,11 +151,18 @@ class LostTaskSweeper:
             # A task still waiting in its queue (a backlog longer than the period) is not lost;
             # publishing it again each period would grow the queue without bound.
             held = self.publisher.held_task_ids(request.queue for request in overdue)
-            lost = [request for request in overdue if request.task_id not in held and
-                    self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES]
+            lost = [
+                request
+                for request in overdue
+                if request.task_id not in held
+                and self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES
+            ]
             if lost:
-                log.warning("publishing again %d task(s) the broker lost: %s", len(lost),
-                            ", ".join(request.task_id for request in lost[:5]))
+                log.warning(
+                    "publishing again %d task(s) the broker lost: %s",
+                    len(lost),
+                    ", ".join(request.task_id for request in lost[:5]),
+                )
                 self.publisher.publish(lost)
                 republished += len(lost)
             # All of them, so tasks still running do not hold the head of the ledger.

@@ -36,8 +36,18 @@ if TYPE_CHECKING:
 
 KEY_PREFIX = "conduit:bus"
 # The order every script expects its KEYS in (see lua/prelude.lua).
-KEY_NAMES = ("seq", "messages", "ready", "scheduled", "locked", "deliveries", "dead", "reasons",
-             "seen", "signal")
+KEY_NAMES = (
+    "seq",
+    "messages",
+    "ready",
+    "scheduled",
+    "locked",
+    "deliveries",
+    "dead",
+    "reasons",
+    "seen",
+    "signal",
+)
 SCRIPT_DIR = Path(__file__).parent / "lua"
 
 
@@ -63,13 +73,16 @@ def _mapped_errors() -> Iterator[None]:
 
 
 def _envelope(message: OutgoingMessage) -> str:
-    return json.dumps({
-        "message_id": message.message_id,
-        "correlation_id": message.correlation_id,
-        "body": message.body,
-        "application_properties": dict(message.application_properties),
-        "enqueued_time": datetime.now(UTC).isoformat(),
-    }, ensure_ascii=False)
+    return json.dumps(
+        {
+            "message_id": message.message_id,
+            "correlation_id": message.correlation_id,
+            "body": message.body,
+            "application_properties": dict(message.application_properties),
+            "enqueued_time": datetime.now(UTC).isoformat(),
+        },
+        ensure_ascii=False,
+    )
 
 
 def _enqueue_at_ms(message: OutgoingMessage) -> int:
@@ -117,10 +130,14 @@ class LocalBus:
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBus:
         client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
-        return cls(client, lock_duration_s=settings.local_bus_lock_duration_s,
-                   max_delivery_count=settings.local_bus_max_delivery_count,
-                   duplicate_window_s=settings.local_bus_duplicate_window_s,
-                   max_message_bytes=settings.bridge_max_message_bytes, owns_client=True)
+        return cls(
+            client,
+            lock_duration_s=settings.local_bus_lock_duration_s,
+            max_delivery_count=settings.local_bus_max_delivery_count,
+            duplicate_window_s=settings.local_bus_duplicate_window_s,
+            max_message_bytes=settings.bridge_max_message_bytes,
+            owns_client=True,
+        )
 
     def run_script(self, name: str, queue: str, args: Sequence[object]) -> Any:
         if name not in self._scripts:
@@ -140,9 +157,13 @@ class LocalBus:
             # a message's headers with its body.
             size = len(envelope.encode())
             if size > self.max_message_bytes:
-                raise MessageTooLarge(message.message_id, (
-                    f"the message is {size} bytes, {size - self.max_message_bytes} bytes over "
-                    f"the local bus's limit of {self.max_message_bytes} bytes"))
+                raise MessageTooLarge(
+                    message.message_id,
+                    (
+                        f"the message is {size} bytes, {size - self.max_message_bytes} bytes over "
+                        f"the local bus's limit of {self.max_message_bytes} bytes"
+                    ),
+                )
             args += [message.message_id, envelope, _enqueue_at_ms(message)]
         if messages:
             self.run_script("send_messages", queue, args)
@@ -161,9 +182,11 @@ class LocalBus:
             pipe.hmget(keys["messages"], seqs)
             pipe.hmget(keys["deliveries"], seqs)
             envelopes, deliveries = pipe.execute()
-        return [_message(str(seq), delivery, envelope)
-                for seq, delivery, envelope in zip(seqs, deliveries, envelopes, strict=True)
-                if envelope is not None]
+        return [
+            _message(str(seq), delivery, envelope)
+            for seq, delivery, envelope in zip(seqs, deliveries, envelopes, strict=True)
+            if envelope is not None
+        ]
 
     def dead_letters(self, queue: str, max_count: int) -> list[ReceivedMessage]:
         keys = queue_keys(queue)
@@ -177,12 +200,19 @@ class LocalBus:
             pipe.hmget(keys["reasons"], seqs)
             envelopes, deliveries, reasons = pipe.execute()
         dead = []
-        for seq, envelope, delivery, reason_json in zip(seqs, envelopes, deliveries, reasons,
-                                                        strict=True):
+        for seq, envelope, delivery, reason_json in zip(
+            seqs, envelopes, deliveries, reasons, strict=True
+        ):
             reason = json.loads(reason_json or "{}")
-            dead.append(_message(seq, delivery, envelope,
-                                 dead_letter_reason=reason.get("reason"),
-                                 dead_letter_description=reason.get("description")))
+            dead.append(
+                _message(
+                    seq,
+                    delivery,
+                    envelope,
+                    dead_letter_reason=reason.get("reason"),
+                    dead_letter_description=reason.get("description"),
+                )
+            )
         return dead
 
     def resubmit_dead_letters(self, queue: str, max_count: int) -> int:
@@ -211,14 +241,23 @@ class LocalReceiver:
         return self._take(max_count)
 
     def _take(self, max_count: int) -> list[ReceivedMessage]:
-        flat = self.bus.run_script("receive_messages", self.queue,
-                                   [max_count, self.bus.lock_duration_ms,
-                                    self.bus.max_delivery_count])
-        return [_message(seq, delivery, envelope, lock=(seq, str(delivery)))
-                for seq, delivery, _expires, envelope in zip(*[iter(flat)] * 4, strict=True)]
+        flat = self.bus.run_script(
+            "receive_messages",
+            self.queue,
+            [max_count, self.bus.lock_duration_ms, self.bus.max_delivery_count],
+        )
+        return [
+            _message(seq, delivery, envelope, lock=(seq, str(delivery)))
+            for seq, delivery, _expires, envelope in zip(*[iter(flat)] * 4, strict=True)
+        ]
 
-    def _settle(self, disposition: str, messages: Sequence[ReceivedMessage],
-                reason: str = "", description: str = "") -> list[ReceivedMessage]:
+    def _settle(
+        self,
+        disposition: str,
+        messages: Sequence[ReceivedMessage],
+        reason: str = "",
+        description: str = "",
+    ) -> list[ReceivedMessage]:
         if not messages:
             return []
         args: list[object] = [disposition, self.bus.max_delivery_count, reason, description]

@@ -89,10 +89,15 @@ class Counters:
 class Heartbeat:
     """Announces one bridge process and flushes its counters, in one round trip."""
 
-    def __init__(self, client: redis.Redis, bridge_id: str, routes: list[Route],
-                 counters: Counters) -> None:
+    def __init__(
+        self, client: redis.Redis, bridge_id: str, routes: list[Route], counters: Counters
+    ) -> None:
         self.client, self.bridge_id, self.routes, self.counters = (
-            client, bridge_id, routes, counters)
+            client,
+            bridge_id,
+            routes,
+            counters,
+        )
         self.started_at = time.time()
 
     def beat(self) -> None:
@@ -101,14 +106,28 @@ class Heartbeat:
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(HEARTBEATS_KEY, {self.bridge_id: now})
         pipe.zremrangebyscore(HEARTBEATS_KEY, "-inf", now - FORGET_AFTER_SECS)
-        pipe.hset(info_key(self.bridge_id), mapping={
-            "host": socket.gethostname(), "pid": os.getpid(), "started_at": self.started_at})
+        pipe.hset(
+            info_key(self.bridge_id),
+            mapping={
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+            },
+        )
         pipe.expire(info_key(self.bridge_id), int(FORGET_AFTER_SECS))
-        pipe.hset(ROUTES_KEY, mapping={
-            route.in_queue: json.dumps({"processor": route.processor,
-                                        "celery_queue": celery_queue(route),
-                                        "out_queue": route.out_queue})
-            for route in self.routes})
+        pipe.hset(
+            ROUTES_KEY,
+            mapping={
+                route.in_queue: json.dumps(
+                    {
+                        "processor": route.processor,
+                        "celery_queue": celery_queue(route),
+                        "out_queue": route.out_queue,
+                    }
+                )
+                for route in self.routes
+            },
+        )
         for (queue, name), amount in counts.items():
             pipe.hincrby(counters_key(queue), name, amount)
         try:
@@ -140,8 +159,9 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
     seconds, micros = client.time()
     now = seconds + micros / 1e6
     beats = client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
-    routes = dict(sorted((_text(key), json.loads(value))
-                         for key, value in client.hgetall(ROUTES_KEY).items()))
+    routes = dict(
+        sorted((_text(key), json.loads(value)) for key, value in client.hgetall(ROUTES_KEY).items())
+    )
 
     pipe = client.pipeline(transaction=False)
     for bridge_id, _ in beats:
@@ -158,17 +178,31 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
     for bridge_id, last_beat in beats:
         info = {_text(k): _text(v) for k, v in next(replies).items()}
         age = max(0.0, now - last_beat)
-        bridges.append({"id": _text(bridge_id), "host": info.get("host"),
-                        "pid": int(info["pid"]) if "pid" in info else None,
-                        "started_at": float(info["started_at"]) if "started_at" in info else None,
-                        "last_beat_s_ago": round(age, 1), "alive": age <= ALIVE_WITHIN_SECS})
+        bridges.append(
+            {
+                "id": _text(bridge_id),
+                "host": info.get("host"),
+                "pid": int(info["pid"]) if "pid" in info else None,
+                "started_at": float(info["started_at"]) if "started_at" in info else None,
+                "last_beat_s_ago": round(age, 1),
+                "alive": age <= ALIVE_WITHIN_SECS,
+            }
+        )
     route_stats = []
     for in_queue, route in routes.items():
         ingress, egress = next(replies), next(replies)
-        route_stats.append({
-            "in_queue": in_queue, **route,
-            **_counts(ingress, INGRESS_COUNTERS), **_counts(egress, EGRESS_COUNTERS),
-            "celery_backlog": next(replies), "outbox_lag": next(replies),
-        })
-    return {"alive": any(bridge["alive"] for bridge in bridges), "bridges": bridges,
-            "routes": route_stats}
+        route_stats.append(
+            {
+                "in_queue": in_queue,
+                **route,
+                **_counts(ingress, INGRESS_COUNTERS),
+                **_counts(egress, EGRESS_COUNTERS),
+                "celery_backlog": next(replies),
+                "outbox_lag": next(replies),
+            }
+        )
+    return {
+        "alive": any(bridge["alive"] for bridge in bridges),
+        "bridges": bridges,
+        "routes": route_stats,
+    }

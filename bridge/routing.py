@@ -47,8 +47,10 @@ def one_line(text: str) -> str:
 
 def describe_invalid_fields(error: ValidationError) -> str:
     """``field 'id': Field required; field 'language': ...`` — every field at fault, one line."""
-    problems = [f"field {'.'.join(str(p) for p in item['loc']) or 'body'!r}: {item['msg']}"
-                for item in error.errors()]
+    problems = [
+        f"field {'.'.join(str(p) for p in item['loc']) or 'body'!r}: {item['msg']}"
+        for item in error.errors()
+    ]
     return one_line("; ".join(problems))
 
 
@@ -62,8 +64,7 @@ def route_message(route: Route, message: ReceivedMessage) -> TaskRequest | Rejec
     except ValueError as error:
         return Rejection("MalformedJson", one_line(f"body is not valid JSON: {error}"))
     if not isinstance(body, dict):
-        return Rejection("MalformedJson",
-                         f"body must be a JSON object, not {type(body).__name__}")
+        return Rejection("MalformedJson", f"body must be a JSON object, not {type(body).__name__}")
     try:
         processor.input_model.model_validate(body)
     except ValidationError as error:

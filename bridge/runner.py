@@ -39,36 +39,62 @@ class Bridge:
         counters = Counters()
         ledger = Ledger(self.client)
         self.sweeper = LostTaskSweeper(
-            ledger, self.publisher, [route.out_queue for route in settings.routes],
+            ledger,
+            self.publisher,
+            [route.out_queue for route in settings.routes],
             republish_after_s=settings.bridge_republish_after_s
-            or settings.broker_visibility_timeout_s)
+            or settings.broker_visibility_timeout_s,
+        )
         self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)
         self.ingresses = [
-            Ingress(route, bus.receiver(route.in_queue), self.publisher, ledger, counters,
-                    batch_size=settings.bridge_batch_size, high_water=settings.bridge_high_water,
-                    max_idle_s=settings.bridge_max_idle_s, celery_queue=celery_queue(route))
+            Ingress(
+                route,
+                bus.receiver(route.in_queue),
+                self.publisher,
+                ledger,
+                counters,
+                batch_size=settings.bridge_batch_size,
+                high_water=settings.bridge_high_water,
+                max_idle_s=settings.bridge_max_idle_s,
+                celery_queue=celery_queue(route),
+            )
             for route in settings.routes
         ]
-        self.egress = Egress(self.client, bus, [route.out_queue for route in settings.routes],
-                             self.bridge_id, counters, batch_size=settings.bridge_batch_size,
-                             reclaim_idle_s=settings.bridge_reclaim_idle_s,
-                             max_message_bytes=settings.bridge_max_message_bytes)
+        self.egress = Egress(
+            self.client,
+            bus,
+            [route.out_queue for route in settings.routes],
+            self.bridge_id,
+            counters,
+            batch_size=settings.bridge_batch_size,
+            reclaim_idle_s=settings.bridge_reclaim_idle_s,
+            max_message_bytes=settings.bridge_max_message_bytes,
+        )
         for route in settings.routes:
             try:
                 get_processor(route.processor)
             except UnknownProcessor as error:
-                log.error("route %s: %s; its messages will be dead-lettered", route.in_queue,
-                          error)
+                log.error("route %s: %s; its messages will be dead-lettered", route.in_queue, error)
 
     def run(self, stop: threading.Event) -> bool:
         """Run until ``stop`` is set, then drain; False when a thread died of an error."""
-        threads = [threading.Thread(target=ingress.run, args=(stop,), daemon=True,
-                                    name=f"ingress {ingress.route.in_queue}")
-                   for ingress in self.ingresses]
-        threads.append(threading.Thread(target=self.egress.run, args=(stop,), daemon=True,
-                                        name="egress"))
-        threads.append(threading.Thread(target=self.sweeper.run, args=(stop,), daemon=True,
-                                        name="lost-task sweeper"))
+        threads = [
+            threading.Thread(
+                target=ingress.run,
+                args=(stop,),
+                daemon=True,
+                name=f"ingress {ingress.route.in_queue}",
+            )
+            for ingress in self.ingresses
+        ]
+        threads.append(
+            threading.Thread(target=self.egress.run, args=(stop,), daemon=True, name="egress")
+        )
+        threads.append(
+            threading.Thread(
+                target=self.sweeper.run, args=(stop,), daemon=True, name="lost-task sweeper"
+            )
+        )
         for thread in threads:
             thread.start()
         log.info("bridge %s running %d route(s)", self.bridge_id, len(self.ingresses))

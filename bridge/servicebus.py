@@ -52,8 +52,12 @@ MIN_RECEIVE_WAIT_SECS = 0.1
 # How long resubmitting waits for dead letters to arrive from the dead-letter sub-queue.
 DEAD_LETTER_RECEIVE_WAIT_SECS = 5.0
 # Failures that pass: the namespace is unreachable or busy now.
-_TRANSIENT = (ServiceBusConnectionError, ServiceBusCommunicationError, OperationTimeoutError,
-              ServiceBusServerBusyError)
+_TRANSIENT = (
+    ServiceBusConnectionError,
+    ServiceBusCommunicationError,
+    OperationTimeoutError,
+    ServiceBusServerBusyError,
+)
 
 
 def _text(value: Any) -> Any:
@@ -89,7 +93,9 @@ def _received(message: Any, lock: object = None) -> ReceivedMessage:
 
 def _outgoing(message: OutgoingMessage) -> ServiceBusMessage:
     return ServiceBusMessage(
-        message.body, message_id=message.message_id, correlation_id=message.correlation_id,
+        message.body,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
         application_properties=dict(message.application_properties) or None,
         scheduled_enqueue_time_utc=message.scheduled_enqueue_time,
         content_type="application/json",
@@ -113,12 +119,18 @@ class ServiceBus:
     """A Service Bus namespace. Thread-safe: each receiver belongs to one thread, and senders
     are created under a lock and used by the egress thread or the CLI."""
 
-    def __init__(self, client: ServiceBusClient, *, prefetch: int = 0,
-                 lock_renewer: AutoLockRenewer | None = None) -> None:
+    def __init__(
+        self,
+        client: ServiceBusClient,
+        *,
+        prefetch: int = 0,
+        lock_renewer: AutoLockRenewer | None = None,
+    ) -> None:
         self.client = client
         self.prefetch = prefetch
         self.lock_renewer = lock_renewer or AutoLockRenewer(
-            max_lock_renewal_duration=LOCK_RENEWAL_MAX_SECS)
+            max_lock_renewal_duration=LOCK_RENEWAL_MAX_SECS
+        )
         self._senders: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -126,7 +138,8 @@ class ServiceBus:
     def from_settings(cls, settings: Settings) -> ServiceBus:
         if settings.service_bus_connection_string:
             client = ServiceBusClient.from_connection_string(
-                settings.service_bus_connection_string.get_secret_value())
+                settings.service_bus_connection_string.get_secret_value()
+            )
         else:
             from azure.identity import DefaultAzureCredential
 
@@ -142,7 +155,8 @@ class ServiceBus:
     def open_receiver(self, queue: str, **options: Any) -> Any:
         with self._lock, _mapped_errors():
             return self.client.get_queue_receiver(
-                queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, **options)
+                queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, **options
+            )
 
     def _sender(self, queue: str) -> Any:
         with self._lock:
@@ -168,9 +182,13 @@ class ServiceBus:
                     batch.add_message(_outgoing(message))
                 except MessageSizeExceededError as error:
                     if not len(batch):  # this one message alone is over the limit
-                        raise MessageTooLarge(message.message_id, (
-                            "Service Bus refused it as over the namespace's limit of "
-                            f"{batch.max_size_in_bytes} bytes")) from error
+                        raise MessageTooLarge(
+                            message.message_id,
+                            (
+                                "Service Bus refused it as over the namespace's limit of "
+                                f"{batch.max_size_in_bytes} bytes"
+                            ),
+                        ) from error
                     sender.send_messages(batch)
                     batch = sender.create_message_batch()
                     batch.add_message(_outgoing(message))
@@ -199,12 +217,22 @@ class ServiceBus:
         receiver = self.open_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER)
         try:
             with _mapped_errors():
-                dead = receiver.receive_messages(max_message_count=max_count,
-                                                 max_wait_time=DEAD_LETTER_RECEIVE_WAIT_SECS)
+                dead = receiver.receive_messages(
+                    max_message_count=max_count, max_wait_time=DEAD_LETTER_RECEIVE_WAIT_SECS
+                )
             copies = [_received(m) for m in dead]
-            self.send(queue, [OutgoingMessage(
-                body=copy.body, message_id=copy.message_id, correlation_id=copy.correlation_id,
-                application_properties=copy.application_properties) for copy in copies])
+            self.send(
+                queue,
+                [
+                    OutgoingMessage(
+                        body=copy.body,
+                        message_id=copy.message_id,
+                        correlation_id=copy.correlation_id,
+                        application_properties=copy.application_properties,
+                    )
+                    for copy in copies
+                ],
+            )
             with _mapped_errors():
                 for message in dead:
                     receiver.complete_message(message)
@@ -247,14 +275,17 @@ class ServiceBusQueueReceiver:
         receiver = self._receiver
         with _mapped_errors(self._drop):
             messages = receiver.receive_messages(
-                max_message_count=max_count, max_wait_time=max(max_wait_s, MIN_RECEIVE_WAIT_SECS))
+                max_message_count=max_count, max_wait_time=max(max_wait_s, MIN_RECEIVE_WAIT_SECS)
+            )
         for message in messages:
-            self.bus.lock_renewer.register(receiver, message,
-                                           max_lock_renewal_duration=LOCK_RENEWAL_MAX_SECS)
+            self.bus.lock_renewer.register(
+                receiver, message, max_lock_renewal_duration=LOCK_RENEWAL_MAX_SECS
+            )
         return [_received(message, lock=(receiver, message)) for message in messages]
 
-    def _settle(self, messages: Sequence[ReceivedMessage],
-                settle: Callable[[Any, Any], None]) -> list[ReceivedMessage]:
+    def _settle(
+        self, messages: Sequence[ReceivedMessage], settle: Callable[[Any, Any], None]
+    ) -> list[ReceivedMessage]:
         lost = []
         for message in messages:
             receiver, sdk_message = message.lock
@@ -276,8 +307,12 @@ class ServiceBusQueueReceiver:
         return self._settle(messages, lambda receiver, m: receiver.abandon_message(m))
 
     def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> bool:
-        return not self._settle([message], lambda receiver, m: receiver.dead_letter_message(
-            m, reason=reason, error_description=description))
+        return not self._settle(
+            [message],
+            lambda receiver, m: receiver.dead_letter_message(
+                m, reason=reason, error_description=description
+            ),
+        )
 
     def close(self) -> None:
         self._drop()

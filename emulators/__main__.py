@@ -32,9 +32,12 @@ def main() -> None:
     app = create_app(settings)
     server = make_server(settings.emulator_host, settings.emulator_port, app, threaded=True)
     signal.signal(signal.SIGTERM, _stop)
-    log.info("Azure OpenAI emulator serving %s on %s (window %ss)",
-             ", ".join(sorted(app.extensions["emulator"].limiter.limits)),
-             settings.emulator_url, settings.emulator_window_s)
+    log.info(
+        "Azure OpenAI emulator serving %s on %s (window %ss)",
+        ", ".join(sorted(app.extensions["emulator"].limiter.limits)),
+        settings.emulator_url,
+        settings.emulator_window_s,
+    )
     try:
         server.serve_forever()
     finally:

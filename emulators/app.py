@@ -92,6 +92,7 @@ def _emulator() -> Emulator:
 
 # --- the request pipeline ------------------------------------------------------------------------
 
+
 def _presented_key() -> str:
     bearer = request.headers.get("Authorization", "")
     return request.headers.get("api-key") or bearer.removeprefix("Bearer ").strip()
@@ -155,8 +156,9 @@ def _admit(
     g.rate_limit_headers = decision.headers()
     if not decision.admitted:
         api_version = request.args.get("api-version", "v1")
-        raise RateLimited(operation, api_version, decision.reason,
-                          math.ceil(decision.retry_after_s))
+        raise RateLimited(
+            operation, api_version, decision.reason, math.ceil(decision.retry_after_s)
+        )
     if problem is not None:
         raise problem
     _inject_faults(deployment, g.setdefault("controls", emulator.controls))
@@ -184,16 +186,19 @@ def _is_azure_route() -> bool:
 
 # --- model routes --------------------------------------------------------------------------------
 
+
 @models.post("/openai/deployments/<deployment>/chat/completions")
 @models.post("/v1/chat/completions")
 def chat_completions(deployment: str | None = None) -> Response:
     body = _json_body()
     deployment = _deployment(deployment, body.get("model"))
     completion = _admit(
-        deployment, "ChatCompletions_Create",
+        deployment,
+        "ChatCompletions_Create",
         build=lambda: chat.ChatRequest.from_body(deployment, body),
-        estimate=lambda parsed: (chat.charge_estimate(parsed) if parsed
-                                 else len(request.get_data()) // CHARS_PER_TOKEN),
+        estimate=lambda parsed: (
+            chat.charge_estimate(parsed) if parsed else len(request.get_data()) // CHARS_PER_TOKEN
+        ),
     )
     controls: Controls = g.controls
     choices = chat.complete(completion)
@@ -201,8 +206,10 @@ def chat_completions(deployment: str | None = None) -> Response:
     if completion.stream:
         chunks = chat.stream_chunks(completion, choices, azure)
         return Response(_server_sent_events(chunks, controls), mimetype="text/event-stream")
-    _pause(controls.first_token_ms
-           + controls.token_ms * sum(choice.completion_tokens for choice in choices))
+    _pause(
+        controls.first_token_ms
+        + controls.token_ms * sum(choice.completion_tokens for choice in choices)
+    )
     return jsonify(chat.completion_body(completion, choices, azure))
 
 
@@ -220,7 +227,8 @@ def create_embeddings(deployment: str | None = None) -> Response:
     body = _json_body()
     deployment = _deployment(deployment, body.get("model"))
     embedding_request = _admit(
-        deployment, "Embeddings_Create",
+        deployment,
+        "Embeddings_Create",
         build=lambda: embeddings.EmbeddingRequest.from_body(deployment, body),
         estimate=lambda _parsed: embeddings.estimate_tokens(body),
     )
@@ -244,7 +252,8 @@ def _speech_to_text(task: str, operation: str, deployment: str | None) -> Respon
     deployment = _deployment(deployment, request.form.get("model"))
     # Whisper is limited by requests alone: an upload costs no tokens.
     audio_request = _admit(
-        deployment, operation,
+        deployment,
+        operation,
         build=lambda: AudioRequest.from_form(task, request.form, request.files),
         estimate=lambda _parsed: 0,
     )
@@ -256,6 +265,7 @@ def _speech_to_text(task: str, operation: str, deployment: str | None) -> Respon
 
 
 # --- control endpoints (dev only) ----------------------------------------------------------------
+
 
 @control.get("/health")
 def health() -> Response:
@@ -282,10 +292,15 @@ def update_config() -> Response:
 @control.get("/_emulator/stats")
 def read_stats() -> Response:
     emulator = _emulator()
-    limits = {name: {"tpm": limit.tpm, "rpm": limit.rpm}
-              for name, limit in emulator.limiter.limits.items()}
-    return jsonify(deployments=emulator.stats.snapshot(), limits=limits,
-                   window_s=emulator.limiter.token_window_s)
+    limits = {
+        name: {"tpm": limit.tpm, "rpm": limit.rpm}
+        for name, limit in emulator.limiter.limits.items()
+    }
+    return jsonify(
+        deployments=emulator.stats.snapshot(),
+        limits=limits,
+        window_s=emulator.limiter.token_window_s,
+    )
 
 
 @control.post("/_emulator/reset")
@@ -298,6 +313,7 @@ def reset() -> Response:
 
 
 # --- responses -----------------------------------------------------------------------------------
+
 
 def _emulator_error(error: EmulatorError) -> tuple[Response, int]:
     return jsonify(error.body()), error.status

@@ -55,10 +55,12 @@ class AudioRequest:
             )
         response_format = form.get("response_format") or "json"
         if response_format not in RESPONSE_FORMATS:
-            raise BadRequest(f"'response_format' must be one of {sorted(RESPONSE_FORMATS)}",
-                             "response_format")
-        granularities = set(form.getlist("timestamp_granularities[]")
-                            or form.getlist("timestamp_granularities"))
+            raise BadRequest(
+                f"'response_format' must be one of {sorted(RESPONSE_FORMATS)}", "response_format"
+            )
+        granularities = set(
+            form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities")
+        )
         return cls(
             task=task,
             filename=upload.filename or "audio",
@@ -91,13 +93,17 @@ def _decode_with_av(data: bytes, filename: str) -> tuple[np.ndarray, int]:
             # integers ...): convert to one. Rate and channels are kept; soxr and the mix-down
             # above deal with those for every format alike.
             to_float = av.AudioResampler(format="fltp")
-            blocks = [converted.to_ndarray() for frame in container.decode(stream)
-                      for converted in to_float.resample(frame)]
+            blocks = [
+                converted.to_ndarray()
+                for frame in container.decode(stream)
+                for converted in to_float.resample(frame)
+            ]
             return np.concatenate(blocks, axis=1).T, stream.rate
     except Exception as error:  # noqa: BLE001 - any decoder failure means the same to a client
         raise BadRequest(
             f"Invalid file format. Supported formats: {SUPPORTED_FORMATS} "
-            f"(emulator: could not decode {filename!r}: {type(error).__name__})", "file"
+            f"(emulator: could not decode {filename!r}: {type(error).__name__})",
+            "file",
         ) from None
 
 
@@ -133,14 +139,24 @@ def _verbose(request: AudioRequest, transcript: Transcript) -> dict[str, Any]:
     }
     if request.segment_timestamps:
         body["segments"] = [
-            {"id": index, "seek": 0, "start": segment.start, "end": segment.end,
-             "text": " " + segment.text, "tokens": [], "temperature": 0.0,
-             "avg_logprob": 0.0, "compression_ratio": 1.0, "no_speech_prob": 0.0}
+            {
+                "id": index,
+                "seek": 0,
+                "start": segment.start,
+                "end": segment.end,
+                "text": " " + segment.text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
             for index, segment in enumerate(transcript.segments)
         ]
     if request.word_timestamps:
-        body["words"] = [{"word": word.word, "start": word.start, "end": word.end}
-                         for word in transcript.words]
+        body["words"] = [
+            {"word": word.word, "start": word.start, "end": word.end} for word in transcript.words
+        ]
     body["usage"] = {"type": "duration", "seconds": math.ceil(transcript.duration)}
     return body
 

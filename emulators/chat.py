@@ -76,8 +76,9 @@ class ChatRequest:
             raise BadRequest("'messages' must be a non-empty array", "messages")
         for index, message in enumerate(messages):
             if not isinstance(message, dict) or "role" not in message:
-                raise BadRequest(f"messages[{index}] must be an object with a 'role'",
-                                 f"messages.[{index}]")
+                raise BadRequest(
+                    f"messages[{index}] must be an object with a 'role'", f"messages.[{index}]"
+                )
         stop = body.get("stop") or ()
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
         if len(stop) > MAX_STOP_SEQUENCES:
@@ -89,16 +90,20 @@ class ChatRequest:
         if not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
             raise BadRequest(f"'n' must be an integer from 1 to {MAX_CHOICES}", "n")
         temperature = body.get("temperature")
-        if temperature is not None and not (isinstance(temperature, int | float)
-                                            and 0 <= temperature <= 2):
+        if temperature is not None and not (
+            isinstance(temperature, int | float) and 0 <= temperature <= 2
+        ):
             raise BadRequest("'temperature' must be a number from 0 to 2", "temperature")
         tools = body.get("tools") or []
         if not isinstance(tools, list) or not all(
-            isinstance(tool, dict) and isinstance(tool.get("function"), dict)
-            and tool["function"].get("name") for tool in tools
+            isinstance(tool, dict)
+            and isinstance(tool.get("function"), dict)
+            and tool["function"].get("name")
+            for tool in tools
         ):
-            raise BadRequest("each tool must be {'type': 'function', 'function': {'name': ...}}",
-                             "tools")
+            raise BadRequest(
+                "each tool must be {'type': 'function', 'function': {'name': ...}}", "tools"
+            )
         return cls(
             deployment=deployment,
             messages=messages,
@@ -126,6 +131,7 @@ class Choice:
 
 # --- token accounting ----------------------------------------------------------------------------
 
+
 def _count(deployment: str, text: str) -> int:
     return len(encoding_for_model(deployment).encode(text, disallowed_special=()))
 
@@ -135,9 +141,11 @@ def _content_tokens(deployment: str, content: Any) -> int:
         return _count(deployment, content)
     if isinstance(content, list):  # content parts: text and images
         return sum(
-            _count(deployment, part.get("text", "")) if part.get("type") == "text"
+            _count(deployment, part.get("text", ""))
+            if part.get("type") == "text"
             else IMAGE_PART_TOKENS
-            for part in content if isinstance(part, dict)
+            for part in content
+            if isinstance(part, dict)
         )
     return 0
 
@@ -166,13 +174,21 @@ def charge_estimate(request: ChatRequest) -> int:
 
 # --- answers -------------------------------------------------------------------------------------
 
+
 def _random_for(request: ChatRequest, choice_index: int) -> random.Random:
     # Greedy decoding (temperature 0) gives every choice the same answer.
     varies = request.temperature > 0
     key = json.dumps(
-        [request.deployment, request.messages, request.seed, request.tools,
-         request.response_format, choice_index if varies else 0],
-        sort_keys=True, default=str,
+        [
+            request.deployment,
+            request.messages,
+            request.seed,
+            request.tools,
+            request.response_format,
+            choice_index if varies else 0,
+        ],
+        sort_keys=True,
+        default=str,
     )
     return random.Random(hashlib.sha256(key.encode()).digest())
 
@@ -182,8 +198,9 @@ def _last_user_words(request: ChatRequest) -> list[str]:
         if message["role"] == "user":
             content = message.get("content")
             if isinstance(content, list):
-                content = " ".join(part.get("text", "") for part in content
-                                   if isinstance(part, dict))
+                content = " ".join(
+                    part.get("text", "") for part in content if isinstance(part, dict)
+                )
             return re.findall(r"[A-Za-z']+", str(content or ""))
     return []
 
@@ -208,8 +225,9 @@ def _json_text(request: ChatRequest, rng: random.Random) -> str:
         try:
             return json.dumps(fill(schema, rng))
         except SchemaFillError as error:
-            raise BadRequest(f"Invalid schema for response_format: {error}",
-                             "response_format") from None
+            raise BadRequest(
+                f"Invalid schema for response_format: {error}", "response_format"
+            ) from None
     return json.dumps({"answer": _prose(request, rng), "keywords": _last_user_words(request)[:5]})
 
 
@@ -234,8 +252,9 @@ def _tool_call(tool: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     try:
         arguments = fill(parameters, rng)
     except SchemaFillError as error:
-        raise BadRequest(f"Invalid schema for function {tool['function']['name']!r}: {error}",
-                         "tools") from None
+        raise BadRequest(
+            f"Invalid schema for function {tool['function']['name']!r}: {error}", "tools"
+        ) from None
     return {
         "id": f"call_{rng.getrandbits(96):024x}",
         "type": "function",
@@ -248,7 +267,7 @@ def _cut(request: ChatRequest, text: str) -> tuple[str, str]:
     finish_reason = "stop"
     positions = [text.find(stop) for stop in request.stop if stop and stop in text]
     if positions:
-        text = text[:min(positions)]
+        text = text[: min(positions)]
     limit = request.max_tokens or DEFAULT_MAX_ANSWER_TOKENS
     encoding = encoding_for_model(request.deployment)
     tokens = encoding.encode(text, disallowed_special=())
@@ -264,8 +283,9 @@ def complete(request: ChatRequest) -> list[Choice]:
         rng = _random_for(request, index)
         if tool is not None:
             call = _tool_call(tool, rng)
-            tokens = _count(request.deployment, call["function"]["name"]
-                            + call["function"]["arguments"])
+            tokens = _count(
+                request.deployment, call["function"]["name"] + call["function"]["arguments"]
+            )
             choices.append(Choice(index, None, [call], "tool_calls", tokens))
             continue
         wants_json = (request.response_format or {}).get("type") in {"json_object", "json_schema"}
@@ -276,6 +296,7 @@ def complete(request: ChatRequest) -> list[Choice]:
 
 
 # --- response shapes -----------------------------------------------------------------------------
+
 
 def _usage(request: ChatRequest, choices: list[Choice]) -> dict[str, Any]:
     prompt = prompt_tokens(request)
@@ -309,9 +330,12 @@ def completion_body(request: ChatRequest, choices: list[Choice], azure: bool) ->
         "choices": [
             {
                 "index": choice.index,
-                "message": {"role": "assistant", "content": choice.content,
-                            "refusal": None,
-                            **({"tool_calls": choice.tool_calls} if choice.tool_calls else {})},
+                "message": {
+                    "role": "assistant",
+                    "content": choice.content,
+                    "refusal": None,
+                    **({"tool_calls": choice.tool_calls} if choice.tool_calls else {}),
+                },
                 "logprobs": None,
                 "finish_reason": choice.finish_reason,
                 **({"content_filter_results": content_filter_results()} if azure else {}),
@@ -333,16 +357,23 @@ class StreamChunk:
     tokens: int  # completion tokens this chunk carries, for pacing
 
 
-def stream_chunks(request: ChatRequest, choices: list[Choice], azure: bool
-                  ) -> Iterator[StreamChunk]:
+def stream_chunks(
+    request: ChatRequest, choices: list[Choice], azure: bool
+) -> Iterator[StreamChunk]:
     """The ``chat.completion.chunk`` objects of a streamed answer, in the order sent."""
     completion_id, created = new_completion_id(), int(time.time())
     encoding = encoding_for_model(request.deployment)
 
     def chunk(choice_list: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                "model": request.deployment, "system_fingerprint": "fp_emulator",
-                "choices": choice_list, **extra}
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": request.deployment,
+            "system_fingerprint": "fp_emulator",
+            "choices": choice_list,
+            **extra,
+        }
         if request.include_usage and "usage" not in body:
             body["usage"] = None
         return body
@@ -353,19 +384,44 @@ def stream_chunks(request: ChatRequest, choices: list[Choice], azure: bool
     if azure:
         # Azure opens every stream with the prompt's content-filter verdict and no choices.
         verdict = {"prompt_index": 0, "content_filter_results": content_filter_results()}
-        yield StreamChunk({"id": "", "object": "", "created": 0, "model": "", "choices": [],
-                           "prompt_filter_results": [verdict]}, 0)
+        yield StreamChunk(
+            {
+                "id": "",
+                "object": "",
+                "created": 0,
+                "model": "",
+                "choices": [],
+                "prompt_filter_results": [verdict],
+            },
+            0,
+        )
     for choice in choices:
-        opening = {"role": "assistant", "refusal": None,
-                   "content": None if choice.content is None else ""}
+        opening = {
+            "role": "assistant",
+            "refusal": None,
+            "content": None if choice.content is None else "",
+        }
         yield StreamChunk(chunk([delta(choice.index, opening)]), 0)
         for call in choice.tool_calls:
-            head = {"index": 0, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            head = {
+                "index": 0,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
             yield StreamChunk(chunk([delta(choice.index, {"tool_calls": [head]})]), 1)
             for piece in _token_pieces(encoding, call["function"]["arguments"]):
-                yield StreamChunk(chunk([delta(choice.index, {"tool_calls": [
-                    {"index": 0, "function": {"arguments": piece}}]})]), 1)
+                yield StreamChunk(
+                    chunk(
+                        [
+                            delta(
+                                choice.index,
+                                {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                            )
+                        ]
+                    ),
+                    1,
+                )
         for piece in _token_pieces(encoding, choice.content or ""):
             yield StreamChunk(chunk([delta(choice.index, {"content": piece})]), 1)
         yield StreamChunk(chunk([delta(choice.index, {}, choice.finish_reason)]), 0)

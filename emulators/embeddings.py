@@ -54,7 +54,9 @@ class EmbeddingRequest:
                 f"Too many inputs. The max number of inputs is {MAX_INPUTS}. We hope to increase "
                 "the number of inputs per request soon. Please contact us through an Azure "
                 "support request at: https://go.microsoft.com/fwlink/?linkid=2213926 for "
-                "further questions.", "input")
+                "further questions.",
+                "input",
+            )
         encoding = encoding_for_model(deployment)
         for text in texts:
             count = len(encoding.encode(text, disallowed_special=()))
@@ -62,7 +64,9 @@ class EmbeddingRequest:
                 raise BadRequest(
                     f"This model's maximum context length is {MAX_INPUT_TOKENS + 1} tokens, "
                     f"however you requested {count} tokens ({count} in your prompt; 0 for the "
-                    "completion). Please reduce your prompt; or completion length.", "input")
+                    "completion). Please reduce your prompt; or completion length.",
+                    "input",
+                )
         native = native_dimensions(deployment)
         dimensions = body.get("dimensions") or native
         if not isinstance(dimensions, int) or not 1 <= dimensions <= native:
@@ -90,11 +94,9 @@ def _texts(deployment: str, value: Any) -> list[str]:
         encoding = encoding_for_model(deployment)
         if all(isinstance(item, int) for item in value):
             return [encoding.decode(value)]
-        if all(isinstance(item, list) and all(isinstance(t, int) for t in item)
-               for item in value):
+        if all(isinstance(item, list) and all(isinstance(t, int) for t in item) for item in value):
             return [encoding.decode(item) for item in value]
-    raise BadRequest("'input' must be a string, an array of strings or an array of tokens",
-                     "input")
+    raise BadRequest("'input' must be a string, an array of strings or an array of tokens", "input")
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -102,8 +104,11 @@ def estimate_tokens(body: dict[str, Any]) -> int:
     value = body.get("input")
     items = value if isinstance(value, list) else [value]
     return sum(
-        len(item) // CHARS_PER_TOKEN + 1 if isinstance(item, str)
-        else len(item) if isinstance(item, list) else 1
+        len(item) // CHARS_PER_TOKEN + 1
+        if isinstance(item, str)
+        else len(item)
+        if isinstance(item, list)
+        else 1
         for item in items
     )
 
@@ -128,8 +133,11 @@ def embeddings_body(request: EmbeddingRequest) -> dict[str, Any]:
     data = []
     for index, text in enumerate(request.texts):
         vector = embed(text, request.deployment, request.dimensions)
-        value: Any = (base64.b64encode(vector.tobytes()).decode()
-                      if request.encoding_format == "base64" else vector.tolist())
+        value: Any = (
+            base64.b64encode(vector.tobytes()).decode()
+            if request.encoding_format == "base64"
+            else vector.tolist()
+        )
         data.append({"object": "embedding", "index": index, "embedding": value})
     tokens = sum(len(encoding.encode(text, disallowed_special=())) for text in request.texts)
     return {

@@ -74,8 +74,9 @@ class RateLimited(EmulatorError):
     status = 429
     code = "429"
 
-    def __init__(self, operation: str, api_version: str, limit_kind: str,
-                 retry_after_s: int) -> None:
+    def __init__(
+        self, operation: str, api_version: str, limit_kind: str, retry_after_s: int
+    ) -> None:
         # Azure says "token rate limit" or "call rate limit" depending on the limit hit.
         limit_name = "token rate limit" if limit_kind == "tokens" else "call rate limit"
         super().__init__(

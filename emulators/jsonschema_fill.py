@@ -69,8 +69,12 @@ class _Filler:
         if isinstance(kind, list):
             kind = self._choose_type(kind, depth)
         fillers = {
-            "object": self._object, "array": self._array, "string": self._string,
-            "integer": self._integer, "number": self._number, "boolean": self._boolean,
+            "object": self._object,
+            "array": self._array,
+            "string": self._string,
+            "integer": self._integer,
+            "number": self._number,
+            "boolean": self._boolean,
             "null": self._null,
         }
         if kind not in fillers:
@@ -132,8 +136,9 @@ class _Filler:
         count = low if depth >= MAX_DEPTH else self.rng.randint(low, max(low, high))
         prefix = schema.get("prefixItems", [])
         items = schema.get("items", {})
-        values = [self.value(prefix[i] if i < len(prefix) else items, depth + 1)
-                  for i in range(count)]
+        values = [
+            self.value(prefix[i] if i < len(prefix) else items, depth + 1) for i in range(count)
+        ]
         if schema.get("uniqueItems") and len({repr(v) for v in values}) < len(values):
             raise SchemaFillError("cannot make unique array items from this schema")
         return values
@@ -153,8 +158,9 @@ class _Filler:
 
     def _integer(self, schema: dict[str, Any], _depth: int) -> int:
         low, high = self._bounds(schema, step=1)
-        return int(self._multiple_between(math.ceil(low), math.floor(high),
-                                          schema.get("multipleOf", 1)))
+        return int(
+            self._multiple_between(math.ceil(low), math.floor(high), schema.get("multipleOf", 1))
+        )
 
     def _number(self, schema: dict[str, Any], _depth: int) -> float:
         if "multipleOf" in schema:

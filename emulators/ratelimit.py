@@ -73,8 +73,8 @@ def load_limits(settings: Settings) -> dict[str, Limit]:
         }
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
         raise LimitsFileError(
-            f"EMULATOR_LIMITS_FILE={path}: expected {{\"deployment\": {{\"tpm\": int, "
-            f"\"rpm\": int}}}} ({type(error).__name__}: {error})"
+            f'EMULATOR_LIMITS_FILE={path}: expected {{"deployment": {{"tpm": int, '
+            f'"rpm": int}}}} ({type(error).__name__}: {error})'
         ) from None
 
 
@@ -170,10 +170,12 @@ class RateLimiter:
                 limit=limit,
                 remaining_tokens=max(0, limit.tpm - used_tokens),
                 remaining_requests=limit.requests_per_window - len(window.requests),
-                reset_tokens_s=(window.tokens[0][0] + self.token_window_s - now
-                                if window.tokens else 0.0),
-                reset_requests_s=(window.requests[0] + self.request_window_s - now
-                                  if window.requests else 0.0),
+                reset_tokens_s=(
+                    window.tokens[0][0] + self.token_window_s - now if window.tokens else 0.0
+                ),
+                reset_requests_s=(
+                    window.requests[0] + self.request_window_s - now if window.requests else 0.0
+                ),
                 retry_after_s=retry_after,
                 reason=reason,
             )

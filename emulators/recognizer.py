@@ -114,8 +114,9 @@ class Recognizer:
 
     def __init__(self, phrases: list[str]) -> None:
         # bestpath off: its lattice rescoring drops the last word of grammar results.
-        self._decoder = Decoder(samprate=SAMPLE_RATE, bestpath=False, loglevel="FATAL",
-                                **WIDE_BEAMS)
+        self._decoder = Decoder(
+            samprate=SAMPLE_RATE, bestpath=False, loglevel="FATAL", **WIDE_BEAMS
+        )
         self._open_search = self._decoder.current_search()
         self._lock = threading.Lock()
         self._recent: OrderedDict[bytes, Transcript] = OrderedDict()
@@ -133,8 +134,11 @@ class Recognizer:
         for phrase in phrases:
             missing = [w for w in phrase.split() if self._decoder.lookup_word(w) is None]
             if missing:
-                log.warning("phrase %r skipped: %s not in the pronouncing dictionary",
-                            phrase, ", ".join(missing))
+                log.warning(
+                    "phrase %r skipped: %s not in the pronouncing dictionary",
+                    phrase,
+                    ", ".join(missing),
+                )
             else:
                 known.append(phrase)
         return known
@@ -180,12 +184,12 @@ def _speech_in_silence(alignment: list[tuple[str, int, int]], audio: np.ndarray)
     samples_per_frame = SAMPLE_RATE // FRAMES_PER_SECOND
     usable = len(audio) // samples_per_frame * samples_per_frame
     frames = audio[:usable].astype(np.float32).reshape(-1, samples_per_frame)
-    loudness = np.sqrt((frames ** 2).mean(axis=1))
+    loudness = np.sqrt((frames**2).mean(axis=1))
     loud = loudness > LOUD_FRACTION * np.percentile(loudness, 95)
     silent = np.zeros_like(loud)
     for word, first, last in alignment:
         if word in _FILLERS:
-            silent[max(first, 0):last + 1] = True
+            silent[max(first, 0) : last + 1] = True
     return float((loud & silent).sum() / max(1, loud.sum()))
 
 

@@ -46,8 +46,14 @@ class _Espeak:
         self.lock = threading.Lock()
         self.library = ctypes.CDLL(espeakng_loader.get_library_path())
         self.library.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-            ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         self.library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self.native_rate = self.library.espeak_Initialize(
@@ -104,8 +110,9 @@ def synthesize(
     native = engine.render(text, voice)
     if sample_rate == engine.native_rate or native.size == 0:
         return native
-    return to_int16(soxr.resample(native.astype(np.float32) / 32768, engine.native_rate,
-                                  sample_rate))
+    return to_int16(
+        soxr.resample(native.astype(np.float32) / 32768, engine.native_rate, sample_rate)
+    )
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:

@@ -32,10 +32,21 @@ from settings import Settings, get_settings
 logger = logging.getLogger("conduit.quota.client")
 
 # What the older GET /status answered; the whisper pool had request fields only.
-_STATUS_FIELDS = ("available_tokens", "used_tokens", "locked_tokens", "available_requests",
-                  "used_requests", "locked_requests", "reset_time_seconds")
-_WHISPER_STATUS_FIELDS = ("available_requests", "used_requests", "locked_requests",
-                          "reset_time_seconds")
+_STATUS_FIELDS = (
+    "available_tokens",
+    "used_tokens",
+    "locked_tokens",
+    "available_requests",
+    "used_requests",
+    "locked_requests",
+    "reset_time_seconds",
+)
+_WHISPER_STATUS_FIELDS = (
+    "available_requests",
+    "used_requests",
+    "locked_requests",
+    "reset_time_seconds",
+)
 
 LockResult = tuple[bool, str | None, str | None]  # (allowed, request_id, error)
 
@@ -77,8 +88,9 @@ class _OlderNames:
 
 
 class _ClientBase(_OlderNames):
-    def __init__(self, app_id: str, settings: Settings,
-                 deployments: Mapping[str, str] | None) -> None:
+    def __init__(
+        self, app_id: str, settings: Settings, deployments: Mapping[str, str] | None
+    ) -> None:
         self.app_id = app_id
         self.deployments = {pool.name: pool.deployment for pool in settings.pools()}
         self.deployments.update(deployments or {})
@@ -95,22 +107,31 @@ class _ClientBase(_OlderNames):
 class TokenClient(_ClientBase):
     """The older asyncio TokenClient's methods and return shapes, on ``redis.asyncio``."""
 
-    def __init__(self, app_id: str, base_url: str | None = None, resource_uri: str | None = None,
-                 use_auth: bool = False, *, limiter: AsyncQuotaLimiter | None = None,
-                 settings: Settings | None = None,
-                 deployments: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        base_url: str | None = None,
+        resource_uri: str | None = None,
+        use_auth: bool = False,
+        *,
+        limiter: AsyncQuotaLimiter | None = None,
+        settings: Settings | None = None,
+        deployments: Mapping[str, str] | None = None,
+    ) -> None:
         settings = settings or get_settings()
         super().__init__(app_id, settings, deployments)
         self._own_redis = None if limiter else redis.asyncio.Redis.from_url(settings.broker_url)
         self.limiter = limiter or AsyncQuotaLimiter(self._own_redis, settings)
 
     async def lock(self, pool: str, token_count: int = 0) -> LockResult:
-        decision = await self.limiter.acquire(pool, self._deployment(pool), token_count,
-                                              self.app_id)
+        decision = await self.limiter.acquire(
+            pool, self._deployment(pool), token_count, self.app_id
+        )
         return _lock_result(decision)
 
-    async def report(self, pool: str, request_id: str, prompt_tokens: int = 0,
-                     completion_tokens: int = 0) -> bool:
+    async def report(
+        self, pool: str, request_id: str, prompt_tokens: int = 0, completion_tokens: int = 0
+    ) -> bool:
         try:
             await self.limiter.report(request_id, prompt_tokens, completion_tokens, pool=pool)
         except QuotaError as error:
@@ -142,10 +163,17 @@ class TokenClient(_ClientBase):
 class SyncTokenClient(_ClientBase):
     """TokenClient for blocking code: the same methods, not awaited."""
 
-    def __init__(self, app_id: str, base_url: str | None = None, resource_uri: str | None = None,
-                 use_auth: bool = False, *, limiter: QuotaLimiter | None = None,
-                 settings: Settings | None = None,
-                 deployments: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        base_url: str | None = None,
+        resource_uri: str | None = None,
+        use_auth: bool = False,
+        *,
+        limiter: QuotaLimiter | None = None,
+        settings: Settings | None = None,
+        deployments: Mapping[str, str] | None = None,
+    ) -> None:
         settings = settings or get_settings()
         super().__init__(app_id, settings, deployments)
         self._own_redis = None if limiter else redis.Redis.from_url(settings.broker_url)
@@ -155,8 +183,9 @@ class SyncTokenClient(_ClientBase):
         decision = self.limiter.acquire(pool, self._deployment(pool), token_count, self.app_id)
         return _lock_result(decision)
 
-    def report(self, pool: str, request_id: str, prompt_tokens: int = 0,
-               completion_tokens: int = 0) -> bool:
+    def report(
+        self, pool: str, request_id: str, prompt_tokens: int = 0, completion_tokens: int = 0
+    ) -> bool:
         try:
             self.limiter.report(request_id, prompt_tokens, completion_tokens, pool=pool)
         except QuotaError as error:

@@ -63,8 +63,12 @@ class _LimiterBase:
         charge_models: Mapping[str, ChargeModel] | None = None,
     ) -> None:
         self.client = client
-        self.protocol = QuotaProtocol(settings or get_settings(), window_s=window_s,
-                                      prefix=prefix, charge_models=charge_models)
+        self.protocol = QuotaProtocol(
+            settings or get_settings(),
+            window_s=window_s,
+            prefix=prefix,
+            charge_models=charge_models,
+        )
         # Deployments this process already added to the registry (all_status lists them).
         self._registered: set[str] = set()
 
@@ -106,15 +110,22 @@ class QuotaLimiter(_LimiterBase):
         """Lock ``tokens`` and one request, or refuse with the exact wait until they fit."""
         return self.acquire_timed(pool, deployment, tokens, app_id)[0]
 
-    def acquire_timed(self, pool: str, deployment: str, tokens: int,
-                      app_id: str) -> tuple[Decision, int]:
+    def acquire_timed(
+        self, pool: str, deployment: str, tokens: int, app_id: str
+    ) -> tuple[Decision, int]:
         """``acquire`` and the server time it decided at (µs), for audits and benchmarks."""
         call = self.protocol.acquire(pool, deployment, tokens, app_id)
         self._register(pool, deployment)
         return self._run(call)
 
-    def report(self, request_id: str, prompt_tokens: int, completion_tokens: int = 0,
-               *, pool: str | None = None) -> Settlement:
+    def report(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        completion_tokens: int = 0,
+        *,
+        pool: str | None = None,
+    ) -> Settlement:
         """Settle a lock with actual usage (``pool``: refuse an id from another pool)."""
         return self._run(self.protocol.report(request_id, prompt_tokens, completion_tokens, pool))
 
@@ -122,14 +133,20 @@ class QuotaLimiter(_LimiterBase):
         """Give back a lock whose call never reached upstream."""
         return self._run(self.protocol.release(request_id, pool))
 
-    def observe_upstream(self, pool: str, deployment: str, remaining_tokens: int | None = None,
-                         remaining_requests: int | None = None) -> ExternalUsage:
+    def observe_upstream(
+        self,
+        pool: str,
+        deployment: str,
+        remaining_tokens: int | None = None,
+        remaining_requests: int | None = None,
+    ) -> ExternalUsage:
         """Book what upstream's x-ratelimit-remaining-* headers say others spent.
 
         ``remaining_tokens`` is per window; ``remaining_requests`` per sixth of it (RPM/6 per
         10 s), as Azure's ``x-ratelimit-remaining-requests`` counts."""
-        return self._run(self.protocol.observe(pool, deployment, remaining_tokens,
-                                               remaining_requests))
+        return self._run(
+            self.protocol.observe(pool, deployment, remaining_tokens, remaining_requests)
+        )
 
     def status(self, pool: str, deployment: str) -> QuotaStatus:
         return self._run(self.protocol.status(pool, deployment))
@@ -137,11 +154,14 @@ class QuotaLimiter(_LimiterBase):
     def all_status(self) -> list[QuotaStatus]:
         """Every pool+deployment in settings or ever used on this Redis."""
         members = self.client.smembers(self.protocol.registry_key)
-        return [self.status(pool, deployment)
-                for pool, deployment in self.protocol.known_deployments(members)]
+        return [
+            self.status(pool, deployment)
+            for pool, deployment in self.protocol.known_deployments(members)
+        ]
 
-    def set_limits(self, pool: str, deployment: str, tpm: int | None = None,
-                   rpm: int | None = None) -> None:
+    def set_limits(
+        self, pool: str, deployment: str, tpm: int | None = None, rpm: int | None = None
+    ) -> None:
         """Change limits for every process at once; the next decision uses them."""
         limits = self.protocol.limits_mapping(pool, tpm, rpm)
         self.client.hset(self.protocol.limits_key(pool, deployment), mapping=limits)
@@ -151,8 +171,9 @@ class QuotaLimiter(_LimiterBase):
 class AsyncQuotaLimiter(_LimiterBase):
     """The limiter on a ``redis.asyncio.Redis`` client; the same methods, awaited."""
 
-    def __init__(self, client: redis.asyncio.Redis, settings: Settings | None = None,
-                 **options: Any):
+    def __init__(
+        self, client: redis.asyncio.Redis, settings: Settings | None = None, **options: Any
+    ):
         super().__init__(client, settings, **options)
 
     async def _run(self, call: Call[T]) -> T:
@@ -176,36 +197,52 @@ class AsyncQuotaLimiter(_LimiterBase):
     async def acquire(self, pool: str, deployment: str, tokens: int, app_id: str) -> Decision:
         return (await self.acquire_timed(pool, deployment, tokens, app_id))[0]
 
-    async def acquire_timed(self, pool: str, deployment: str, tokens: int,
-                            app_id: str) -> tuple[Decision, int]:
+    async def acquire_timed(
+        self, pool: str, deployment: str, tokens: int, app_id: str
+    ) -> tuple[Decision, int]:
         call = self.protocol.acquire(pool, deployment, tokens, app_id)
         await self._register(pool, deployment)
         return await self._run(call)
 
-    async def report(self, request_id: str, prompt_tokens: int, completion_tokens: int = 0,
-                     *, pool: str | None = None) -> Settlement:
-        return await self._run(self.protocol.report(request_id, prompt_tokens,
-                                                    completion_tokens, pool))
+    async def report(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        completion_tokens: int = 0,
+        *,
+        pool: str | None = None,
+    ) -> Settlement:
+        return await self._run(
+            self.protocol.report(request_id, prompt_tokens, completion_tokens, pool)
+        )
 
     async def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
         return await self._run(self.protocol.release(request_id, pool))
 
-    async def observe_upstream(self, pool: str, deployment: str,
-                               remaining_tokens: int | None = None,
-                               remaining_requests: int | None = None) -> ExternalUsage:
-        return await self._run(self.protocol.observe(pool, deployment, remaining_tokens,
-                                                     remaining_requests))
+    async def observe_upstream(
+        self,
+        pool: str,
+        deployment: str,
+        remaining_tokens: int | None = None,
+        remaining_requests: int | None = None,
+    ) -> ExternalUsage:
+        return await self._run(
+            self.protocol.observe(pool, deployment, remaining_tokens, remaining_requests)
+        )
 
     async def status(self, pool: str, deployment: str) -> QuotaStatus:
         return await self._run(self.protocol.status(pool, deployment))
 
     async def all_status(self) -> list[QuotaStatus]:
         members = await self.client.smembers(self.protocol.registry_key)
-        return [await self.status(pool, deployment)
-                for pool, deployment in self.protocol.known_deployments(members)]
+        return [
+            await self.status(pool, deployment)
+            for pool, deployment in self.protocol.known_deployments(members)
+        ]
 
-    async def set_limits(self, pool: str, deployment: str, tpm: int | None = None,
-                         rpm: int | None = None) -> None:
+    async def set_limits(
+        self, pool: str, deployment: str, tpm: int | None = None, rpm: int | None = None
+    ) -> None:
         limits = self.protocol.limits_mapping(pool, tpm, rpm)
         await self.client.hset(self.protocol.limits_key(pool, deployment), mapping=limits)
         await self._register(pool, deployment)

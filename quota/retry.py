@@ -29,8 +29,11 @@ from quota.errors import QuotaExceeded
 F = TypeVar("F", bound=Callable[..., Any])
 
 # The older counter's refusal wording, which existing code raises and matches on.
-REFUSAL_PREFIXES = ("Token limit would be exceeded", "API Rate limit would be exceeded",
-                    "Whisper rate limit exceeded")
+REFUSAL_PREFIXES = (
+    "Token limit would be exceeded",
+    "API Rate limit would be exceeded",
+    "Whisper rate limit exceeded",
+)
 # Jitter: up to a tenth of the wait plus 50 ms, enough to spread workers refused in one bucket.
 JITTER_FRACTION = 0.1
 JITTER_FLOOR_S = 0.05
@@ -58,8 +61,9 @@ def _refusal(retry_state: RetryCallState) -> bool:
     return is_quota_refusal(retry_state.outcome.exception())
 
 
-def with_token_limit_retry_decorator(token_client: Any, max_retries: int = 3,
-                                     max_wait_s: float | None = None) -> Callable[[F], F]:
+def with_token_limit_retry_decorator(
+    token_client: Any, max_retries: int = 3, max_wait_s: float | None = None
+) -> Callable[[F], F]:
     """Retry the decorated function (sync or async) up to ``max_retries`` times on refusal."""
 
     def too_long(retry_state: RetryCallState) -> bool:
@@ -84,6 +88,7 @@ def with_token_limit_retry_decorator(token_client: Any, max_retries: int = 3,
 
     def decorate(func: F) -> F:
         if inspect.iscoroutinefunction(func):
+
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 retrying = AsyncRetrying(retry=_refusal, wait=async_wait, stop=stop, reraise=True)
@@ -101,7 +106,8 @@ def with_token_limit_retry_decorator(token_client: Any, max_retries: int = 3,
     return decorate
 
 
-def with_token_limit_retry(func: Callable[..., Any], token_client: Any, max_retries: int = 3,
-                           *args: Any, **kwargs: Any) -> Any:
+def with_token_limit_retry(
+    func: Callable[..., Any], token_client: Any, max_retries: int = 3, *args: Any, **kwargs: Any
+) -> Any:
     """Call ``func(*args, **kwargs)`` retrying quota refusals; await the result if func is async."""
     return with_token_limit_retry_decorator(token_client, max_retries)(func)(*args, **kwargs)

@@ -117,8 +117,10 @@ def check_pool(pool: str) -> PoolName:
 
 def check_deployment(deployment: str) -> str:
     if not isinstance(deployment, str) or not _DEPLOYMENT.fullmatch(deployment):
-        raise QuotaError(f"deployment {deployment!r} is not an Azure OpenAI deployment name "
-                         "(1-64 letters, digits, '.', '_' or '-')")
+        raise QuotaError(
+            f"deployment {deployment!r} is not an Azure OpenAI deployment name "
+            "(1-64 letters, digits, '.', '_' or '-')"
+        )
     return deployment
 
 
@@ -148,8 +150,10 @@ def format_request_id(pool: str, deployment: str, lock_id: int | str) -> str:
 def parse_request_id(request_id: object) -> RequestRef:
     match = _REQUEST_ID.fullmatch(request_id) if isinstance(request_id, str) else None
     if not match or match["pool"] not in POOLS:
-        raise QuotaError(f"request_id {request_id!r} is not one acquire() returned "
-                         "(expected pool/deployment/t<n>:r<n>)")
+        raise QuotaError(
+            f"request_id {request_id!r} is not one acquire() returned "
+            "(expected pool/deployment/t<n>:r<n>)"
+        )
     return RequestRef(match["pool"], match["deployment"], match["seq"])  # type: ignore[arg-type]
 
 
@@ -187,8 +191,8 @@ class QuotaProtocol:
         # client time to encode and the script time to convert.
         self._settings_arg = {
             pool.name: f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
-                       f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000} "
-                       f"{pool.tpm} {pool.rpm}"
+            f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000} "
+            f"{pool.tpm} {pool.rpm}"
             for pool in settings.pools()
         }
 
@@ -228,13 +232,15 @@ class QuotaProtocol:
         return limits
 
     # --- calls -----------------------------------------------------------------------------------
-    def _call(self, pool: str, deployment: str, op: str, *extra: str | int,
-              parse: Callable[[Any], T]) -> Call[T]:
+    def _call(
+        self, pool: str, deployment: str, op: str, *extra: str | int, parse: Callable[[Any], T]
+    ) -> Call[T]:
         args = (op, self._settings_arg[check_pool(pool)], *extra)
         return Call(self.keys(pool, check_deployment(deployment)), args, parse)
 
-    def acquire(self, pool: str, deployment: str, tokens: int,
-                app_id: str) -> Call[tuple[Decision, int]]:
+    def acquire(
+        self, pool: str, deployment: str, tokens: int, app_id: str
+    ) -> Call[tuple[Decision, int]]:
         check_count("tokens", tokens)
 
         def parse(reply: Sequence[Any]) -> tuple[Decision, int]:
@@ -242,39 +248,68 @@ class QuotaProtocol:
 
         return self._call(pool, deployment, "acquire", tokens, check_app_id(app_id), parse=parse)
 
-    def report(self, request_id: str, prompt_tokens: int, completion_tokens: int,
-               pool: str | None = None) -> Call[Settlement]:
+    def report(
+        self, request_id: str, prompt_tokens: int, completion_tokens: int, pool: str | None = None
+    ) -> Call[Settlement]:
         ref = self._ref(request_id, pool)
         actual = check_count("prompt_tokens", prompt_tokens) + check_count(
-            "completion_tokens", completion_tokens)
-        return self._call(ref.pool, ref.deployment, "report", ref.lock_id, actual,
-                          self.charge_models[ref.pool], parse=self._settlement(request_id))
+            "completion_tokens", completion_tokens
+        )
+        return self._call(
+            ref.pool,
+            ref.deployment,
+            "report",
+            ref.lock_id,
+            actual,
+            self.charge_models[ref.pool],
+            parse=self._settlement(request_id),
+        )
 
     def release(self, request_id: str, pool: str | None = None) -> Call[Settlement]:
         ref = self._ref(request_id, pool)
-        return self._call(ref.pool, ref.deployment, "release", ref.lock_id,
-                          parse=self._settlement(request_id))
+        return self._call(
+            ref.pool, ref.deployment, "release", ref.lock_id, parse=self._settlement(request_id)
+        )
 
-    def observe(self, pool: str, deployment: str, remaining_tokens: int | None,
-                remaining_requests: int | None) -> Call[ExternalUsage]:
+    def observe(
+        self,
+        pool: str,
+        deployment: str,
+        remaining_tokens: int | None,
+        remaining_requests: int | None,
+    ) -> Call[ExternalUsage]:
         unknown = -1  # the script's word for "upstream did not say"
-        tokens = unknown if remaining_tokens is None else check_count(
-            "remaining_tokens", remaining_tokens, maximum=10**12)
-        requests = unknown if remaining_requests is None else check_count(
-            "remaining_requests", remaining_requests, maximum=10**9)
-        return self._call(pool, deployment, "observe", tokens, requests,
-                          parse=lambda reply: ExternalUsage(int(reply[2]), int(reply[3])))
+        tokens = (
+            unknown
+            if remaining_tokens is None
+            else check_count("remaining_tokens", remaining_tokens, maximum=10**12)
+        )
+        requests = (
+            unknown
+            if remaining_requests is None
+            else check_count("remaining_requests", remaining_requests, maximum=10**9)
+        )
+        return self._call(
+            pool,
+            deployment,
+            "observe",
+            tokens,
+            requests,
+            parse=lambda reply: ExternalUsage(int(reply[2]), int(reply[3])),
+        )
 
     def status(self, pool: str, deployment: str) -> Call[QuotaStatus]:
-        return self._call(pool, deployment, "status",
-                          parse=lambda reply: self._status(pool, deployment, reply))
+        return self._call(
+            pool, deployment, "status", parse=lambda reply: self._status(pool, deployment, reply)
+        )
 
     # --- replies ---------------------------------------------------------------------------------
     def _ref(self, request_id: str, pool: str | None) -> RequestRef:
         ref = parse_request_id(request_id)
         if pool is not None and ref.pool != pool:
-            raise QuotaError(f"request_id {request_id!r} belongs to the {ref.pool} pool, "
-                             f"not {pool}")
+            raise QuotaError(
+                f"request_id {request_id!r} belongs to the {ref.pool} pool, not {pool}"
+            )
         return ref
 
     def _settlement(self, request_id: str) -> Callable[[Sequence[Any]], Settlement]:
@@ -284,43 +319,61 @@ class QuotaProtocol:
             why = {
                 "done": "was already reported or released: settle each lock once",
                 "expired": f"expired: it was not reported within {self.lock_ttl_s} s "
-                           "(QUOTA_LOCK_TTL_SECONDS) and stays spent",
+                "(QUOTA_LOCK_TTL_SECONDS) and stays spent",
                 "unknown": "is unknown here: never issued by this Redis, or finished long ago",
             }[_text(reply[2])]
             raise QuotaError(f"request_id {request_id!r} {why}")
 
         return parse
 
-    def _decision(self, pool: str, deployment: str, tokens: int,
-                  reply: Sequence[Any]) -> Decision:
+    def _decision(self, pool: str, deployment: str, tokens: int, reply: Sequence[Any]) -> Decision:
         if int(reply[1]) == 1:
             return Decision(True, format_request_id(pool, deployment, _text(reply[2])), 0.0, None)
         retry_us, kind, used, limit = int(reply[2]), _text(reply[3]), int(reply[4]), int(reply[5])
         window = f"{self.window_s:g} s"
         if kind == "too_large":
-            reason = (f"Token limit would be exceeded: {tokens} tokens is more than the whole "
-                      f"limit of {limit} per {window}; split the request or raise the limit")
+            reason = (
+                f"Token limit would be exceeded: {tokens} tokens is more than the whole "
+                f"limit of {limit} per {window}; split the request or raise the limit"
+            )
             return Decision(False, None, None, reason)
         retry_after_s = retry_us / 1e6
         retry = f"retry in {retry_after_s:.2f} s"
         if kind == "tokens":
-            reason = (f"Token limit would be exceeded: {tokens} tokens requested, "
-                      f"{max(0, limit - used)} of {limit} available in the last {window}; {retry}")
+            reason = (
+                f"Token limit would be exceeded: {tokens} tokens requested, "
+                f"{max(0, limit - used)} of {limit} available in the last {window}; {retry}"
+            )
         else:
             span = window if kind == "requests" else f"{self.window_s / 6:g} s"
-            prefix = ("Whisper rate limit exceeded" if pool == "whisper"
-                      else "API Rate limit would be exceeded")
+            prefix = (
+                "Whisper rate limit exceeded"
+                if pool == "whisper"
+                else "API Rate limit would be exceeded"
+            )
             reason = f"{prefix}: {used} of {limit} requests in the last {span}; {retry}"
         return Decision(False, None, retry_after_s, reason)
 
     def _status(self, pool: str, deployment: str, reply: Sequence[Any]) -> QuotaStatus:
-        now_us, tpm, rpm, sub_rpm, tokens, requests, sub_requests, locked_tokens, \
-            locked_requests, open_bucket = (int(value) for value in reply[:10])
+        (
+            now_us,
+            tpm,
+            rpm,
+            sub_rpm,
+            tokens,
+            requests,
+            sub_requests,
+            locked_tokens,
+            locked_requests,
+            open_bucket,
+        ) = (int(value) for value in reply[:10])
         # (bucket, "t" or "r", app, count): the open bucket's, then the closed buckets' fields.
         counts: list[tuple[int, str, str, int]] = []
         for app, app_tokens, app_requests in _OPEN_BUCKET.findall(_text(reply[10])):
-            counts += [(open_bucket, "t", app, int(app_tokens)),
-                       (open_bucket, "r", app, int(app_requests))]
+            counts += [
+                (open_bucket, "t", app, int(app_tokens)),
+                (open_bucket, "r", app, int(app_requests)),
+            ]
         flat = [_text(value) for value in reply[11]]
         for name, value in zip(flat[::2], flat[1::2], strict=True):
             match = _BUCKET_FIELD.fullmatch(name)
@@ -337,7 +390,10 @@ class QuotaProtocol:
         shown_locked_tokens = min(locked_tokens, tokens)
         shown_locked_requests = min(locked_requests, requests)
         return QuotaStatus(
-            pool=pool, deployment=deployment, tpm=tpm, rpm=rpm,
+            pool=pool,
+            deployment=deployment,
+            tpm=tpm,
+            rpm=rpm,
             available_tokens=max(0, tpm - tokens) if tpm > 0 else 0,
             used_tokens=tokens - shown_locked_tokens,
             locked_tokens=shown_locked_tokens,

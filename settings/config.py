@@ -359,12 +359,19 @@ class Settings(BaseSettings):
     def pools(self) -> list[Pool]:
         """The three quota pools, each bound to its configured deployment."""
         return [
-            Pool(name="completion", deployment=self.openai_engine, tpm=self.tpm_quota,
-                 rpm=self.rpm_quota),
-            Pool(name="embedding", deployment=self.embedding_engine, tpm=self.embedding_tpm_quota,
-                 rpm=self.embedding_rpm_quota),
-            Pool(name="whisper", deployment=self.whisper_engine, tpm=0,
-                 rpm=self.whisper_rpm_quota),
+            Pool(
+                name="completion",
+                deployment=self.openai_engine,
+                tpm=self.tpm_quota,
+                rpm=self.rpm_quota,
+            ),
+            Pool(
+                name="embedding",
+                deployment=self.embedding_engine,
+                tpm=self.embedding_tpm_quota,
+                rpm=self.embedding_rpm_quota,
+            ),
+            Pool(name="whisper", deployment=self.whisper_engine, tpm=0, rpm=self.whisper_rpm_quota),
         ]
 
 

@@ -40,8 +40,10 @@ MASK = "***"
 # Shapes of credentials that may reach a log line through an exception or a URL.
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
-    re.compile(r"(?i)((?:api[-_]?key|password|secret|token|sig|AccountKey|SharedAccessKey)"
-               r"\s*[=:]\s*[\"']?)[^\s\"';&,]+"),
+    re.compile(
+        r"(?i)((?:api[-_]?key|password|secret|token|sig|AccountKey|SharedAccessKey)"
+        r"\s*[=:]\s*[\"']?)[^\s\"';&,]+"
+    ),
     re.compile(r"(?i)(redis://[^:/@\s]*:)[^@\s]+(?=@)"),
 ]
 
@@ -114,8 +116,9 @@ def secret_values(settings: Settings) -> list[str]:
 def _console_formatter(use_colour: bool) -> logging.Formatter:
     fmt = "%(asctime)s %(levelname)-7s %(name)s%(context)s: %(message)s"
     if use_colour:
-        return colorlog.ColoredFormatter("%(log_color)s" + fmt.replace("%(levelname)-7s",
-                                         "%(levelname)-7s%(reset)s"))
+        return colorlog.ColoredFormatter(
+            "%(log_color)s" + fmt.replace("%(levelname)-7s", "%(levelname)-7s%(reset)s")
+        )
     return logging.Formatter(fmt)
 
 
@@ -165,7 +168,9 @@ def configure_logging(settings: Settings, stream=None) -> None:
     is_tty = hasattr(stream, "isatty") and stream.isatty()
     use_json = settings.log_format == "json" or (settings.log_format == "auto" and not is_tty)
     filters: list[logging.Filter] = [
-        ContextFilter(), _ContextSuffix(), SecretFilter(secret_values(settings))
+        ContextFilter(),
+        _ContextSuffix(),
+        SecretFilter(secret_values(settings)),
     ]
 
     console = logging.StreamHandler(stream)

@@ -58,8 +58,10 @@ DEV_DEFAULTS = {
 
 
 # How to reach a worker from another terminal while the stack runs.
-PING_COMMAND = (""".venv/bin/python -c "from worker import app; """
-                """print(app.send_task('worker.ping').get(timeout=10))\"""")
+PING_COMMAND = (
+    """.venv/bin/python -c "from worker import app; """
+    """print(app.send_task('worker.ping').get(timeout=10))\""""
+)
 
 
 class StackError(RuntimeError):
@@ -83,8 +85,10 @@ def check_ports(settings: Settings) -> None:
         ports["EMULATOR_PORT"] = settings.emulator_port
     for variable, port in ports.items():
         if port_in_use(port):
-            raise StackError(f"Port {port} ({variable}) is in use: stop what runs there, or set "
-                             f"{variable} to a free port.")
+            raise StackError(
+                f"Port {port} ({variable}) is in use: stop what runs there, or set "
+                f"{variable} to a free port."
+            )
 
 
 def stack_environment(settings: Settings, redis_url: str) -> dict[str, str]:
@@ -92,8 +96,12 @@ def stack_environment(settings: Settings, redis_url: str) -> dict[str, str]:
     # Procfile commands (celery, gunicorn) are found in this interpreter's virtualenv.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken_cache())
-    env.update(REDIS_URL=redis_url, WEB_PORT=str(settings.web_port),
-               FLOWER_PORT=str(settings.flower_port), EMULATOR_PORT=str(settings.emulator_port))
+    env.update(
+        REDIS_URL=redis_url,
+        WEB_PORT=str(settings.web_port),
+        FLOWER_PORT=str(settings.flower_port),
+        EMULATOR_PORT=str(settings.emulator_port),
+    )
     return env
 
 
@@ -102,7 +110,10 @@ def start_processes(names: list[str], env: dict[str, str], log_path: Path) -> su
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "honcho", "start", "-f", "Procfile", *names],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -117,17 +128,25 @@ def wait_until_ready(base_url: str, honcho: subprocess.Popen, log_path: Path) ->
             if answer.status_code == 200:
                 return
             checks = answer.json()["checks"]
-            failing = "; ".join(f"{name}: {check['detail']}" for name, check in checks.items()
-                                if not check["ok"])
+            failing = "; ".join(
+                f"{name}: {check['detail']}" for name, check in checks.items() if not check["ok"]
+            )
         except httpx.HTTPError as error:
             failing = f"web: {error}"
         time.sleep(1)
     raise StackError(f"Not ready after {READY_TIMEOUT_SECS:g} s ({failing}); see {log_path}.")
 
 
-def collect_results(bus: Bus, out_queues: list[str], tally: ResultTally, deadline: float,
-                    honcho: subprocess.Popen, *, stop_when_complete: bool = True,
-                    each_round: Callable[[], None] = lambda: None) -> None:
+def collect_results(
+    bus: Bus,
+    out_queues: list[str],
+    tally: ResultTally,
+    deadline: float,
+    honcho: subprocess.Popen,
+    *,
+    stop_when_complete: bool = True,
+    each_round: Callable[[], None] = lambda: None,
+) -> None:
     """Print each result as it arrives until every input is answered (or the deadline)."""
     receivers = [bus.receiver(queue) for queue in out_queues]
     try:
@@ -145,8 +164,15 @@ def collect_results(bus: Bus, out_queues: list[str], tally: ResultTally, deadlin
             receiver.close()
 
 
-def summary(settings: Settings, tally: ResultTally, *, peaks: QuotaPeaks, window_s: float,
-            seconds: float, log_path: Path) -> None:
+def summary(
+    settings: Settings,
+    tally: ResultTally,
+    *,
+    peaks: QuotaPeaks,
+    window_s: float,
+    seconds: float,
+    log_path: Path,
+) -> None:
     web = f"http://127.0.0.1:{settings.web_port}"
     say()
     say("Summary")
@@ -163,8 +189,9 @@ def summary(settings: Settings, tally: ResultTally, *, peaks: QuotaPeaks, window
     say(f"  try         {PING_COMMAND}")
 
 
-def run_workload(settings: Settings, redis_url: str, honcho: subprocess.Popen,
-                 log_path: Path) -> ResultTally:
+def run_workload(
+    settings: Settings, redis_url: str, honcho: subprocess.Popen, log_path: Path
+) -> ResultTally:
     messages: list[SampleMessage] = sample_workload(settings, DATA_DIR / "samples")
     tally = ResultTally(messages)
     out_queues = sorted({message.route.out_queue for message in messages})
@@ -176,11 +203,23 @@ def run_workload(settings: Settings, redis_url: str, honcho: subprocess.Popen,
         send_workload(bus, messages)
         in_queues = ", ".join(sorted({message.route.in_queue for message in messages}))
         say(f"Sent {len(messages)} sample messages to {in_queues}; results as they arrive:")
-        collect_results(bus, out_queues, tally, started + WORKLOAD_TIMEOUT_SECS, honcho,
-                        each_round=lambda: peaks.observe(limiter.all_status()))
+        collect_results(
+            bus,
+            out_queues,
+            tally,
+            started + WORKLOAD_TIMEOUT_SECS,
+            honcho,
+            each_round=lambda: peaks.observe(limiter.all_status()),
+        )
         peaks.observe(limiter.all_status())
-        summary(settings, tally, peaks=peaks, window_s=limiter.window_s,
-                seconds=time.monotonic() - started, log_path=log_path)
+        summary(
+            settings,
+            tally,
+            peaks=peaks,
+            window_s=limiter.window_s,
+            seconds=time.monotonic() - started,
+            log_path=log_path,
+        )
     finally:
         bus.close()
         client.close()
@@ -216,9 +255,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.splitlines()[0])
-    parser.add_argument("--exit-after-workload", action="store_true",
-                        help="stop after the summary (CI); exit 1 unless every input got "
-                             "exactly one successful result")
+    parser.add_argument(
+        "--exit-after-workload",
+        action="store_true",
+        help="stop after the summary (CI); exit 1 unless every input got "
+        "exactly one successful result",
+    )
     args = parser.parse_args(argv)
     # Both explicitly: a shell starts background jobs with SIGINT ignored, and Python then
     # keeps it ignored, so Ctrl-C (or a test's SIGINT) would stop honcho but not this process.
@@ -232,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         check_ports(settings)
         redis_url, redis_server = ensure_redis(settings)
         names = process_names(settings)
-        say(f"Redis at {redis_url} ({'embedded' if redis_server else 'REDIS_URL'}); starting "
-            f"{', '.join(names)}; logs in {log_path}")
+        say(
+            f"Redis at {redis_url} ({'embedded' if redis_server else 'REDIS_URL'}); starting "
+            f"{', '.join(names)}; logs in {log_path}"
+        )
         started = time.monotonic()
         honcho = start_processes(names, stack_environment(settings, redis_url), log_path)
         wait_until_ready(f"http://127.0.0.1:{settings.web_port}", honcho, log_path)

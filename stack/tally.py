@@ -71,9 +71,11 @@ class QuotaPeaks:
         for status in statuses:
             name = f"{status.pool}/{status.deployment}"
             tokens, requests, _ = self.peaks.get(name, (0, 0, status))
-            self.peaks[name] = (max(tokens, status.used_tokens + status.locked_tokens),
-                                max(requests, status.used_requests + status.locked_requests),
-                                status)
+            self.peaks[name] = (
+                max(tokens, status.used_tokens + status.locked_tokens),
+                max(requests, status.used_requests + status.locked_requests),
+                status,
+            )
 
     def lines(self) -> list[str]:
         lines = []

@@ -21,13 +21,16 @@ SAMPLES = Path(__file__).parent / "samples"
 APP_ID = "sample-workload"
 SHORT_CLIP = "what is the weather today"
 # About forty seconds of speech: longer than the chunk limit `make run` sets, so it is split.
-LONG_CLIP = ". ".join([
-    "thank you for calling the support line",
-    "my order arrived late and the box was damaged",
-    "i would like a replacement or a refund please",
-    "the tracking number did not work for three days",
-    "please call me back tomorrow morning",
-] * 3)
+LONG_CLIP = ". ".join(
+    [
+        "thank you for calling the support line",
+        "my order arrived late and the box was damaged",
+        "i would like a replacement or a refund please",
+        "the tracking number did not work for three days",
+        "please call me back tomorrow morning",
+    ]
+    * 3
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ def route_for(settings: Settings, processor: str) -> Route:
     for route in settings.routes:
         if route.processor == processor:
             return route
-    raise LookupError(f"no route uses the {processor!r} processor: add one to CONDUIT_ROUTES "
-                      f"(e.g. in_queue:{processor}:out_queue)")
+    raise LookupError(
+        f"no route uses the {processor!r} processor: add one to CONDUIT_ROUTES "
+        f"(e.g. in_queue:{processor}:out_queue)"
+    )
 
 
 def new_run_id() -> str:
@@ -60,10 +65,17 @@ def feedback_messages(route: Route, run_id: str = "sample") -> list[SampleMessag
     messages = []
     for number, line in enumerate(filter(None, lines), start=1):
         form = json.loads(line)
-        body = {"id": f"{run_id}-form-{number}", "taskId": f"{run_id}-{number}",
-                "app_id": APP_ID, **form}
-        messages.append(SampleMessage(route, f"{run_id}-form-{number}", body,
-                                      f"form {number:>2} ({form['language']})"))
+        body = {
+            "id": f"{run_id}-form-{number}",
+            "taskId": f"{run_id}-{number}",
+            "app_id": APP_ID,
+            **form,
+        }
+        messages.append(
+            SampleMessage(
+                route, f"{run_id}-form-{number}", body, f"form {number:>2} ({form['language']})"
+            )
+        )
     return messages
 
 
@@ -75,24 +87,31 @@ def audio_messages(route: Route, audio_dir: Path, run_id: str = "sample") -> lis
     for name, text in (("short", SHORT_CLIP), ("long", LONG_CLIP)):
         path = audio_dir / f"sample-{name}.wav"
         path.write_bytes(wav_bytes(synthesize(text)))
-        body = {"id": f"{run_id}-audio-{name}", "taskId": f"{run_id}-audio-{name}",
-                "app_id": APP_ID, "audio_path": str(path.resolve()), "language": "en",
-                "response_format": "verbose_json"}
+        body = {
+            "id": f"{run_id}-audio-{name}",
+            "taskId": f"{run_id}-audio-{name}",
+            "app_id": APP_ID,
+            "audio_path": str(path.resolve()),
+            "language": "en",
+            "response_format": "verbose_json",
+        }
         messages.append(SampleMessage(route, f"{run_id}-audio-{name}", body, f"audio {name}"))
     return messages
 
 
 def sample_workload(settings: Settings, audio_dir: Path) -> list[SampleMessage]:
     run_id = new_run_id()
-    return (feedback_messages(route_for(settings, "feedback"), run_id)
-            + audio_messages(route_for(settings, "transcribe"), audio_dir, run_id))
+    return feedback_messages(route_for(settings, "feedback"), run_id) + audio_messages(
+        route_for(settings, "transcribe"), audio_dir, run_id
+    )
 
 
 def send_workload(bus: Bus, messages: Sequence[SampleMessage]) -> None:
     by_queue: dict[str, list[OutgoingMessage]] = {}
     for message in messages:
-        outgoing = OutgoingMessage(body=json.dumps(message.body, ensure_ascii=False),
-                                   message_id=message.message_id)
+        outgoing = OutgoingMessage(
+            body=json.dumps(message.body, ensure_ascii=False), message_id=message.message_id
+        )
         by_queue.setdefault(message.route.in_queue, []).append(outgoing)
     for queue, outgoing in by_queue.items():
         bus.send(queue, outgoing)

@@ -43,8 +43,9 @@ def _stored_result(task_id: str) -> tuple[bool, Any]:
 def _store_result(task_id: str, result: Any) -> None:
     # Kept as long as Celery keeps results; Celery's own copy cannot serve here, because a
     # started task overwrites its SUCCESS state with STARTED before our code runs.
-    redis_client().set(f"{RESULT_KEY_PREFIX}:{task_id}", json.dumps(result),
-                       ex=get_settings().result_expires_s)
+    redis_client().set(
+        f"{RESULT_KEY_PREFIX}:{task_id}", json.dumps(result), ex=get_settings().result_expires_s
+    )
 
 
 def ai_task(name: str, *, failure_result: Callable[..., Any] | None = None):
@@ -80,17 +81,18 @@ def ai_task(name: str, *, failure_result: Callable[..., Any] | None = None):
 chat_completion_task = ai_task("ai.chat_completion")(completion.chat_completion)
 send_prompt_task = ai_task("ai.send_prompt")(completion.send_prompt)
 create_embedding_task = ai_task("ai.create_embedding")(embedding.create_embedding)
-create_embedding_batch_task = ai_task("ai.create_embedding_batch")(
-    embedding.create_embedding_batch)
+create_embedding_batch_task = ai_task("ai.create_embedding_batch")(embedding.create_embedding_batch)
 
 
-def _chunk_failure(error: Exception, key: str, offset_s: float, *_: Any,
-                   **__: Any) -> dict[str, Any]:
+def _chunk_failure(
+    error: Exception, key: str, offset_s: float, *_: Any, **__: Any
+) -> dict[str, Any]:
     return {"key": key, "offset_s": offset_s, "error": f"{type(error).__name__}: {error}"}
 
 
 transcribe_chunk_task = ai_task("ai.transcribe_chunk", failure_result=_chunk_failure)(
-    transcription.transcribe_chunk)
+    transcription.transcribe_chunk
+)
 merge_chunk_results_task = ai_task("ai.merge_chunk_results")(transcription.merge_chunk_results)
 
 
@@ -102,9 +104,12 @@ def chunk_group(
     app_id: str | None,
 ) -> group:
     """One task per parked chunk; each returns a result for merge_chunk_results, even failed."""
-    return group(transcribe_chunk_task.s(chunk.key, chunk.offset_s, language,
-                                         list(timestamp_granularities), app_id=app_id)
-                 for chunk in chunks)
+    return group(
+        transcribe_chunk_task.s(
+            chunk.key, chunk.offset_s, language, list(timestamp_granularities), app_id=app_id
+        )
+        for chunk in chunks
+    )
 
 
 def chunked_transcription(
@@ -116,8 +121,10 @@ def chunked_transcription(
     app_id: str | None,
 ) -> Signature:
     """The chunks transcribed at once, then merged into ``response_format``."""
-    return chord(chunk_group(chunks, language, timestamp_granularities, app_id=app_id),
-                 merge_chunk_results_task.s(response_format))
+    return chord(
+        chunk_group(chunks, language, timestamp_granularities, app_id=app_id),
+        merge_chunk_results_task.s(response_format),
+    )
 
 
 def transcription_work(
@@ -132,10 +139,12 @@ def transcription_work(
     that will produce it (validated first either way, so bad audio is never uploaded)."""
     chunks = transcription.prepare_transcription(path, response_format, timestamp_granularities)
     if chunks is None:
-        return transcription.transcribe_whole(path, language, response_format,
-                                              timestamp_granularities, app_id=app_id)
-    return chunked_transcription(chunks, language, response_format, timestamp_granularities,
-                                 app_id=app_id)
+        return transcription.transcribe_whole(
+            path, language, response_format, timestamp_granularities, app_id=app_id
+        )
+    return chunked_transcription(
+        chunks, language, response_format, timestamp_granularities, app_id=app_id
+    )
 
 
 transcribe_audio_task = ai_task("ai.transcribe_audio")(transcription_work)

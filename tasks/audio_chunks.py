@@ -78,8 +78,11 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         # Each decoder answers in its own sample format (AAC and Opus planar float, ALAC
         # integers ...): convert to one, keeping rate and channels for librosa to deal with.
         to_float = av.AudioResampler(format="fltp")
-        blocks = [converted.to_ndarray() for frame in container.decode(stream)
-                  for converted in to_float.resample(frame)]
+        blocks = [
+            converted.to_ndarray()
+            for frame in container.decode(stream)
+            for converted in to_float.resample(frame)
+        ]
         rate = stream.rate
     if not blocks:
         raise InvalidInput(f"audio file {Path(path).name!r} holds no audio")
@@ -111,8 +114,7 @@ def plan_cuts(
 ) -> list[tuple[float, float]]:
     """``(start, end)`` spans that cover ``[0, total_s]``, each at most ``max_chunk_s`` long,
     cut in the middle of the pauses between the ``sounds`` (sorted ``(start, end)`` seconds)."""
-    pauses = [(end + next_start) / 2
-              for (_, end), (next_start, _) in pairwise(sounds)]
+    pauses = [(end + next_start) / 2 for (_, end), (next_start, _) in pairwise(sounds)]
     spans: list[tuple[float, float]] = []
     start = 0.0
     while total_s - start > max_chunk_s:
@@ -132,12 +134,19 @@ def split_at_silences(path: str | Path, max_chunk_s: float) -> list[AudioChunk]:
     recording, recording_rate = read_audio(path)
     rate = CHUNK_SAMPLE_RATE
     samples = librosa.resample(librosa.to_mono(recording), orig_sr=recording_rate, target_sr=rate)
-    sounds = [(start / rate, end / rate)
-              for start, end in librosa.effects.split(samples, top_db=SILENCE_TOP_DB)]
+    sounds = [
+        (start / rate, end / rate)
+        for start, end in librosa.effects.split(samples, top_db=SILENCE_TOP_DB)
+    ]
     chunks = []
     for start_s, end_s in plan_cuts(sounds, len(samples) / rate, max_chunk_seconds(max_chunk_s)):
         buffer = io.BytesIO()
-        soundfile.write(buffer, samples[round(start_s * rate):round(end_s * rate)], rate,
-                        format="WAV", subtype="PCM_16")
+        soundfile.write(
+            buffer,
+            samples[round(start_s * rate) : round(end_s * rate)],
+            rate,
+            format="WAV",
+            subtype="PCM_16",
+        )
         chunks.append(AudioChunk(offset_s=start_s, wav=buffer.getvalue()))
     return chunks

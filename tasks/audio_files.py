@@ -37,8 +37,9 @@ def sniff_container(head: bytes) -> str | None:
     if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML, the header of Matroska and WebM
         return "webm"
     # An ID3 tag, or an MPEG audio frame sync: eleven set bits, a valid layer (not 00).
-    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
-                              and head[1] & 0x06):
+    if head[:3] == b"ID3" or (
+        len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06
+    ):
         return "mpeg-audio"
     return None
 
@@ -48,20 +49,26 @@ def validate_audio_file(path: str | Path) -> Path:
     path = Path(path)
     extension = path.suffix.lower()
     if extension not in CONTAINER_BY_EXTENSION:
-        raise InvalidInput(f"audio file {path.name!r} has an unsupported extension; Whisper "
-                           f"accepts {', '.join(SUPPORTED_EXTENSIONS)}")
+        raise InvalidInput(
+            f"audio file {path.name!r} has an unsupported extension; Whisper "
+            f"accepts {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
     if not path.is_file():
         raise InvalidInput(f"audio file {str(path)!r} does not exist")
     size = path.stat().st_size
     if size == 0:
         raise InvalidInput(f"audio file {path.name!r} is empty")
     if size > MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"audio file {path.name!r} is {size / 2**20:.1f} MB; Whisper accepts at "
-                           f"most {MAX_UPLOAD_BYTES // 2**20} MB: split or compress it first")
+        raise InvalidInput(
+            f"audio file {path.name!r} is {size / 2**20:.1f} MB; Whisper accepts at "
+            f"most {MAX_UPLOAD_BYTES // 2**20} MB: split or compress it first"
+        )
     with path.open("rb") as file:
         found = sniff_container(file.read(SNIFF_BYTES))
     expected = CONTAINER_BY_EXTENSION[extension]
     if found != expected:
-        raise InvalidInput(f"audio file {path.name!r} is named {extension} but its content is "
-                           f"{found or 'not audio'}; expected {expected}")
+        raise InvalidInput(
+            f"audio file {path.name!r} is named {extension} but its content is "
+            f"{found or 'not audio'}; expected {expected}"
+        )
     return path

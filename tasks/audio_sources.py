@@ -42,8 +42,11 @@ def _connection_string() -> dict[str, str] | None:
     connection_string = get_settings().blob_connection_string
     if connection_string is None:
         return None
-    return dict(part.split("=", 1) for part in connection_string.get_secret_value().split(";")
-                if "=" in part)
+    return dict(
+        part.split("=", 1)
+        for part in connection_string.get_secret_value().split(";")
+        if "=" in part
+    )
 
 
 def _configured_account(account: dict[str, str] | None) -> str | None:
@@ -51,7 +54,9 @@ def _configured_account(account: dict[str, str] | None) -> str | None:
     if account is not None:
         return account.get("BlobEndpoint") or (
             f"https://{account['AccountName']}.blob.core.windows.net"
-            if "AccountName" in account else None)
+            if "AccountName" in account
+            else None
+        )
     return get_settings().blob_account_url
 
 
@@ -59,8 +64,9 @@ def _under(url: str, endpoint: str | None) -> bool:
     if not endpoint:
         return False
     parsed, base = urlparse(url), urlparse(endpoint)
-    return ((parsed.scheme, parsed.netloc) == (base.scheme, base.netloc)
-            and parsed.path.startswith(base.path.rstrip("/") + "/"))
+    return (parsed.scheme, parsed.netloc) == (base.scheme, base.netloc) and parsed.path.startswith(
+        base.path.rstrip("/") + "/"
+    )
 
 
 def _blob_credential(url: str, account: dict[str, str] | None) -> Any:
@@ -74,16 +80,20 @@ def _blob_credential(url: str, account: dict[str, str] | None) -> Any:
             raise InvalidInput(f"audio_url {_redacted(url)!r} is not an Azure blob URL")
         return None  # the SAS token in the URL is the credential
     if not on_our_account:
-        raise InvalidInput(f"audio_url {_redacted(url)!r} is not on the configured storage "
-                           "account; give a SAS URL, or set AZURE_STORAGE_CONNECTION_STRING / "
-                           "AZURE_STORAGE_ACCOUNT_URL to that account")
+        raise InvalidInput(
+            f"audio_url {_redacted(url)!r} is not on the configured storage "
+            "account; give a SAS URL, or set AZURE_STORAGE_CONNECTION_STRING / "
+            "AZURE_STORAGE_ACCOUNT_URL to that account"
+        )
     if account is None:
         from azure.identity import DefaultAzureCredential
 
         return DefaultAzureCredential()
     if "AccountKey" not in account:
-        raise PermanentError("AZURE_STORAGE_CONNECTION_STRING has no AccountKey to read "
-                             "blobs with; use a SAS URL or an account-key connection string")
+        raise PermanentError(
+            "AZURE_STORAGE_CONNECTION_STRING has no AccountKey to read "
+            "blobs with; use a SAS URL or an account-key connection string"
+        )
     return {"account_name": account["AccountName"], "account_key": account["AccountKey"]}
 
 
@@ -91,9 +101,11 @@ def _local_path(path: str) -> Path:
     """``path`` if it lies inside AUDIO_LOCAL_ROOT (symlinks resolved); else InvalidInput."""
     root = get_settings().audio_local_root
     if root is None:
-        raise InvalidInput("audio_path is not accepted here: set AUDIO_LOCAL_ROOT to the "
-                           "directory messages may read audio from, or send audio_url or "
-                           "audio_base64")
+        raise InvalidInput(
+            "audio_path is not accepted here: set AUDIO_LOCAL_ROOT to the "
+            "directory messages may read audio from, or send audio_url or "
+            "audio_base64"
+        )
     resolved, allowed = Path(path).resolve(), Path(root).resolve()
     if not resolved.is_relative_to(allowed):
         raise InvalidInput(f"audio_path {path!r} is outside AUDIO_LOCAL_ROOT")
@@ -116,23 +128,30 @@ def download_blob(url: str, destination: Path) -> Path:
         with BlobClient.from_blob_url(url, credential=credential) as blob:
             size = blob.get_blob_properties().size
             if size > MAX_UPLOAD_BYTES:
-                raise InvalidInput(f"audio_url blob is {size / 2**20:.1f} MB; Whisper accepts at "
-                                   f"most {MAX_UPLOAD_BYTES // 2**20} MB")
+                raise InvalidInput(
+                    f"audio_url blob is {size / 2**20:.1f} MB; Whisper accepts at "
+                    f"most {MAX_UPLOAD_BYTES // 2**20} MB"
+                )
             with destination.open("wb") as file:
                 blob.download_blob().readinto(file)
     except ResourceNotFoundError:
         raise InvalidInput(f"audio_url {shown!r}: no such blob") from None
     except ClientAuthenticationError as error:
-        raise PermanentError(f"audio_url {shown!r}: access denied "
-                             f"({_redacted(str(error.message))}); check "
-                             "AZURE_STORAGE_CONNECTION_STRING or the SAS") from None
+        raise PermanentError(
+            f"audio_url {shown!r}: access denied "
+            f"({_redacted(str(error.message))}); check "
+            "AZURE_STORAGE_CONNECTION_STRING or the SAS"
+        ) from None
     except ServiceRequestError as error:
         # `from None` here too: the SDK's error chained in would quote the URL, SAS and all.
-        raise TransientError(f"cannot reach blob storage for {shown!r}: "
-                             f"{_redacted(str(error))}") from None
+        raise TransientError(
+            f"cannot reach blob storage for {shown!r}: {_redacted(str(error))}"
+        ) from None
     except HttpResponseError as error:
-        raise PermanentError(f"audio_url {shown!r}: blob storage answered {error.status_code}: "
-                             f"{_redacted(str(error.message))}") from None
+        raise PermanentError(
+            f"audio_url {shown!r}: blob storage answered {error.status_code}: "
+            f"{_redacted(str(error.message))}"
+        ) from None
     return destination
 
 
@@ -161,8 +180,10 @@ def local_audio(
         return validate_audio_file(_local_path(path))
     name = Path(filename or urlparse(url or "").path).name
     if not name:
-        raise InvalidInput("filename is required with audio_base64: its extension says the "
-                           "format (for example 'call.mp3')")
+        raise InvalidInput(
+            "filename is required with audio_base64: its extension says the "
+            "format (for example 'call.mp3')"
+        )
     destination = work_dir / name
     if url is not None:
         download_blob(url, destination)

@@ -45,12 +45,21 @@ class Endpoint:
 def _endpoint(settings: Settings, base: str | None, version: str, key: str | None) -> Endpoint:
     if settings.embedded_openai and base is None:
         emulator_key = settings.emulator_api_key
-        return Endpoint(settings.emulator_url, version, "azure",
-                        emulator_key.get_secret_value() if emulator_key else EMULATOR_DEV_KEY,
-                        settings.openai_timeout_s)
+        return Endpoint(
+            settings.emulator_url,
+            version,
+            "azure",
+            emulator_key.get_secret_value() if emulator_key else EMULATOR_DEV_KEY,
+            settings.openai_timeout_s,
+        )
     completion_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    return Endpoint(base or settings.openai_api_base, version, settings.openai_client_kind,
-                    key or completion_key, settings.openai_timeout_s)
+    return Endpoint(
+        base or settings.openai_api_base,
+        version,
+        settings.openai_client_kind,
+        key or completion_key,
+        settings.openai_timeout_s,
+    )
 
 
 def completion_endpoint(settings: Settings) -> Endpoint:
@@ -59,8 +68,12 @@ def completion_endpoint(settings: Settings) -> Endpoint:
 
 def embedding_endpoint(settings: Settings) -> Endpoint:
     key = settings.embedding_api_key
-    return _endpoint(settings, settings.embedding_api_base, settings.embedding_api_version,
-                     key.get_secret_value() if key else None)
+    return _endpoint(
+        settings,
+        settings.embedding_api_base,
+        settings.embedding_api_version,
+        key.get_secret_value() if key else None,
+    )
 
 
 def whisper_endpoint(settings: Settings) -> Endpoint:
@@ -73,17 +86,30 @@ def client_for(endpoint: Endpoint) -> OpenAI:
     from openai import AzureOpenAI, OpenAI
 
     if endpoint.kind == "openai":
-        return OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key or UNUSED_API_KEY,
-                      timeout=endpoint.timeout_s, max_retries=0)
+        return OpenAI(
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key or UNUSED_API_KEY,
+            timeout=endpoint.timeout_s,
+            max_retries=0,
+        )
     if endpoint.api_key is not None:
-        return AzureOpenAI(azure_endpoint=endpoint.base_url, api_version=endpoint.api_version,
-                           api_key=endpoint.api_key, timeout=endpoint.timeout_s, max_retries=0)
+        return AzureOpenAI(
+            azure_endpoint=endpoint.base_url,
+            api_version=endpoint.api_version,
+            api_key=endpoint.api_key,
+            timeout=endpoint.timeout_s,
+            max_retries=0,
+        )
     from azure.identity import DefaultAzureCredential, get_bearer_token_provider
 
     token_provider = get_bearer_token_provider(DefaultAzureCredential(), ENTRA_SCOPE)
-    return AzureOpenAI(azure_endpoint=endpoint.base_url, api_version=endpoint.api_version,
-                       azure_ad_token_provider=token_provider, timeout=endpoint.timeout_s,
-                       max_retries=0)
+    return AzureOpenAI(
+        azure_endpoint=endpoint.base_url,
+        api_version=endpoint.api_version,
+        azure_ad_token_provider=token_provider,
+        timeout=endpoint.timeout_s,
+        max_retries=0,
+    )
 
 
 def completion_client() -> OpenAI:

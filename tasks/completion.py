@@ -24,8 +24,13 @@ from tasks.prompts import Message, format_prompt
 from tasks.token_estimates import estimate_tokens, text_tokens
 from tasks.upstream import Usage, call_within_quota
 
-__all__ = ["chat_completion", "estimate_tokens", "format_prompt", "send_prompt",
-           "structured_prompt"]
+__all__ = [
+    "chat_completion",
+    "estimate_tokens",
+    "format_prompt",
+    "send_prompt",
+    "structured_prompt",
+]
 
 # The older service's defaults, so callers that relied on them see the same answers.
 DEFAULT_TEMPERATURE = 0.7
@@ -53,22 +58,36 @@ def _create(
     completions = completion_client().chat.completions.with_raw_response
     estimate = estimate_tokens(messages, deployment, max_tokens)
     if response_model is None:
+
         def send() -> Any:
-            return completions.create(model=deployment, messages=list(messages),
-                                      max_tokens=max_tokens, **options)
+            return completions.create(
+                model=deployment, messages=list(messages), max_tokens=max_tokens, **options
+            )
     else:
         from openai.lib._parsing._completions import type_to_response_format_param
 
         # The schema travels with the request and is charged as prompt.
         estimate += text_tokens(
-            [json.dumps(type_to_response_format_param(response_model))], deployment)[0]
+            [json.dumps(type_to_response_format_param(response_model))], deployment
+        )[0]
 
         def send() -> Any:
-            return completions.parse(model=deployment, messages=list(messages),
-                                     max_tokens=max_tokens, response_format=response_model,
-                                     **options)
-    return call_within_quota("completion", deployment, estimate,
-                             app_id=app_id or settings.app_name, send=send, usage_of=_usage)
+            return completions.parse(
+                model=deployment,
+                messages=list(messages),
+                max_tokens=max_tokens,
+                response_format=response_model,
+                **options,
+            )
+
+    return call_within_quota(
+        "completion",
+        deployment,
+        estimate,
+        app_id=app_id or settings.app_name,
+        send=send,
+        usage_of=_usage,
+    )
 
 
 def chat_completion(  # noqa: PLR0917 - the older service's positional order
@@ -85,18 +104,27 @@ def chat_completion(  # noqa: PLR0917 - the older service's positional order
 ) -> dict[str, Any]:
     """One chat completion: ``{"content", "finish_reason", "model", "usage"}`` (JSON-safe, so a
     Celery task can return it). ``model`` is the deployment; unset, APP_OPENAI_ENGINE."""
-    completion = _create(messages, model=model, max_tokens=max_tokens, app_id=app_id,
-                         temperature=temperature, top_p=top_p,
-                         frequency_penalty=frequency_penalty,
-                         presence_penalty=presence_penalty, stop=stop)
+    completion = _create(
+        messages,
+        model=model,
+        max_tokens=max_tokens,
+        app_id=app_id,
+        temperature=temperature,
+        top_p=top_p,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        stop=stop,
+    )
     choice = completion.choices[0]
     return {
         "content": choice.message.content,
         "finish_reason": choice.finish_reason,
         "model": completion.model,
-        "usage": {"prompt_tokens": completion.usage.prompt_tokens,
-                  "completion_tokens": completion.usage.completion_tokens,
-                  "total_tokens": completion.usage.total_tokens},
+        "usage": {
+            "prompt_tokens": completion.usage.prompt_tokens,
+            "completion_tokens": completion.usage.completion_tokens,
+            "total_tokens": completion.usage.total_tokens,
+        },
     }
 
 
@@ -131,10 +159,18 @@ def structured_prompt(  # noqa: PLR0917 - the older service's positional order
     """Format the prompt and have the answer parsed into ``response_model`` (structured outputs:
     the model is held to the pydantic model's JSON schema)."""
     messages = format_prompt(system_prompt, user_prompt, variables, examples)
-    completion = _create(messages, model=model, max_tokens=max_tokens, app_id=app_id,
-                         response_model=response_model, temperature=temperature)
+    completion = _create(
+        messages,
+        model=model,
+        max_tokens=max_tokens,
+        app_id=app_id,
+        response_model=response_model,
+        temperature=temperature,
+    )
     message = completion.choices[0].message
     if message.parsed is None:
-        raise PermanentError(f"the model declined to answer in {response_model.__name__}'s "
-                             f"shape: {message.refusal or 'no reason given'}")
+        raise PermanentError(
+            f"the model declined to answer in {response_model.__name__}'s "
+            f"shape: {message.refusal or 'no reason given'}"
+        )
     return message.parsed

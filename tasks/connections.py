@@ -18,8 +18,9 @@ def redis_client() -> redis.Redis:
     Created on first use, never at import: a prefork pool forks after import, and a socket
     shared across a fork is a socket two processes write to.
     """
-    return redis.Redis.from_url(get_settings().broker_url, decode_responses=True,
-                                health_check_interval=30)
+    return redis.Redis.from_url(
+        get_settings().broker_url, decode_responses=True, health_check_interval=30
+    )
 
 
 @lru_cache(maxsize=1)

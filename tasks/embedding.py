@@ -29,8 +29,9 @@ CHARS_PER_TOKEN = 4
 Vector = list[float]
 
 
-def _checked_tokens(texts: Sequence[str], deployment: str, truncate: bool) -> tuple[list[str],
-                                                                                   list[int]]:
+def _checked_tokens(
+    texts: Sequence[str], deployment: str, truncate: bool
+) -> tuple[list[str], list[int]]:
     """The texts (cut to MAX_INPUT_TOKENS when ``truncate``) and their charge in tokens."""
     encoding = encoding_for_model(deployment)
     kept, charges = [], []
@@ -40,9 +41,11 @@ def _checked_tokens(texts: Sequence[str], deployment: str, truncate: bool) -> tu
         tokens = encoding.encode(text, disallowed_special=())
         if len(tokens) > MAX_INPUT_TOKENS:
             if not truncate:
-                raise InvalidInput(f"texts[{index}] is {len(tokens)} tokens; the embedding model "
-                                   f"takes at most {MAX_INPUT_TOKENS}: shorten it or pass "
-                                   "truncate=True")
+                raise InvalidInput(
+                    f"texts[{index}] is {len(tokens)} tokens; the embedding model "
+                    f"takes at most {MAX_INPUT_TOKENS}: shorten it or pass "
+                    "truncate=True"
+                )
             tokens = tokens[:MAX_INPUT_TOKENS]
         sent = encoding.decode(tokens) if len(tokens) < len(text) and truncate else text
         kept.append(sent)
@@ -56,8 +59,14 @@ def _send(texts: list[str], charge: int, deployment: str, app_id: str) -> list[V
     def send() -> Any:
         return embeddings.create(model=deployment, input=texts)
 
-    response = call_within_quota("embedding", deployment, charge, app_id=app_id, send=send,
-                                 usage_of=lambda answer: Usage(answer.usage.prompt_tokens))
+    response = call_within_quota(
+        "embedding",
+        deployment,
+        charge,
+        app_id=app_id,
+        send=send,
+        usage_of=lambda answer: Usage(answer.usage.prompt_tokens),
+    )
     return [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
 
 
@@ -74,8 +83,10 @@ def create_embedding(
     deployment = model or settings.embedding_engine
     texts = [text] if isinstance(text, str) else list(text)
     if not 1 <= len(texts) <= MAX_INPUTS_PER_REQUEST:
-        raise InvalidInput(f"create_embedding takes 1 to {MAX_INPUTS_PER_REQUEST} texts, got "
-                           f"{len(texts)}: use create_embedding_batch for more")
+        raise InvalidInput(
+            f"create_embedding takes 1 to {MAX_INPUTS_PER_REQUEST} texts, got "
+            f"{len(texts)}: use create_embedding_batch for more"
+        )
     texts, charges = _checked_tokens(texts, deployment, truncate)
     return _send(texts, sum(charges), deployment, app_id or settings.app_name)
 
@@ -104,14 +115,19 @@ def create_embedding_batch(
     """Vectors for any number of texts, in their order, sent ``batch_size`` texts at most (and
     never more tokens than one request or the embedding TPM allow) at a time."""
     if not 1 <= batch_size <= MAX_INPUTS_PER_REQUEST:
-        raise InvalidInput(f"batch_size must be from 1 to {MAX_INPUTS_PER_REQUEST}, "
-                           f"got {batch_size}")
+        raise InvalidInput(
+            f"batch_size must be from 1 to {MAX_INPUTS_PER_REQUEST}, got {batch_size}"
+        )
     settings = get_settings()
     deployment = model or settings.embedding_engine
     texts, charges = _checked_tokens(list(texts), deployment, truncate)
     max_tokens = min(MAX_REQUEST_TOKENS, settings.embedding_tpm_quota)
     vectors: list[Vector] = []
     for batch in plan_batches(charges, batch_size, max_tokens):
-        vectors += _send(texts[batch.start:batch.stop], sum(charges[batch.start:batch.stop]),
-                         deployment, app_id or settings.app_name)
+        vectors += _send(
+            texts[batch.start : batch.stop],
+            sum(charges[batch.start : batch.stop]),
+            deployment,
+            app_id or settings.app_name,
+        )
     return vectors

@@ -58,8 +58,13 @@ def write_result(
     when this task id was written before."""
     entry_id = _write_once_script(client)(
         keys=[stream_key(out_queue), written_key(out_queue, task_id)],
-        args=[task_id, message_id, json.dumps(body, ensure_ascii=False),
-              WRITTEN_MARKER_TTL_SECS, STREAM_MAX_LENGTH],
+        args=[
+            task_id,
+            message_id,
+            json.dumps(body, ensure_ascii=False),
+            WRITTEN_MARKER_TTL_SECS,
+            STREAM_MAX_LENGTH,
+        ],
     )
     return entry_id or None
 

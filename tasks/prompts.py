@@ -22,8 +22,10 @@ def fill_template(template: str, variables: Mapping[str, Any], where: str) -> st
     InvalidInput that names it and the prompt it is missing from."""
     missing = sorted({name for name in _PLACEHOLDER.findall(template) if name not in variables})
     if missing:
-        raise InvalidInput(f"{where} uses variable(s) {', '.join(missing)} but `variables` has "
-                           f"no value for them (given: {', '.join(sorted(variables)) or 'none'})")
+        raise InvalidInput(
+            f"{where} uses variable(s) {', '.join(missing)} but `variables` has "
+            f"no value for them (given: {', '.join(sorted(variables)) or 'none'})"
+        )
     return _PLACEHOLDER.sub(lambda match: str(variables[match.group(1)]), template)
 
 
@@ -45,10 +47,14 @@ def format_prompt(
     ]
     for number, example in enumerate(examples or []):
         if not {"user", "assistant"} <= set(example):
-            raise InvalidInput(f"examples[{number}] needs both 'user' and 'assistant' keys, "
-                               f"got {sorted(example)}")
-        messages += [{"role": "user", "content": example["user"]},
-                     {"role": "assistant", "content": example["assistant"]}]
-    messages.append({"role": "user", "content": fill_template(user_prompt, variables,
-                                                              "user_prompt")})
+            raise InvalidInput(
+                f"examples[{number}] needs both 'user' and 'assistant' keys, got {sorted(example)}"
+            )
+        messages += [
+            {"role": "user", "content": example["user"]},
+            {"role": "assistant", "content": example["assistant"]},
+        ]
+    messages.append(
+        {"role": "user", "content": fill_template(user_prompt, variables, "user_prompt")}
+    )
     return messages

@@ -33,8 +33,10 @@ def schedule_retry(task: Task, error: TransientError) -> None:
     retries = task.request.retries
     if isinstance(error, QuotaExhausted):
         if retries < MAX_QUOTA_RETRIES:
-            raise task.retry(countdown=backoff_delay(0, error.retry_after_s),
-                             max_retries=MAX_QUOTA_RETRIES) from error
+            raise task.retry(
+                countdown=backoff_delay(0, error.retry_after_s), max_retries=MAX_QUOTA_RETRIES
+            ) from error
     elif retries < MAX_TRANSIENT_RETRIES:
-        raise task.retry(countdown=backoff_delay(retries, error.retry_after_s),
-                         max_retries=MAX_QUOTA_RETRIES) from error
+        raise task.retry(
+            countdown=backoff_delay(retries, error.retry_after_s), max_retries=MAX_QUOTA_RETRIES
+        ) from error

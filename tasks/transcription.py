@@ -49,12 +49,14 @@ class ChunkRef:
 
 def _check_options(response_format: str, timestamp_granularities: Sequence[str]) -> None:
     if response_format not in RESPONSE_FORMATS:
-        raise InvalidInput(f"response_format {response_format!r} is not one of "
-                           f"{', '.join(RESPONSE_FORMATS)}")
+        raise InvalidInput(
+            f"response_format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}"
+        )
     unknown = set(timestamp_granularities) - {"word", "segment"}
     if unknown:
-        raise InvalidInput(f"timestamp_granularities {sorted(unknown)} are unknown: use 'word' "
-                           "and/or 'segment'")
+        raise InvalidInput(
+            f"timestamp_granularities {sorted(unknown)} are unknown: use 'word' and/or 'segment'"
+        )
 
 
 def transcribe_upload(
@@ -73,11 +75,21 @@ def transcribe_upload(
 
     def send() -> Any:
         return transcriptions.create(
-            file=(filename, audio), model=deployment, response_format="verbose_json",
-            timestamp_granularities=sorted({"segment", *timestamp_granularities}), **options)
+            file=(filename, audio),
+            model=deployment,
+            response_format="verbose_json",
+            timestamp_granularities=sorted({"segment", *timestamp_granularities}),
+            **options,
+        )
 
-    answer = call_within_quota("whisper", deployment, 0, app_id=app_id or settings.app_name,
-                               send=send, usage_of=lambda _answer: Usage(0))
+    answer = call_within_quota(
+        "whisper",
+        deployment,
+        0,
+        app_id=app_id or settings.app_name,
+        send=send,
+        usage_of=lambda _answer: Usage(0),
+    )
     return answer.model_dump(mode="json", exclude_none=True)
 
 
@@ -111,8 +123,9 @@ def transcribe_chunk(
     audio = redis_bytes_client().get(key)
     if audio is None:
         raise PermanentError(f"audio chunk {key} is gone from Redis (expired or already merged)")
-    transcript = transcribe_upload(f"{key.rsplit(':', 1)[-1]}.wav", audio, language,
-                                   timestamp_granularities, app_id=app_id)
+    transcript = transcribe_upload(
+        f"{key.rsplit(':', 1)[-1]}.wav", audio, language, timestamp_granularities, app_id=app_id
+    )
     return {"key": key, "offset_s": offset_s, "transcript": transcript}
 
 
@@ -124,11 +137,15 @@ def merge_chunk_results(
     redis_bytes_client().delete(*[result["key"] for result in results])
     failed = [result for result in results if "error" in result]
     if failed:
-        raise PermanentError(f"{len(failed)} of {len(results)} audio chunks could not be "
-                             f"transcribed; the first at {failed[0]['offset_s']:.1f} s: "
-                             f"{failed[0]['error']}")
-    return render(merge_transcripts([(result["offset_s"], result["transcript"])
-                                     for result in results]), response_format)
+        raise PermanentError(
+            f"{len(failed)} of {len(results)} audio chunks could not be "
+            f"transcribed; the first at {failed[0]['offset_s']:.1f} s: "
+            f"{failed[0]['error']}"
+        )
+    return render(
+        merge_transcripts([(result["offset_s"], result["transcript"]) for result in results]),
+        response_format,
+    )
 
 
 def prepare_transcription(
@@ -153,8 +170,9 @@ def transcribe_whole(
 ) -> Transcript | str:
     """A validated recording sent as one upload, rendered in ``response_format``."""
     path = Path(path)
-    transcript = transcribe_upload(path.name, path.read_bytes(), language,
-                                   timestamp_granularities, app_id=app_id)
+    transcript = transcribe_upload(
+        path.name, path.read_bytes(), language, timestamp_granularities, app_id=app_id
+    )
     return render(merge_transcripts([(0.0, transcript)]), response_format)
 
 
@@ -176,8 +194,9 @@ def transcribe_audio(
 
     from tasks.ai_tasks import transcription_work
 
-    outcome = transcription_work(str(path), language, response_format, timestamp_granularities,
-                                 app_id=app_id)
+    outcome = transcription_work(
+        str(path), language, response_format, timestamp_granularities, app_id=app_id
+    )
     if isinstance(outcome, Signature):
         return outcome.apply_async().get(timeout=get_settings().task_time_limit_s)
     return outcome

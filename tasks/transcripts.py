@@ -17,8 +17,14 @@ Transcript = dict[str, Any]  # Whisper's verbose_json shape
 
 
 def _shifted(items: Sequence[dict[str, Any]], offset_s: float) -> list[dict[str, Any]]:
-    return [{**item, "start": round(item["start"] + offset_s, 3),
-             "end": round(item["end"] + offset_s, 3)} for item in items]
+    return [
+        {
+            **item,
+            "start": round(item["start"] + offset_s, 3),
+            "end": round(item["end"] + offset_s, 3),
+        }
+        for item in items
+    ]
 
 
 def merge_transcripts(parts: Sequence[tuple[float, Transcript]]) -> Transcript:
@@ -30,10 +36,10 @@ def merge_transcripts(parts: Sequence[tuple[float, Transcript]]) -> Transcript:
         words += _shifted(part.get("words") or [], offset_s)
     merged: Transcript = {
         "task": "transcribe",
-        "language": next((part.get("language") for _, part in parts if part.get("language")),
-                         None),
-        "duration": round(max((offset + (part.get("duration") or 0.0)
-                               for offset, part in parts), default=0.0), 3),
+        "language": next((part.get("language") for _, part in parts if part.get("language")), None),
+        "duration": round(
+            max((offset + (part.get("duration") or 0.0) for offset, part in parts), default=0.0), 3
+        ),
         "text": " ".join(text for _, part in parts if (text := (part.get("text") or "").strip())),
         "segments": [{**segment, "id": number} for number, segment in enumerate(segments)],
     }

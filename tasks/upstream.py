@@ -72,8 +72,9 @@ def _observe(pool: PoolName, deployment: str, headers: Any) -> None:
     tokens = _header_int(headers, "x-ratelimit-remaining-tokens")
     requests = _header_int(headers, "x-ratelimit-remaining-requests")
     if tokens is not None or requests is not None:
-        quota_limiter().observe_upstream(pool, deployment, remaining_tokens=tokens,
-                                         remaining_requests=requests)
+        quota_limiter().observe_upstream(
+            pool, deployment, remaining_tokens=tokens, remaining_requests=requests
+        )
 
 
 def _as_conduit_error(  # noqa: PLR0911 - one answer per kind of error reads best flat
@@ -89,8 +90,10 @@ def _as_conduit_error(  # noqa: PLR0911 - one answer per kind of error reads bes
     if isinstance(error, openai.ContentFilterFinishReasonError):
         return PermanentError(f"{where} withheld the answer: the content filter was triggered")
     if isinstance(error, openai.LengthFinishReasonError):
-        return PermanentError(f"{where} ran out of max_tokens before the structured answer was "
-                              "complete; raise max_tokens")
+        return PermanentError(
+            f"{where} ran out of max_tokens before the structured answer was "
+            "complete; raise max_tokens"
+        )
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
         detail = f"{where} answered {status}: {error.message}"
@@ -141,8 +144,9 @@ def call_within_quota(
 
         completion = getattr(error, "completion", None)  # a parsed answer that was cut short
         if completion is not None and completion.usage is not None:
-            limiter.report(request_id, completion.usage.prompt_tokens,
-                           completion.usage.completion_tokens)
+            limiter.report(
+                request_id, completion.usage.prompt_tokens, completion.usage.completion_tokens
+            )
         elif _reached_upstream(error):
             limiter.report(request_id, 0, 0)
         else:

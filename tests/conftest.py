@@ -44,11 +44,13 @@ def no_leaks() -> Iterator[None]:
     threads_before = set(threading.enumerate())
     yield
     leaked_children = [
-        p for p in me.children(recursive=True)
+        p
+        for p in me.children(recursive=True)
         if p.pid not in children_before and p.status() != psutil.STATUS_ZOMBIE
     ]
     leaked_threads = [
-        t for t in threading.enumerate()
+        t
+        for t in threading.enumerate()
         if t not in threads_before and t.is_alive() and not t.daemon
     ]
     assert not leaked_children, f"test leaked processes: {[p.cmdline() for p in leaked_children]}"
@@ -112,9 +114,23 @@ def start_worker(
 
     def start(concurrency: int = 4, queues: str | None = None, **env: str) -> ManagedProcess:
         name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        args = python_args("-m", "celery", "-A", "worker", "worker", "-P", "threads",
-                           "-c", str(concurrency), "-n", name, "--without-gossip",
-                           "--without-mingle", "--loglevel", "INFO")
+        args = python_args(
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-n",
+            name,
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        )
         if queues:
             args += ["-Q", queues]
         hostname = name.replace("%h", __import__("socket").gethostname())
@@ -122,8 +138,13 @@ def start_worker(
         def ready() -> bool:
             return bool(celery_app.control.ping(destination=[hostname], timeout=0.5))
 
-        process = ManagedProcess(args, {**conduit_env, **env}, tmp_path / f"{name}.log",
-                                 ready=ready, name=f"celery worker {hostname}")
+        process = ManagedProcess(
+            args,
+            {**conduit_env, **env},
+            tmp_path / f"{name}.log",
+            ready=ready,
+            name=f"celery worker {hostname}",
+        )
         started.append(process)
         return process.start()
 
@@ -151,8 +172,9 @@ def module_emulator_starter(
 ) -> Iterator[EmulatorStarter]:
     """Like ``start_emulator``, but what it starts lives for the whole test module (for modules
     whose tests share one emulator and reset it between them)."""
-    starter = EmulatorStarter(tmp_path_factory.mktemp("emulator"),
-                              {"TIKTOKEN_CACHE_DIR": str(tiktoken_cache)})
+    starter = EmulatorStarter(
+        tmp_path_factory.mktemp("emulator"), {"TIKTOKEN_CACHE_DIR": str(tiktoken_cache)}
+    )
     yield starter
     starter.close()
 

@@ -23,8 +23,10 @@ def shown(capsys) -> list[dict]:
 def test_send_then_peek(tmp_path, capsys, bus, redis_url):
     message = tmp_path / "message.json"
     message.write_text('{"id": "7"}')
-    assert main(["send", "form_iq", str(message), "--message-id", "m-7",
-                 "--property", "app=forms"]) == 0
+    assert (
+        main(["send", "form_iq", str(message), "--message-id", "m-7", "--property", "app=forms"])
+        == 0
+    )
     assert capsys.readouterr().out.strip() == "m-7"
     assert main(["peek", "form_iq"]) == 0
     [peeked] = shown(capsys)

@@ -59,11 +59,26 @@ class Stack:
 
         self.app = self.app or create_celery(load_settings(redis_url=self.env["REDIS_URL"]))
         name = f"bridge-test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        args = python_args("-m", "celery", "-A", "worker", "worker", "-P", "threads",
-                           "-c", str(concurrency), "-n", name, "--without-gossip",
-                           "--without-mingle", "--loglevel", "INFO")
-        return self._start(args, name, lambda _: bool(
-            self.app.control.ping(destination=[name], timeout=0.5)))
+        args = python_args(
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-n",
+            name,
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        )
+        return self._start(
+            args, name, lambda _: bool(self.app.control.ping(destination=[name], timeout=0.5))
+        )
 
     def start_bridge(self) -> ManagedProcess:
         def ready(process: ManagedProcess) -> bool:
@@ -72,48 +87,65 @@ class Stack:
 
         return self._start(python_args("-m", "bridge"), "bridge", ready)
 
-    def _start(self, args: list[str], name: str,
-               ready: Callable[[ManagedProcess], bool]) -> ManagedProcess:
-        process = ManagedProcess(args, self.env, self.log_dir / f"{name}-{len(self.processes)}.log",
-                                 name=name)
+    def _start(
+        self, args: list[str], name: str, ready: Callable[[ManagedProcess], bool]
+    ) -> ManagedProcess:
+        process = ManagedProcess(
+            args, self.env, self.log_dir / f"{name}-{len(self.processes)}.log", name=name
+        )
         process.ready = lambda: ready(process)
         self.processes.append(process)
         return process.start()
 
     def send(self, count: int, queue: str = "echo_iq") -> None:
         for start in range(0, count, 100):
-            self.bus.send(queue, [OutgoingMessage(body=json.dumps({"id": str(i)}),
-                                                  message_id=f"m-{i}")
-                                  for i in range(start, min(count, start + 100))])
+            self.bus.send(
+                queue,
+                [
+                    OutgoingMessage(body=json.dumps({"id": str(i)}), message_id=f"m-{i}")
+                    for i in range(start, min(count, start + 100))
+                ],
+            )
 
     def results(self) -> Counter[str]:
         return Counter(json.loads(m.body)["id"] for m in self.bus.peek("echo_oq", 10_000))
 
     def settled(self) -> bool:
         """Nothing left anywhere between the input queue and the output queue."""
-        return (not self.bus.peek("echo_iq", 1) and self.client.llen("echo") == 0
-                and self.client.hlen("unacked") == 0
-                and self.client.xlen(stream_key("echo_oq")) == 0
-                and self.client.zcard(ledger_key("echo_oq")) == 0)
+        return (
+            not self.bus.peek("echo_iq", 1)
+            and self.client.llen("echo") == 0
+            and self.client.hlen("unacked") == 0
+            and self.client.xlen(stream_key("echo_oq")) == 0
+            and self.client.zcard(ledger_key("echo_oq")) == 0
+        )
 
     def wait_for_results(self, at_least: int, process: ManagedProcess) -> None:
-        process.wait_until(lambda: sum(self.results().values()) >= at_least,
-                           DELIVERY_TIMEOUT_SECS, f"{at_least} results")
+        process.wait_until(
+            lambda: sum(self.results().values()) >= at_least,
+            DELIVERY_TIMEOUT_SECS,
+            f"{at_least} results",
+        )
 
     def describe(self, count: int) -> str:
         """Where the messages are, for a failure message."""
         missing = sorted({str(i) for i in range(count)} - set(self.results()), key=int)
-        return (f"results={sum(self.results().values())} missing={missing[:20]} "
-                f"inputs={len(self.bus.peek('echo_iq', 10_000))} "
-                f"dead={len(self.bus.dead_letters('echo_iq', 10_000))} "
-                f"celery_queue={self.client.llen('echo')} unacked={self.client.hlen('unacked')} "
-                f"outbox={self.client.xlen(stream_key('echo_oq'))} "
-                f"ledger={self.client.zcard(ledger_key('echo_oq'))}")
+        return (
+            f"results={sum(self.results().values())} missing={missing[:20]} "
+            f"inputs={len(self.bus.peek('echo_iq', 10_000))} "
+            f"dead={len(self.bus.dead_letters('echo_iq', 10_000))} "
+            f"celery_queue={self.client.llen('echo')} unacked={self.client.hlen('unacked')} "
+            f"outbox={self.client.xlen(stream_key('echo_oq'))} "
+            f"ledger={self.client.zcard(ledger_key('echo_oq'))}"
+        )
 
     def assert_each_result_exactly_once(self, count: int, process: ManagedProcess) -> None:
         try:
-            process.wait_until(lambda: sum(self.results().values()) >= count and self.settled(),
-                               DELIVERY_TIMEOUT_SECS, f"all {count} results and an idle pipeline")
+            process.wait_until(
+                lambda: sum(self.results().values()) >= count and self.settled(),
+                DELIVERY_TIMEOUT_SECS,
+                f"all {count} results and an idle pipeline",
+            )
         except TimeoutError as error:
             raise AssertionError(self.describe(count)) from error
         results = self.results()
@@ -194,21 +226,27 @@ def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carr
     stack.start_worker()
     bridge = stack.start_bridge()
     bad = {"json": "not json", "array": "[1, 2]", "fields": '{"no_id": true}'}
-    stack.bus.send("echo_iq", [OutgoingMessage(body=body, message_id=name)
-                               for name, body in bad.items()])
+    stack.bus.send(
+        "echo_iq", [OutgoingMessage(body=body, message_id=name) for name, body in bad.items()]
+    )
     stack.bus.send("ghost_iq", [OutgoingMessage(body='{"id": "1"}', message_id="ghost")])
     stack.send(1)
     stack.assert_each_result_exactly_once(1, bridge)
 
     def dead(queue: str) -> dict[str, tuple[str, str]]:
-        return {m.message_id: (m.dead_letter_reason, m.dead_letter_description)
-                for m in stack.bus.dead_letters(queue, 10)}
+        return {
+            m.message_id: (m.dead_letter_reason, m.dead_letter_description)
+            for m in stack.bus.dead_letters(queue, 10)
+        }
 
-    bridge.wait_until(lambda: len(dead("echo_iq")) == 3 and dead("ghost_iq"), 30,
-                      "the dead letters")
+    bridge.wait_until(
+        lambda: len(dead("echo_iq")) == 3 and dead("ghost_iq"), 30, "the dead letters"
+    )
     reasons = dead("echo_iq")
-    assert reasons["json"] == ("MalformedJson", "body is not valid JSON: Expecting value: "
-                                                "line 1 column 1 (char 0)")
+    assert reasons["json"] == (
+        "MalformedJson",
+        "body is not valid JSON: Expecting value: line 1 column 1 (char 0)",
+    )
     assert reasons["array"] == ("MalformedJson", "body must be a JSON object, not list")
     assert reasons["fields"] == ("InvalidFields", "field 'id': Field required")
     assert dead("ghost_iq")["ghost"][0] == "UnknownProcessor"

@@ -18,8 +18,16 @@ SMALL = {"id": "small", "taskId": "t-small", "message": "SUCCESS", "transcript":
 
 
 def egress_for(redis_client, bus, max_message_bytes: int) -> Egress:
-    egress = Egress(redis_client, bus, ["out"], "bridge-1", Counters(), batch_size=10,
-                    reclaim_idle_s=60, max_message_bytes=max_message_bytes)
+    egress = Egress(
+        redis_client,
+        bus,
+        ["out"],
+        "bridge-1",
+        Counters(),
+        batch_size=10,
+        reclaim_idle_s=60,
+        max_message_bytes=max_message_bytes,
+    )
     egress.ensure_groups()
     write_result(redis_client, "out", "task-big", "m-big", OVERSIZED)
     write_result(redis_client, "out", "task-small", "m-small", SMALL)
@@ -44,10 +52,15 @@ def test_an_oversized_result_is_sent_as_its_failure_payload(redis_client, bus):
     failed, small = bus.peek("out", 10)
     size = len(json.dumps(OVERSIZED))
     assert json.loads(failed.body) == {
-        "id": "big", "taskId": "t-big", "message": "failed", "error": {
+        "id": "big",
+        "taskId": "t-big",
+        "message": "failed",
+        "error": {
             "type": "ResultTooLarge",
             "detail": f"the result is {size} bytes, {size - LIMIT} bytes over the limit of "
-                      f"{LIMIT} bytes for one message (BRIDGE_MAX_MESSAGE_BYTES)"}}
+            f"{LIMIT} bytes for one message (BRIDGE_MAX_MESSAGE_BYTES)",
+        },
+    }
     assert (failed.message_id, failed.correlation_id) == ("task-big", "m-big")
     assert json.loads(small.body) == SMALL
     assert_all_acknowledged(redis_client)

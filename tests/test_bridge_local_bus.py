@@ -30,8 +30,7 @@ def bus(redis_url: str):
 
 
 def send(bus: LocalBus, *ids: str, queue: str = "q", **fields) -> None:
-    bus.send(queue, [OutgoingMessage(body=f'{{"id": "{i}"}}', message_id=i, **fields)
-                     for i in ids])
+    bus.send(queue, [OutgoingMessage(body=f'{{"id": "{i}"}}', message_id=i, **fields) for i in ids])
 
 
 def test_a_message_arrives_with_everything_it_was_sent_with(bus):
@@ -96,7 +95,9 @@ def test_dead_letter_keeps_reason_and_resubmit_starts_the_count_again(bus):
     assert receiver.dead_letter(bad, "MalformedJson", "Expecting value: line 1 column 1")
     [dead] = bus.dead_letters("q", 10)
     assert (dead.dead_letter_reason, dead.dead_letter_description) == (
-        "MalformedJson", "Expecting value: line 1 column 1")
+        "MalformedJson",
+        "Expecting value: line 1 column 1",
+    )
     assert bus.resubmit_dead_letters("q", 10) == 1
     assert bus.dead_letters("q", 10) == []
     [back] = receiver.receive(10, 0)
@@ -125,8 +126,10 @@ def test_a_message_id_sent_twice_within_the_window_is_dropped(bus, redis_client)
 
 def test_a_message_over_the_size_limit_is_refused_and_its_batch_not_sent(redis_client):
     bus = LocalBus(redis_client, max_message_bytes=1024)
-    batch = [OutgoingMessage(body='{"id": 1}', message_id="small"),
-             OutgoingMessage(body=json.dumps({"pad": "x" * 1024}), message_id="big")]
+    batch = [
+        OutgoingMessage(body='{"id": 1}', message_id="small"),
+        OutgoingMessage(body=json.dumps({"pad": "x" * 1024}), message_id="big"),
+    ]
     with pytest.raises(MessageTooLarge, match="over the local bus's limit of 1024") as refused:
         bus.send("q", batch)
     assert refused.value.message_id == "big"

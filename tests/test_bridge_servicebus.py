@@ -34,8 +34,13 @@ _sequence = itertools.count(1)
 class FakeSdkMessage:
     """Shaped like ServiceBusReceivedMessage: a DATA body yielded in sections, bytes keys."""
 
-    def __init__(self, body: str, message_id: str | None, delivery_count: int = 1,
-                 properties: dict[bytes, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        body: str,
+        message_id: str | None,
+        delivery_count: int = 1,
+        properties: dict[bytes, bytes] | None = None,
+    ) -> None:
         self._body = body.encode()
         self.body_type = AmqpMessageBodyType.DATA
         self.message_id = message_id
@@ -102,11 +107,17 @@ class FakeReceiver:
     def abandon_message(self, message: FakeSdkMessage) -> None:
         self._settle(message, self.namespace.abandoned)
 
-    def dead_letter_message(self, message: FakeSdkMessage, reason: str | None = None,
-                            error_description: str | None = None) -> None:
+    def dead_letter_message(
+        self,
+        message: FakeSdkMessage,
+        reason: str | None = None,
+        error_description: str | None = None,
+    ) -> None:
         self._settle(message, [])
         message.dead_letter_reason, message.dead_letter_error_description = (
-            reason, error_description)
+            reason,
+            error_description,
+        )
         self.namespace.dead.setdefault(self.queue, []).append(message)
 
     def close(self) -> None:
@@ -132,8 +143,9 @@ class FakeClient:
         self.namespace = namespace
         self.closed = False
 
-    def get_queue_receiver(self, queue_name: str, *, receive_mode: ServiceBusReceiveMode,
-                           **options: Any) -> FakeReceiver:
+    def get_queue_receiver(
+        self, queue_name: str, *, receive_mode: ServiceBusReceiveMode, **options: Any
+    ) -> FakeReceiver:
         assert receive_mode == ServiceBusReceiveMode.PEEK_LOCK
         receiver = FakeReceiver(self.namespace, queue_name, options)
         self.namespace.receivers.append(receiver)
@@ -198,7 +210,8 @@ def bus(namespace):
 
 def put(namespace: FakeNamespace, queue: str, *bodies: str, **fields) -> None:
     namespace.queues.setdefault(queue, []).extend(
-        FakeSdkMessage(body, f"m-{i}", **fields) for i, body in enumerate(bodies))
+        FakeSdkMessage(body, f"m-{i}", **fields) for i, body in enumerate(bodies)
+    )
 
 
 def test_received_messages_are_converted_and_their_locks_renewed(bus, namespace):
@@ -245,9 +258,17 @@ def test_a_connection_error_reopens_the_receiver_on_the_same_client(bus, namespa
 
 def test_send_sets_ids_and_splits_batches_that_would_be_too_large(bus, namespace):
     namespace.max_batch_bytes = 600
-    bus.send("out", [OutgoingMessage(body=json.dumps({"n": i, "pad": "x" * 200}),
-                                     message_id=f"task-{i}", correlation_id=f"m-{i}")
-                     for i in range(4)])
+    bus.send(
+        "out",
+        [
+            OutgoingMessage(
+                body=json.dumps({"n": i, "pad": "x" * 200}),
+                message_id=f"task-{i}",
+                correlation_id=f"m-{i}",
+            )
+            for i in range(4)
+        ],
+    )
     batches = namespace.sent["out"]
     assert len(batches) > 1
     messages = [m for batch in batches for m in batch]
@@ -269,8 +290,16 @@ def test_egress_sends_the_failure_payload_of_a_result_service_bus_refuses(
 ):
     # A standard-tier namespace under a bridge whose limit was raised for premium.
     namespace.max_batch_bytes = 4096
-    egress = Egress(redis_client, bus, ["out"], "bridge-1", Counters(), batch_size=10,
-                    reclaim_idle_s=60, max_message_bytes=1024 * 1024)
+    egress = Egress(
+        redis_client,
+        bus,
+        ["out"],
+        "bridge-1",
+        Counters(),
+        batch_size=10,
+        reclaim_idle_s=60,
+        max_message_bytes=1024 * 1024,
+    )
     egress.ensure_groups()
     write_result(redis_client, "out", "task-big", "m-big", {"id": "big", "pad": "x" * 5000})
     write_result(redis_client, "out", "task-small", "m-small", {"id": "small"})
@@ -280,9 +309,15 @@ def test_egress_sends_the_failure_payload_of_a_result_service_bus_refuses(
 
     sent = [m for batch in namespace.sent["out"] for m in batch]
     failed, small = (json.loads(str(m)) for m in sent)
-    assert failed == {"id": "big", "taskId": None, "message": "failed", "error": {
-        "type": "ResultTooLarge",
-        "detail": "Service Bus refused it as over the namespace's limit of 4096 bytes"}}
+    assert failed == {
+        "id": "big",
+        "taskId": None,
+        "message": "failed",
+        "error": {
+            "type": "ResultTooLarge",
+            "detail": "Service Bus refused it as over the namespace's limit of 4096 bytes",
+        },
+    }
     assert small == {"id": "small"}
     assert [m.message_id for m in sent] == ["task-big", "task-small"]
     assert egress.counters.take()[("out", "too_large")] == 1
@@ -295,7 +330,9 @@ def test_dead_letters_are_listed_and_resubmitted_as_copies(bus, namespace):
     assert receiver.dead_letter(message, "MalformedJson", "body is not valid JSON")
     [dead] = bus.dead_letters("q", 10)
     assert (dead.dead_letter_reason, dead.dead_letter_description) == (
-        "MalformedJson", "body is not valid JSON")
+        "MalformedJson",
+        "body is not valid JSON",
+    )
     assert bus.resubmit_dead_letters("q", 10) == 1
     [[copy]] = namespace.sent["q"]
     assert str(copy) == "not json" and copy.message_id == "m-0"
@@ -305,9 +342,17 @@ def test_dead_letters_are_listed_and_resubmitted_as_copies(bus, namespace):
 def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus, namespace):
     put(namespace, "echo_iq", '{"id": "a"}', "not json", '{"no_id": true}', '{"id": "b"}')
     publisher = FakePublisher()
-    ingress = Ingress(Route.parse("echo_iq:echo:echo_oq"), bus.receiver("echo_iq"), publisher,
-                      FakeLedger(), Counters(), batch_size=32, high_water=10, max_idle_s=1.0,
-                      celery_queue="echo")
+    ingress = Ingress(
+        Route.parse("echo_iq:echo:echo_oq"),
+        bus.receiver("echo_iq"),
+        publisher,
+        FakeLedger(),
+        Counters(),
+        batch_size=32,
+        high_water=10,
+        max_idle_s=1.0,
+        celery_queue="echo",
+    )
     assert ingress.run_once() == 4
     assert [r.message_id for r in publisher.published] == ["m-0", "m-3"]
     assert namespace.completed == ["m-0", "m-3"]
@@ -320,20 +365,31 @@ def test_ingress_abandons_the_batch_when_the_broker_fails(bus, namespace):
     put(namespace, "echo_iq", '{"id": "a"}', '{"id": "b"}')
     publisher = FakePublisher()
     publisher.fail = True
-    ingress = Ingress(Route.parse("echo_iq:echo:echo_oq"), bus.receiver("echo_iq"), publisher,
-                      FakeLedger(), Counters(), batch_size=32, high_water=10, max_idle_s=1.0,
-                      celery_queue="echo")
+    ingress = Ingress(
+        Route.parse("echo_iq:echo:echo_oq"),
+        bus.receiver("echo_iq"),
+        publisher,
+        FakeLedger(),
+        Counters(),
+        batch_size=32,
+        high_water=10,
+        max_idle_s=1.0,
+        celery_queue="echo",
+    )
     with pytest.raises(BrokerUnavailable):
         ingress.run_once()
     assert namespace.completed == [] and namespace.abandoned == ["m-0", "m-1"]
 
 
-CONNECTION_STRING = ("Endpoint=sb://conduit.servicebus.windows.net/;SharedAccessKeyName=k;"
-                     "SharedAccessKey=c2VjcmV0")
+CONNECTION_STRING = (
+    "Endpoint=sb://conduit.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0"
+)
 
 
-@pytest.mark.parametrize("overrides", [{"service_bus_connection_string": CONNECTION_STRING},
-                                       {"service_bus_namespace": "conduit"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"service_bus_connection_string": CONNECTION_STRING}, {"service_bus_namespace": "conduit"}],
+)
 def test_settings_choose_service_bus_by_connection_string_or_namespace(overrides):
     bus = connect_bus(load_settings(**overrides))
     try:

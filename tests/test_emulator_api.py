@@ -29,16 +29,20 @@ CHAT = "gpt-4o"
 EMBEDDING = "text-embedding-3-large"
 WHISPER = "whisper"
 # Roomy limits: these tests are about answers; test_emulator_limits.py is about limits.
-ROOMY_LIMITS = {CHAT: {"tpm": 10_000_000, "rpm": 60_000},
-                EMBEDDING: {"tpm": 10_000_000, "rpm": 60_000}, WHISPER: {"rpm": 6_000}}
+ROOMY_LIMITS = {
+    CHAT: {"tpm": 10_000_000, "rpm": 60_000},
+    EMBEDDING: {"tpm": 10_000_000, "rpm": 60_000},
+    WHISPER: {"rpm": 6_000},
+}
 
 
 @pytest.fixture(scope="module")
 def emulator(
     tiktoken_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningEmulator]:
-    starter = EmulatorStarter(tmp_path_factory.mktemp("emulator"),
-                              {"TIKTOKEN_CACHE_DIR": str(tiktoken_cache)})
+    starter = EmulatorStarter(
+        tmp_path_factory.mktemp("emulator"), {"TIKTOKEN_CACHE_DIR": str(tiktoken_cache)}
+    )
     yield starter(limits=ROOMY_LIMITS)
     starter.close()
 
@@ -52,6 +56,7 @@ def words_of(text: str) -> list[str]:
 
 
 # --- chat -----------------------------------------------------------------------------------------
+
 
 def test_chat_answers_deterministically_with_counted_usage(emulator: RunningEmulator) -> None:
     client = emulator.azure_client()
@@ -72,8 +77,9 @@ def test_chat_honours_max_tokens_stop_n_and_temperature(emulator: RunningEmulato
 
     full = client.chat.completions.create(model=CHAT, messages=ask("Describe it")).choices[0]
     stop_word = full.message.content.split()[3]
-    stopped = client.chat.completions.create(model=CHAT, messages=ask("Describe it"),
-                                             stop=[f" {stop_word}"])
+    stopped = client.chat.completions.create(
+        model=CHAT, messages=ask("Describe it"), stop=[f" {stop_word}"]
+    )
     assert stopped.choices[0].message.content == full.message.content.split(f" {stop_word}")[0]
 
     varied = client.chat.completions.create(model=CHAT, messages=ask("Hi"), n=3, temperature=1)
@@ -87,8 +93,9 @@ def test_streamed_chat_matches_the_plain_answer_and_reports_usage(
 ) -> None:
     client = emulator.azure_client()
     plain = client.chat.completions.create(model=CHAT, messages=ask("Stream this"))
-    stream = client.chat.completions.create(model=CHAT, messages=ask("Stream this"), stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=CHAT, messages=ask("Stream this"), stream=True, stream_options={"include_usage": True}
+    )
     pieces, usage, finish = [], None, None
     for chunk in stream:
         usage = chunk.usage or usage
@@ -123,7 +130,9 @@ def test_parse_returns_a_valid_pydantic_model(emulator: RunningEmulator) -> None
     client = emulator.azure_client()
     for attempt in range(5):  # different seeds take different branches of the schema
         completion = client.chat.completions.parse(
-            model=CHAT, messages=ask("The box was damaged"), response_format=Feedback,
+            model=CHAT,
+            messages=ask("The box was damaged"),
+            response_format=Feedback,
             seed=attempt,
         )
         parsed = completion.choices[0].message.parsed
@@ -140,7 +149,9 @@ class WeatherQuery(BaseModel):
 def test_a_required_tool_call_has_schema_valid_arguments(emulator: RunningEmulator) -> None:
     client = emulator.openai_client()
     completion = client.chat.completions.create(
-        model=CHAT, messages=ask("Weather in Oslo?"), tool_choice="required",
+        model=CHAT,
+        messages=ask("Weather in Oslo?"),
+        tool_choice="required",
         tools=[openai.pydantic_function_tool(WeatherQuery, name="get_weather")],
     )
     choice = completion.choices[0]
@@ -152,11 +163,13 @@ def test_a_required_tool_call_has_schema_valid_arguments(emulator: RunningEmulat
 
 def test_json_object_mode_answers_a_json_object(emulator: RunningEmulator) -> None:
     completion = emulator.azure_client().chat.completions.create(
-        model=CHAT, messages=ask("Answer in JSON"), response_format={"type": "json_object"})
+        model=CHAT, messages=ask("Answer in JSON"), response_format={"type": "json_object"}
+    )
     assert completion.choices[0].message.content.startswith("{")
 
 
 # --- embeddings -----------------------------------------------------------------------------------
+
 
 def test_embeddings_are_normalised_and_closer_for_shared_words(emulator: RunningEmulator) -> None:
     client = emulator.azure_client()
@@ -164,7 +177,9 @@ def test_embeddings_are_normalised_and_closer_for_shared_words(emulator: Running
     assert len(single.data[0].embedding) == 3072
 
     batch = client.embeddings.create(
-        model=EMBEDDING, dimensions=256, encoding_format="float",
+        model=EMBEDDING,
+        dimensions=256,
+        encoding_format="float",
         input=["the parcel arrived late", "my parcel arrived damaged", "quantum field theory"],
     )
     vectors = [np.array(item.embedding) for item in batch.data]
@@ -177,10 +192,12 @@ def test_embeddings_are_normalised_and_closer_for_shared_words(emulator: Running
 def test_base64_embeddings_decode_to_the_float_ones(emulator: RunningEmulator) -> None:
     body = {"model": EMBEDDING, "input": "same text", "dimensions": 64}
     headers = {"api-key": emulator.api_key}
-    floats = httpx.post(f"{emulator.url}/v1/embeddings", headers=headers,
-                        json=body | {"encoding_format": "float"}).json()
-    packed = httpx.post(f"{emulator.url}/v1/embeddings", headers=headers,
-                        json=body | {"encoding_format": "base64"}).json()
+    floats = httpx.post(
+        f"{emulator.url}/v1/embeddings", headers=headers, json=body | {"encoding_format": "float"}
+    ).json()
+    packed = httpx.post(
+        f"{emulator.url}/v1/embeddings", headers=headers, json=body | {"encoding_format": "base64"}
+    ).json()
     decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype=np.float32)
     assert np.allclose(decoded, floats["data"][0]["embedding"])
 
@@ -195,6 +212,7 @@ def test_embeddings_over_azure_limits_are_refused(emulator: RunningEmulator) -> 
 
 # --- Whisper --------------------------------------------------------------------------------------
 
+
 def spoken(text: str) -> tuple[str, bytes, str]:
     return ("speech.wav", wav_bytes(synthesize(text, voice="en-us+m3")), "audio/wav")
 
@@ -202,7 +220,9 @@ def spoken(text: str) -> tuple[str, bytes, str]:
 def test_transcription_returns_the_words_spoken(emulator: RunningEmulator) -> None:
     client = emulator.azure_client()
     result = client.audio.transcriptions.create(
-        model=WHISPER, file=spoken("what is the weather today"), response_format="verbose_json",
+        model=WHISPER,
+        file=spoken("what is the weather today"),
+        response_format="verbose_json",
         timestamp_granularities=["word", "segment"],
     )
     assert words_of(result.text) == ["what", "is", "the", "weather", "today"]
@@ -219,19 +239,25 @@ def test_srt_and_vtt_have_one_timed_cue_per_sentence(emulator: RunningEmulator) 
     srt_cue = r"(\d+)\n(\d\d:\d\d:\d\d,\d{3}) --> (\d\d:\d\d:\d\d,\d{3})\n(.+)\n"
     cues = re.findall(srt_cue, srt)
     assert [(number, text) for number, _, _, text in cues] == [
-        ("1", "Hello world."), ("2", "Thank you very much.")]
+        ("1", "Hello world."),
+        ("2", "Thank you very much."),
+    ]
     assert cues[0][1] < cues[0][2] <= cues[1][1] < cues[1][2]
     assert vtt.startswith("WEBVTT\n\n")
     assert re.findall(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n(.+)\n", vtt) == [
-        "Hello world.", "Thank you very much."]
+        "Hello world.",
+        "Thank you very much.",
+    ]
 
 
 def test_translation_of_english_speech_is_its_transcript(emulator: RunningEmulator) -> None:
     # The SDK deprecates audio.translations; the route is still Azure's, so call it directly.
     response = httpx.post(
         f"{emulator.url}/openai/deployments/{WHISPER}/audio/translations?api-version=2024-10-21",
-        headers={"api-key": emulator.api_key}, files={"file": spoken("thank you very much")},
-        data={"response_format": "text"}, timeout=30,
+        headers={"api-key": emulator.api_key},
+        files={"file": spoken("thank you very much")},
+        data={"response_format": "text"},
+        timeout=30,
     )
     assert response.status_code == 200
     assert response.text == "Thank you very much.\n"
@@ -254,11 +280,13 @@ def test_m4a_and_webm_uploads_are_decoded_without_ffmpeg(
     rate = 48000  # what phones and browsers record at: the emulator resamples it
     audio = compressed(synthesize("what is the weather today", sample_rate=rate), rate, extension)
     result = emulator.azure_client().audio.transcriptions.create(
-        model=WHISPER, file=(f"speech.{extension}", audio))
+        model=WHISPER, file=(f"speech.{extension}", audio)
+    )
     assert words_of(result.text) == ["what", "is", "the", "weather", "today"]
 
 
 # --- errors ---------------------------------------------------------------------------------------
+
 
 def test_a_request_without_a_key_gets_azures_401(emulator: RunningEmulator) -> None:
     response = httpx.post(

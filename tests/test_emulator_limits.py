@@ -17,9 +17,14 @@ from tests.support.emulator import RunningEmulator
 
 CHAT = "gpt-4o"
 RATE_LIMIT_HEADERS = (
-    "retry-after", "retry-after-ms", "x-ratelimit-remaining-tokens",
-    "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens", "x-ratelimit-limit-requests",
-    "x-ratelimit-reset-tokens", "x-ratelimit-reset-requests",
+    "retry-after",
+    "retry-after-ms",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-reset-requests",
 )
 
 
@@ -29,16 +34,19 @@ def ask(text: str) -> list[dict[str, str]]:
 
 # --- over HTTP ------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_spent_tpm_answers_429_with_azures_headers_until_retry_after(
     start_emulator,
 ) -> None:
     # 2 s window: the estimate (prompt + max_tokens 150) fits once in 200 tokens, not twice.
-    emulator: RunningEmulator = start_emulator(limits={CHAT: {"tpm": 200, "rpm": 6000}},
-                                               EMULATOR_WINDOW_SECONDS="2")
+    emulator: RunningEmulator = start_emulator(
+        limits={CHAT: {"tpm": 200, "rpm": 6000}}, EMULATOR_WINDOW_SECONDS="2"
+    )
     client = emulator.azure_client()
     admitted = client.chat.completions.with_raw_response.create(
-        model=CHAT, messages=ask("hello"), max_tokens=150)
+        model=CHAT, messages=ask("hello"), max_tokens=150
+    )
     assert admitted.status_code == 200
     assert int(admitted.headers["x-ratelimit-remaining-tokens"]) < 50
     assert admitted.headers["x-ratelimit-limit-tokens"] == "200"
@@ -65,7 +73,8 @@ def test_injected_faults_and_a_configured_key(start_emulator) -> None:
     emulator: RunningEmulator = start_emulator(EMULATOR_API_KEY="s3cret")
     with pytest.raises(openai.AuthenticationError):
         emulator.azure_client(api_key="wrong").chat.completions.create(
-            model=CHAT, messages=ask("hi"))
+            model=CHAT, messages=ask("hi")
+        )
 
     client = emulator.azure_client()
     emulator.configure(error_rate=1.0, error_status=503)
@@ -83,6 +92,7 @@ def test_injected_faults_and_a_configured_key(start_emulator) -> None:
 
 
 # --- the limiter, with a fake clock ---------------------------------------------------------------
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -124,6 +134,7 @@ def test_a_request_larger_than_the_limit_never_fits() -> None:
 
 
 # --- the schema filler ----------------------------------------------------------------------------
+
 
 class Item(BaseModel):
     label: str = Field(min_length=4, max_length=12)

@@ -25,8 +25,12 @@ def test_unknown_processor_names_the_known_ones():
 
 def test_failure_payload_keeps_the_older_shape():
     payload = failure_payload({"id": "7", "taskId": "t"}, InvalidInput("language is required"))
-    assert payload == {"id": "7", "taskId": "t", "message": "failed",
-                       "error": {"type": "InvalidInput", "detail": "language is required"}}
+    assert payload == {
+        "id": "7",
+        "taskId": "t",
+        "message": "failed",
+        "error": {"type": "InvalidInput", "detail": "language is required"},
+    }
 
 
 def test_backoff_prefers_the_upstream_hint_and_is_capped():
@@ -51,9 +55,13 @@ def test_echo_through_a_real_worker_answers_once_even_when_sent_twice(
     processor = get_processor("echo")
     task_id = task_id_for("echo_iq", "m-42")
     for _ in range(2):  # the same message delivered twice
-        celery_app.send_task(processor.task_name, args=[{"id": "42", "x": [1, 2]}],
-                             kwargs={"out_queue": "echo_oq", "message_id": "m-42"},
-                             task_id=task_id, queue=processor.queue).get(timeout=30)
+        celery_app.send_task(
+            processor.task_name,
+            args=[{"id": "42", "x": [1, 2]}],
+            kwargs={"out_queue": "echo_oq", "message_id": "m-42"},
+            task_id=task_id,
+            queue=processor.queue,
+        ).get(timeout=30)
     entries = redis_client.xrange(stream_key("echo_oq"))
     assert len(entries) == 1
     _, fields = entries[0]
@@ -66,9 +74,11 @@ def test_invalid_body_answers_with_the_failure_payload(celery_app, start_worker,
     start_worker()
     processor = get_processor("echo")
     outcome = celery_app.send_task(
-        processor.task_name, args=[{"taskId": "t-1"}],
+        processor.task_name,
+        args=[{"taskId": "t-1"}],
         kwargs={"out_queue": "echo_oq", "message_id": "m-bad"},
-        task_id=task_id_for("echo_iq", "m-bad"), queue=processor.queue,
+        task_id=task_id_for("echo_iq", "m-bad"),
+        queue=processor.queue,
     ).get(timeout=30)
     assert outcome["message"] == "failed"
     assert outcome["error"]["type"] == "PermanentError"

@@ -60,8 +60,11 @@ def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list
             continue
         released = rng.random() < 0.15
         # Never more than locked, so nothing is charged after the grant's own time.
-        settlement = (limiter.release(decision.request_id) if released
-                      else limiter.report(decision.request_id, rng.randint(0, tokens), 0))
+        settlement = (
+            limiter.release(decision.request_id)
+            if released
+            else limiter.report(decision.request_id, rng.randint(0, tokens), 0)
+        )
         if not (released and settlement.refunded_tokens):  # that one gave its request back too
             grants.append((at_us, tokens - settlement.refunded_tokens))
     return grants
@@ -106,9 +109,21 @@ def race_everyone(redis_url: str, charge_model: str, margin_s: float) -> list[li
     limiter.set_limits("completion", DEPLOYMENT, tpm=TPM, rpm=RPM)
     code = "from tests.test_quota_audit import run_process; run_process()"
     processes = [
-        subprocess.Popen([sys.executable, "-c", code, redis_url, charge_model, str(margin_s),
-                          str(1000 * (n + 1))],
-                         cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                redis_url,
+                charge_model,
+                str(margin_s),
+                str(1000 * (n + 1)),
+            ],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for n in range(PROCESSES)
     ]
     try:

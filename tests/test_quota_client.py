@@ -10,8 +10,15 @@ import pytest
 from quota import QuotaLimiter, SyncTokenClient, TokenClient
 from settings import load_settings
 
-OLDER_STATUS = {"available_tokens", "used_tokens", "locked_tokens", "available_requests",
-                "used_requests", "locked_requests", "reset_time_seconds"}
+OLDER_STATUS = {
+    "available_tokens",
+    "used_tokens",
+    "locked_tokens",
+    "available_requests",
+    "used_requests",
+    "locked_requests",
+    "reset_time_seconds",
+}
 
 
 def test_older_async_usage_runs_unchanged_on_the_real_redis(redis_url):
@@ -33,8 +40,12 @@ def test_older_async_usage_runs_unchanged_on_the_real_redis(redis_url):
         assert allowed
         assert await client.release_whisper_rate(request_id)
         whisper = await client.get_whisper_status()
-        assert set(whisper) == {"available_requests", "used_requests", "locked_requests",
-                                "reset_time_seconds"}
+        assert set(whisper) == {
+            "available_requests",
+            "used_requests",
+            "locked_requests",
+            "reset_time_seconds",
+        }
         await client.aclose()
 
     asyncio.run(older_code())

@@ -29,10 +29,21 @@ def client() -> Iterator[fakeredis.FakeRedis]:
     client.close()
 
 
-def make_limiter(client, *, window_s: float = 60, margin_s: float = 0, lock_ttl_s: int = 300,
-                 charge_model: str = "azure", tpm: int = 1000, rpm: int = 60) -> QuotaLimiter:
-    settings = load_settings(quota_lock_ttl_s=lock_ttl_s, quota_charge_model=charge_model,
-                             quota_upstream_margin_s=margin_s)
+def make_limiter(
+    client,
+    *,
+    window_s: float = 60,
+    margin_s: float = 0,
+    lock_ttl_s: int = 300,
+    charge_model: str = "azure",
+    tpm: int = 1000,
+    rpm: int = 60,
+) -> QuotaLimiter:
+    settings = load_settings(
+        quota_lock_ttl_s=lock_ttl_s,
+        quota_charge_model=charge_model,
+        quota_upstream_margin_s=margin_s,
+    )
     limiter = QuotaLimiter(client, settings, window_s=window_s)
     limiter.set_limits("completion", DEPLOYMENT, tpm=tpm, rpm=rpm)
     return limiter
@@ -85,8 +96,9 @@ def test_requests_are_limited_per_sixth_of_the_window_as_azure_does(client):
     limiter = make_limiter(client, rpm=60)  # 10 per 10 s
     assert all(limiter.acquire("completion", DEPLOYMENT, 1, "a").allowed for _ in range(10))
     decision = limiter.acquire("completion", DEPLOYMENT, 1, "a")
-    assert decision.reason.startswith("API Rate limit would be exceeded: 10 of 10 requests in the "
-                                      "last 10 s")
+    assert decision.reason.startswith(
+        "API Rate limit would be exceeded: 10 of 10 requests in the last 10 s"
+    )
     assert 9 < decision.retry_after_s <= 11
 
 
@@ -96,7 +108,8 @@ def test_whisper_is_limited_by_requests_with_its_own_wording(client):
     assert limiter.acquire("whisper", "whisper", 0, "app").allowed
     assert limiter.acquire("whisper", "whisper", 0, "app").allowed
     assert limiter.acquire("whisper", "whisper", 0, "app").reason.startswith(
-        "Whisper rate limit exceeded: 2 of 2 requests")
+        "Whisper rate limit exceeded: 2 of 2 requests"
+    )
 
 
 def test_a_request_larger_than_the_limit_is_told_it_never_fits(client):
@@ -246,8 +259,9 @@ def test_without_stored_limits_the_settings_defaults_apply(client):
 def test_upstream_usage_we_did_not_see_is_charged_never_refunded(client):
     limiter = make_limiter(client, tpm=1000, rpm=60)
     limiter.acquire("completion", DEPLOYMENT, 100, "a")
-    usage = limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=600,
-                                     remaining_requests=5)  # of 10 per 10 s
+    usage = limiter.observe_upstream(
+        "completion", DEPLOYMENT, remaining_tokens=600, remaining_requests=5
+    )  # of 10 per 10 s
     assert (usage.tokens, usage.requests) == (300, 4)
     assert limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=900) == (0, 0)
     status = limiter.status("completion", DEPLOYMENT)
@@ -272,9 +286,12 @@ def test_all_status_lists_settings_pools_and_every_deployment_used(client):
     limiter.acquire("embedding", "ada-2", 10, "a")
     listed = {(status.pool, status.deployment) for status in limiter.all_status()}
     settings = load_settings()
-    assert listed == {("completion", DEPLOYMENT), ("embedding", "ada-2"),
-                      ("embedding", settings.embedding_engine),
-                      ("whisper", settings.whisper_engine)}
+    assert listed == {
+        ("completion", DEPLOYMENT),
+        ("embedding", "ada-2"),
+        ("embedding", settings.embedding_engine),
+        ("whisper", settings.whisper_engine),
+    }
 
 
 def test_processes_with_different_windows_are_refused_not_mixed(client):
@@ -289,16 +306,19 @@ def test_processes_with_different_upstream_margins_are_refused_not_mixed(client)
         make_limiter(client, margin_s=2).acquire("completion", DEPLOYMENT, 1, "a")
 
 
-@pytest.mark.parametrize("call", [
-    lambda limiter: limiter.acquire("completion", DEPLOYMENT, -5, "a"),
-    lambda limiter: limiter.acquire("completion", DEPLOYMENT, 10**12, "a"),
-    lambda limiter: limiter.acquire("speech", DEPLOYMENT, 5, "a"),
-    lambda limiter: limiter.report("nonsense", 1, 1),
-    lambda limiter: limiter.report(f"completion/{DEPLOYMENT}/t1:r1", -1, 1),
-    lambda limiter: limiter.report(f"completion/{DEPLOYMENT}/t1:r1", 1, 1, pool="embedding"),
-    lambda limiter: limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=-3),
-    lambda limiter: limiter.set_limits("completion", DEPLOYMENT, tpm=-1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda limiter: limiter.acquire("completion", DEPLOYMENT, -5, "a"),
+        lambda limiter: limiter.acquire("completion", DEPLOYMENT, 10**12, "a"),
+        lambda limiter: limiter.acquire("speech", DEPLOYMENT, 5, "a"),
+        lambda limiter: limiter.report("nonsense", 1, 1),
+        lambda limiter: limiter.report(f"completion/{DEPLOYMENT}/t1:r1", -1, 1),
+        lambda limiter: limiter.report(f"completion/{DEPLOYMENT}/t1:r1", 1, 1, pool="embedding"),
+        lambda limiter: limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=-3),
+        lambda limiter: limiter.set_limits("completion", DEPLOYMENT, tpm=-1),
+    ],
+)
 def test_malformed_input_is_a_clear_value_error_and_changes_nothing(client, call):
     limiter = make_limiter(client)
     limiter.acquire("completion", DEPLOYMENT, 100, "a")
@@ -330,8 +350,11 @@ class LimiterAgainstAModel(RuleBasedStateMachine):
 
     @rule(tokens=st.integers(0, 1200), app=st.sampled_from(["a", "b"]))
     def acquire(self, tokens, app):
-        fits = (tokens <= self.tpm and self.tokens + tokens <= self.tpm
-                and self.requests + 1 <= min(self.rpm, max(1, self.rpm // 6)))
+        fits = (
+            tokens <= self.tpm
+            and self.tokens + tokens <= self.tpm
+            and self.requests + 1 <= min(self.rpm, max(1, self.rpm // 6))
+        )
         decision = self.limiter.acquire("completion", DEPLOYMENT, tokens, app)
         assert decision.allowed == fits, decision
         if fits:
@@ -370,8 +393,12 @@ class LimiterAgainstAModel(RuleBasedStateMachine):
         external = max(0, self.tpm - self.tokens - remaining)
         # Upstream's remaining requests are per 10 s: the sub-window's RPM/6.
         external_requests = max(0, self.rpm // 6 - self.requests - remaining_requests)
-        usage = self.limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=remaining,
-                                              remaining_requests=remaining_requests)
+        usage = self.limiter.observe_upstream(
+            "completion",
+            DEPLOYMENT,
+            remaining_tokens=remaining,
+            remaining_requests=remaining_requests,
+        )
         assert usage == (external, external_requests)
         self.tokens += external
         self.requests += external_requests

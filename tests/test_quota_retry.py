@@ -69,11 +69,14 @@ def test_after_max_retries_the_refusal_is_raised(token_client):
     assert len(flaky.started) == 3
 
 
-@pytest.mark.parametrize("error", [
-    QuotaExceeded("Token limit would be exceeded: never fits", None),
-    KeyError("not quota"),
-    RuntimeError("upstream failed"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        QuotaExceeded("Token limit would be exceeded: never fits", None),
+        KeyError("not quota"),
+        RuntimeError("upstream failed"),
+    ],
+)
 def test_what_cannot_succeed_by_waiting_is_raised_at_once(token_client, error):
     flaky = Flaky(refusals=1, error=error)
     with pytest.raises(type(error)):

@@ -19,14 +19,20 @@ def test_defaults_are_the_embedded_laptop_setup(monkeypatch):
     assert settings.embedding_engine == "text-embedding-3-large"
     assert settings.logs_retention_days == 30
     assert [(r.in_queue, r.processor, r.out_queue) for r in settings.routes] == [
-        ("form_iq", "feedback", "form_oq"), ("whisper_iq", "transcribe", "whisper_oq")]
+        ("form_iq", "feedback", "form_oq"),
+        ("whisper_iq", "transcribe", "whisper_oq"),
+    ]
 
 
 @pytest.mark.parametrize(
     ("variable", "value", "field", "expected"),
     [
-        ("APP_OPENAI_API_BASE", "https://x.openai.azure.com/", "openai_api_base",
-         "https://x.openai.azure.com/"),
+        (
+            "APP_OPENAI_API_BASE",
+            "https://x.openai.azure.com/",
+            "openai_api_base",
+            "https://x.openai.azure.com/",
+        ),
         ("APP_OPENAI_API_VERSION", "2024-02-01", "openai_api_version", "2024-02-01"),
         ("APP_OPENAI_ENGINE", "gpt-4", "openai_engine", "gpt-4"),
         ("APP_TPM_QUOTA", "1000", "tpm_quota", 1000),
@@ -38,10 +44,18 @@ def test_defaults_are_the_embedded_laptop_setup(monkeypatch):
         ("APP_EMBEDDING_RPM_QUOTA", "6", "embedding_rpm_quota", 6),
         ("APP_WHISPER_RPM_QUOTA", "3", "whisper_rpm_quota", 3),
         ("WHISPER_REQUESTS_PER_MINUTE", "50", "whisper_rpm_quota", 50),
-        ("APP_SEARCH_ENDPOINT", "https://s.search.windows.net", "search_endpoint",
-         "https://s.search.windows.net"),
-        ("SERVICE_BUS_NAMESPACE", "ns.servicebus.windows.net", "service_bus_namespace",
-         "ns.servicebus.windows.net"),
+        (
+            "APP_SEARCH_ENDPOINT",
+            "https://s.search.windows.net",
+            "search_endpoint",
+            "https://s.search.windows.net",
+        ),
+        (
+            "SERVICE_BUS_NAMESPACE",
+            "ns.servicebus.windows.net",
+            "service_bus_namespace",
+            "ns.servicebus.windows.net",
+        ),
         ("APP_LOGS_RETENTION_DAYS", "7", "logs_retention_days", 7),
         ("REDIS_URL", "redis://cache:6380/1", "redis_url", "redis://cache:6380/1"),
     ],
@@ -79,12 +93,16 @@ def test_counter_url_is_ignored_with_one_warning_line(monkeypatch, caplog):
         ("APP_RPM_QUOTA", "0", r"^APP_RPM_QUOTA='0' is not valid: .*greater than or equal to 1"),
         ("WORKER_POOL", "fibers", r"^WORKER_POOL='fibers' is not valid: .*threads"),
         ("CONDUIT_ROUTES", "only:two", r"^CONDUIT_ROUTES=.* in_queue:processor:out_queue"),
-        ("BROKER_VISIBILITY_TIMEOUT_SECONDS", "5",
-         r"BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed TASK_TIME_LIMIT_SECONDS"),
+        (
+            "BROKER_VISIBILITY_TIMEOUT_SECONDS",
+            "5",
+            r"BROKER_VISIBILITY_TIMEOUT_SECONDS must exceed TASK_TIME_LIMIT_SECONDS",
+        ),
     ],
 )
-def test_a_bad_value_fails_with_one_line_naming_the_variable(monkeypatch, variable, value,
-                                                              expected):
+def test_a_bad_value_fails_with_one_line_naming_the_variable(
+    monkeypatch, variable, value, expected
+):
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=expected) as caught:
         load_settings()

@@ -27,16 +27,22 @@ def compose_command() -> list[str]:
     if legacy:
         return [legacy]
     if docker:
-        pytest.fail("docker is installed but has no compose plugin; install docker-compose "
-                    "(make test does) or the compose v2 plugin")
+        pytest.fail(
+            "docker is installed but has no compose plugin; install docker-compose "
+            "(make test does) or the compose v2 plugin"
+        )
     pytest.skip("no docker client on this machine")
 
 
 def compose(*args: str) -> str:
     result = subprocess.run(
         [*compose_command(), "-f", str(REPO_ROOT / "docker-compose.yml"), *args],
-        cwd=REPO_ROOT, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "ENV_FILE": ".env.example"},
-        capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "ENV_FILE": ".env.example"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

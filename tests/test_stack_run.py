@@ -21,16 +21,19 @@ WORKLOAD_TIMEOUT_SECS = 540.0
 
 @pytest.mark.slow
 @pytest.mark.timeout(720)
-def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(conduit_env, redis_url,
-                                                                 tmp_path) -> None:
+def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
+    conduit_env, redis_url, tmp_path
+) -> None:
     ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port(), "EMULATOR_PORT": free_port()}
     env = {**conduit_env, **{name: str(port) for name, port in ports.items()}}
-    stack = ManagedProcess(python_args("-m", "stack"), env, tmp_path / "stack.out",
-                           name="make run")
+    stack = ManagedProcess(python_args("-m", "stack"), env, tmp_path / "stack.out", name="make run")
     stack.start()
     try:
-        stack.wait_until(lambda: "press Ctrl-C" in stack.output(), WORKLOAD_TIMEOUT_SECS,
-                         "the sample workload to finish")
+        stack.wait_until(
+            lambda: "press Ctrl-C" in stack.output(),
+            WORKLOAD_TIMEOUT_SECS,
+            "the sample workload to finish",
+        )
         output = stack.output()
         expected = len(feedback_messages(route_for(load_settings(), "feedback"))) + 2
         assert f"processed   {expected} of {expected} inputs" in output, output

@@ -37,8 +37,10 @@ def test_local_paths_must_stay_inside_the_root(monkeypatch, tmp_path):
 def test_our_credentials_go_only_to_our_account(monkeypatch):
     ours = "http://127.0.0.1:10000/devstoreaccount1/audio/a.wav"
     assert _blob_credential(ours, account())["account_name"] == "devstoreaccount1"
-    for elsewhere in ["https://attacker.blob.core.windows.net/c/a.wav",
-                      "https://example.com/devstoreaccount1/audio/a.wav"]:
+    for elsewhere in [
+        "https://attacker.blob.core.windows.net/c/a.wav",
+        "https://example.com/devstoreaccount1/audio/a.wav",
+    ]:
         with pytest.raises(InvalidInput, match="not on the configured storage account"):
             _blob_credential(elsewhere, account())
 

@@ -35,8 +35,11 @@ def container(azurite):
 @pytest.fixture
 def worker(azurite, emulator, start_worker):
     emulator.reset()
-    return start_worker(**emulator.client_env(), APP_WHISPER_RPM_QUOTA="600",
-                        AZURE_STORAGE_CONNECTION_STRING=azurite)
+    return start_worker(
+        **emulator.client_env(),
+        APP_WHISPER_RPM_QUOTA="600",
+        AZURE_STORAGE_CONNECTION_STRING=azurite,
+    )
 
 
 def transcribe(celery_app, audio_url: str) -> dict:
@@ -44,9 +47,11 @@ def transcribe(celery_app, audio_url: str) -> dict:
     processor = get_processor("transcribe")
     message_id = f"m-{uuid.uuid4().hex[:8]}"
     return celery_app.send_task(
-        processor.task_name, args=[{"id": "a-1", "taskId": "t-1", "audio_url": audio_url}],
+        processor.task_name,
+        args=[{"id": "a-1", "taskId": "t-1", "audio_url": audio_url}],
         kwargs={"out_queue": "whisper_oq", "message_id": message_id},
-        task_id=task_id_for("whisper_iq", message_id), queue=processor.queue,
+        task_id=task_id_for("whisper_iq", message_id),
+        queue=processor.queue,
     ).get(timeout=RESULT_TIMEOUT_SECS)
 
 
@@ -68,8 +73,12 @@ def test_a_missing_blob_is_a_clear_failure(container, worker, celery_app):
 
     outcome = transcribe(celery_app, missing_url)
 
-    assert outcome == {"id": "a-1", "taskId": "t-1", "message": "failed", "error": {
-        "type": "InvalidInput", "detail": f"audio_url {missing_url!r}: no such blob"}}
+    assert outcome == {
+        "id": "a-1",
+        "taskId": "t-1",
+        "message": "failed",
+        "error": {"type": "InvalidInput", "detail": f"audio_url {missing_url!r}: no such blob"},
+    }
     assert ACCOUNT_KEY not in worker.output() + json.dumps(outcome)
 
 

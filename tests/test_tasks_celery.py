@@ -17,9 +17,12 @@ CHAT = "gpt-4o"
 # The emulator counts a request from its arrival, after Conduit locked it: quota/'s upstream
 # margin (QUOTA_UPSTREAM_MARGIN_SECONDS, default 1 s) covers the way between.
 WINDOW_SECS = "11"
-LIMITS = {CHAT: {"tpm": 100_000, "rpm": 60_000}, "tiny": {"tpm": 2000, "rpm": 60_000},
-          "shared": {"tpm": 1200, "rpm": 60_000},
-          "text-embedding-3-large": {"tpm": 1_000_000, "rpm": 60_000}}
+LIMITS = {
+    CHAT: {"tpm": 100_000, "rpm": 60_000},
+    "tiny": {"tpm": 2000, "rpm": 60_000},
+    "shared": {"tpm": 1200, "rpm": 60_000},
+    "text-embedding-3-large": {"tpm": 1_000_000, "rpm": 60_000},
+}
 RESULT_TIMEOUT_SECS = 150
 
 
@@ -32,8 +35,7 @@ def emulator(module_emulator_starter):
 def worker_env(emulator, conduit_env, monkeypatch):
     """Environment of this test process and of the workers it starts: same quota, same window."""
     emulator.reset()
-    env = {**emulator.client_env(), "QUOTA_WINDOW_SECONDS": WINDOW_SECS,
-           "APP_TPM_QUOTA": "100000"}
+    env = {**emulator.client_env(), "QUOTA_WINDOW_SECONDS": WINDOW_SECS, "APP_TPM_QUOTA": "100000"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -44,11 +46,14 @@ def deployment_stats(emulator, deployment):
 
 
 def send_prompts(celery_app, count, deployment):
-    return [celery_app.send_task(
-        "ai.send_prompt",
-        args=["You answer in one line.", "Describe item {n} of the catalogue.", {"n": n}],
-        kwargs={"model": deployment, "max_tokens": 40 + 10 * (n % 4)})
-        for n in range(count)]
+    return [
+        celery_app.send_task(
+            "ai.send_prompt",
+            args=["You answer in one line.", "Describe item {n} of the catalogue.", {"n": n}],
+            kwargs={"model": deployment, "max_tokens": 40 + 10 * (n % 4)},
+        )
+        for n in range(count)
+    ]
 
 
 def test_a_tiny_quota_finishes_every_task_without_one_upstream_429(
@@ -80,13 +85,16 @@ def test_a_succeeded_task_id_answers_from_its_stored_result(
 ):
     start_worker(concurrency=2, **worker_env)
     messages = [{"role": "user", "content": "hello"}]
-    first = celery_app.send_task("ai.chat_completion", args=[messages], kwargs={"max_tokens": 20},
-                                 task_id="fixed-id").get(timeout=RESULT_TIMEOUT_SECS)
-    again = celery_app.send_task("ai.chat_completion", args=[messages], kwargs={"max_tokens": 20},
-                                 task_id="fixed-id").get(timeout=RESULT_TIMEOUT_SECS)
+    first = celery_app.send_task(
+        "ai.chat_completion", args=[messages], kwargs={"max_tokens": 20}, task_id="fixed-id"
+    ).get(timeout=RESULT_TIMEOUT_SECS)
+    again = celery_app.send_task(
+        "ai.chat_completion", args=[messages], kwargs={"max_tokens": 20}, task_id="fixed-id"
+    ).get(timeout=RESULT_TIMEOUT_SECS)
     assert first == again and deployment_stats(emulator, CHAT)["admitted"] == 1
-    vectors = celery_app.send_task("ai.create_embedding_batch", args=[["a", "b", "c"]],
-                                   kwargs={"batch_size": 2}).get(timeout=RESULT_TIMEOUT_SECS)
+    vectors = celery_app.send_task(
+        "ai.create_embedding_batch", args=[["a", "b", "c"]], kwargs={"batch_size": 2}
+    ).get(timeout=RESULT_TIMEOUT_SECS)
     assert len(vectors) == 3
 
 
@@ -106,15 +114,22 @@ def test_feedback_processor_answers_in_the_older_shape(
 ):
     start_worker(concurrency=2, **worker_env)
     processor = get_processor("feedback")
-    body = {"id": "f-1", "taskId": "t-9", "language": "en",
-            "text": "Delivery was late and the box was damaged {again}."}
+    body = {
+        "id": "f-1",
+        "taskId": "t-9",
+        "language": "en",
+        "text": "Delivery was late and the box was damaged {again}.",
+    }
     outcome = celery_app.send_task(
-        processor.task_name, args=[body], kwargs={"out_queue": "form_oq", "message_id": "m-1"},
-        task_id=task_id_for("form_iq", "m-1"), queue=processor.queue,
+        processor.task_name,
+        args=[body],
+        kwargs={"out_queue": "form_oq", "message_id": "m-1"},
+        task_id=task_id_for("form_iq", "m-1"),
+        queue=processor.queue,
     ).get(timeout=RESULT_TIMEOUT_SECS)
     assert outcome["id"] == "f-1" and outcome["taskId"] == "t-9"
     assert outcome["message"] == "SUCCESS", outcome
     assert outcome["sentiment"] in {"positive", "neutral", "negative", "mixed"}
     assert isinstance(outcome["categories"], list) and outcome["summary"]
-    (_, fields), = redis_client.xrange(stream_key("form_oq"))
+    ((_, fields),) = redis_client.xrange(stream_key("form_oq"))
     assert json.loads(fields["body"]) == outcome

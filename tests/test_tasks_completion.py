@@ -19,8 +19,12 @@ from tasks.errors import InvalidInput, PermanentError, QuotaExhausted, Transient
 CHAT = "gpt-4o"
 EMBEDDING = "text-embedding-3-large"
 # Generous limits: these tests are about answers and accounting, not about waiting.
-LIMITS = {CHAT: {"tpm": 100_000, "rpm": 6000}, EMBEDDING: {"tpm": 1_000_000, "rpm": 6000},
-          "tight": {"tpm": 300, "rpm": 6000}, "counted": {"tpm": 100_000, "rpm": 60}}
+LIMITS = {
+    CHAT: {"tpm": 100_000, "rpm": 6000},
+    EMBEDDING: {"tpm": 1_000_000, "rpm": 6000},
+    "tight": {"tpm": 300, "rpm": 6000},
+    "counted": {"tpm": 100_000, "rpm": 60},
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +49,15 @@ def charged(emulator, deployment):
 
 def test_chat_completion_reports_its_usage_to_the_quota(conduit):
     messages = format_prompt("You are terse.", "Name a {thing}.", {"thing": "colour"})
-    answer = chat_completion(messages, max_tokens=30, temperature=0, top_p=1,
-                             frequency_penalty=0, presence_penalty=0, stop=["\n\n"])
+    answer = chat_completion(
+        messages,
+        max_tokens=30,
+        temperature=0,
+        top_p=1,
+        frequency_penalty=0,
+        presence_penalty=0,
+        stop=["\n\n"],
+    )
     assert answer["content"] and answer["finish_reason"] in {"stop", "length"}
     # The estimate is exactly what the emulator (like Azure) charged on arrival.
     assert estimate_tokens(messages, CHAT, 30) == charged(conduit, CHAT)["tokens_charged"]
@@ -63,14 +74,25 @@ def test_send_prompt_returns_text_and_structured_prompt_a_model(conduit):
         sentiment: str
         categories: list[str]
 
-    verdict = structured_prompt("Classify.", "The {item} broke.", Verdict,
-                                variables={"item": "box"}, max_tokens=200, app_id="forms")
+    verdict = structured_prompt(
+        "Classify.",
+        "The {item} broke.",
+        Verdict,
+        variables={"item": "box"},
+        max_tokens=200,
+        app_id="forms",
+    )
     assert isinstance(verdict, Verdict)
     # The schema travels as prompt; the estimate counts it, so quota and upstream agree.
-    structured_charge = charged(conduit, CHAT)["tokens_charged"] - 20 - \
-        estimate_tokens(format_prompt("Be brief.", "Say hi."), CHAT, 0)
-    assert abs(quota_limiter().status("completion", CHAT).apps["forms"].tokens
-               - structured_charge) <= 3
+    structured_charge = (
+        charged(conduit, CHAT)["tokens_charged"]
+        - 20
+        - estimate_tokens(format_prompt("Be brief.", "Say hi."), CHAT, 0)
+    )
+    assert (
+        abs(quota_limiter().status("completion", CHAT).apps["forms"].tokens - structured_charge)
+        <= 3
+    )
 
 
 def test_quota_refusal_comes_before_any_upload(conduit):
@@ -88,8 +110,7 @@ def test_upstream_429_is_transient_with_its_hint_and_informs_the_limiter(conduit
     # Conduit believes it has 100,000 tokens; the deployment has 300, and another client of
     # it has just spent most of them.
     messages = [{"role": "user", "content": "hello"}]
-    conduit.azure_client().chat.completions.create(model="tight", messages=messages,
-                                                   max_tokens=200)
+    conduit.azure_client().chat.completions.create(model="tight", messages=messages, max_tokens=200)
     with pytest.raises(TransientError) as throttled:
         chat_completion(messages, model="tight", max_tokens=200)
     assert "429" in str(throttled.value) and throttled.value.retry_after_s > 0
@@ -113,8 +134,9 @@ def test_upstream_remaining_requests_are_booked_per_ten_seconds(conduit):
     assert "(external)" not in status.apps and status.available_requests == 8
     # Another client of the deployment sends 5; the next answer says 2 are left, and so do we.
     for _ in range(5):
-        conduit.azure_client().chat.completions.create(model="counted", messages=messages,
-                                                       max_tokens=10)
+        conduit.azure_client().chat.completions.create(
+            model="counted", messages=messages, max_tokens=10
+        )
     chat_completion(messages, model="counted", max_tokens=10)
     status = quota_limiter().status("completion", "counted")
     assert status.apps["(external)"].requests == 5 and status.available_requests == 2
@@ -134,8 +156,10 @@ def test_embeddings_keep_order_across_batches(conduit):
     assert batched == one_by_one
     assert len(create_embedding(texts[:2])) == 2
     assert charged(conduit, EMBEDDING)["admitted"] == 7 + 3 + 1
-    assert quota_limiter().status("embedding", EMBEDDING).used_tokens >= \
-        charged(conduit, EMBEDDING)["tokens_charged"]
+    assert (
+        quota_limiter().status("embedding", EMBEDDING).used_tokens
+        >= charged(conduit, EMBEDDING)["tokens_charged"]
+    )
 
 
 def test_over_long_embedding_input_is_refused_or_truncated(conduit):

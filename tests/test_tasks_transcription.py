@@ -69,10 +69,13 @@ def three_minutes_wav(tmp_path_factory):
 @pytest.fixture
 def env(emulator, conduit_env, monkeypatch, tmp_path_factory):
     emulator.reset()
-    values = {**emulator.client_env(), "APP_WHISPER_RPM_QUOTA": "600",
-              "APP_WHISPER_CHUNK_MAX_SECONDS": CHUNK_SECS,
-              # The recordings live under the session's temporary directory.
-              "AUDIO_LOCAL_ROOT": str(tmp_path_factory.getbasetemp())}
+    values = {
+        **emulator.client_env(),
+        "APP_WHISPER_RPM_QUOTA": "600",
+        "APP_WHISPER_CHUNK_MAX_SECONDS": CHUNK_SECS,
+        # The recordings live under the session's temporary directory.
+        "AUDIO_LOCAL_ROOT": str(tmp_path_factory.getbasetemp()),
+    }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
@@ -106,8 +109,12 @@ def test_bad_audio_is_refused_before_upload(env, emulator, tmp_path):
     # An MP4 header in front of text passes the sniff; FFmpeg cannot decode the rest.
     posing = tmp_path / "memo.m4a"
     posing.write_bytes(b"\x00\x00\x00\x1cftypM4A " + b"this is a text file\n" * 100)
-    for path, problem in [(renamed, "not audio"), (too_large, "26.0 MB"),
-                          (unsupported, "unsupported extension"), (posing, "cannot be decoded")]:
+    for path, problem in [
+        (renamed, "not audio"),
+        (too_large, "26.0 MB"),
+        (unsupported, "unsupported extension"),
+        (posing, "cannot be decoded"),
+    ]:
         with pytest.raises(InvalidInput, match=problem):
             transcribe_audio(path)
     with pytest.raises(InvalidInput, match="response_format"):
@@ -135,8 +142,7 @@ def test_a_short_webm_is_accepted_and_sent_whole(env, emulator, tmp_path):
 def assert_monotonic(segments, total_s):
     starts = [segment["start"] for segment in segments]
     assert starts == sorted(starts)
-    assert all(s["start"] <= s["end"] <= n["start"] + 0.01
-               for s, n in pairwise(segments))
+    assert all(s["start"] <= s["end"] <= n["start"] + 0.01 for s, n in pairwise(segments))
     assert segments[-1]["end"] > total_s - 10 and segments[-1]["end"] <= total_s + 1
 
 
@@ -148,8 +154,9 @@ def test_a_long_m4a_is_cut_at_silences_and_merged_in_order(env, emulator, tmp_pa
     memo.write_bytes(compressed(speech, 16000, "m4a"))
     chunks = prepare_transcription(memo, "verbose_json")
     assert len(chunks) >= 2  # 60 s in chunks of at most 30 s
-    merged = merge_chunk_results([transcribe_chunk(chunk.key, chunk.offset_s)
-                                  for chunk in chunks], "verbose_json")
+    merged = merge_chunk_results(
+        [transcribe_chunk(chunk.key, chunk.offset_s) for chunk in chunks], "verbose_json"
+    )
     assert_monotonic(merged["segments"], len(speech) / 16000)
     assert merged["text"].startswith("What is the weather today. Hello world.")
     assert whisper_requests(emulator) == len(chunks)
@@ -161,7 +168,8 @@ def test_three_minutes_are_chunked_transcribed_at_once_and_merged(
 ):
     start_worker(concurrency=6, **env)
     merged = celery_app.send_task(
-        "ai.transcribe_audio", args=[str(three_minutes_wav), "en", "verbose_json"],
+        "ai.transcribe_audio",
+        args=[str(three_minutes_wav), "en", "verbose_json"],
     ).get(timeout=RESULT_TIMEOUT_SECS)
     chunks = whisper_requests(emulator)
     assert chunks >= 6  # 180 s in chunks of at most 30 s
@@ -174,10 +182,17 @@ def test_three_minutes_are_chunked_transcribed_at_once_and_merged(
     processor = get_processor("transcribe")
     outcome = celery_app.send_task(
         processor.task_name,
-        args=[{"id": "a-1", "taskId": "t-1", "audio_path": str(three_minutes_wav),
-               "response_format": "srt"}],
+        args=[
+            {
+                "id": "a-1",
+                "taskId": "t-1",
+                "audio_path": str(three_minutes_wav),
+                "response_format": "srt",
+            }
+        ],
         kwargs={"out_queue": "whisper_oq", "message_id": "m-1"},
-        task_id=task_id_for("whisper_iq", "m-1"), queue=processor.queue,
+        task_id=task_id_for("whisper_iq", "m-1"),
+        queue=processor.queue,
     ).get(timeout=RESULT_TIMEOUT_SECS)
     assert outcome["message"] == "SUCCESS", outcome
     cues = outcome["transcript"].strip().split("\n\n")
@@ -197,14 +212,17 @@ def test_a_base64_message_is_transcribed_and_bad_audio_answers_failed(
 
     def send(body, message_id):
         return celery_app.send_task(
-            processor.task_name, args=[body],
+            processor.task_name,
+            args=[body],
             kwargs={"out_queue": "whisper_oq", "message_id": message_id},
-            task_id=task_id_for("whisper_iq", message_id), queue=processor.queue,
+            task_id=task_id_for("whisper_iq", message_id),
+            queue=processor.queue,
         ).get(timeout=RESULT_TIMEOUT_SECS)
 
     audio = base64.b64encode(short_wav.read_bytes()).decode()
-    outcome = send({"id": 1, "audio_base64": audio, "filename": "clip.wav",
-                    "response_format": "text"}, "m-b64")
+    outcome = send(
+        {"id": 1, "audio_base64": audio, "filename": "clip.wav", "response_format": "text"}, "m-b64"
+    )
     assert outcome["message"] == "SUCCESS" and outcome["transcript"].startswith("What is")
     text = base64.b64encode(b"not audio at all").decode()
     refused = send({"id": 2, "audio_base64": text, "filename": "clip.wav"}, "m-bad")

@@ -19,13 +19,16 @@ from tasks.upstream import retry_after_s
 
 
 def test_format_prompt_fills_variables_and_keeps_other_braces():
-    messages = format_prompt("Answer as JSON like {\"score\": 1} in {lang}.", "Rate: {text}",
-                             {"lang": "English", "text": "great {product}!"},
-                             examples=[{"user": "Rate: bad", "assistant": "{\"score\": 0}"}])
+    messages = format_prompt(
+        'Answer as JSON like {"score": 1} in {lang}.',
+        "Rate: {text}",
+        {"lang": "English", "text": "great {product}!"},
+        examples=[{"user": "Rate: bad", "assistant": '{"score": 0}'}],
+    )
     assert messages == [
-        {"role": "system", "content": "Answer as JSON like {\"score\": 1} in English."},
+        {"role": "system", "content": 'Answer as JSON like {"score": 1} in English.'},
         {"role": "user", "content": "Rate: bad"},
-        {"role": "assistant", "content": "{\"score\": 0}"},
+        {"role": "assistant", "content": '{"score": 0}'},
         {"role": "user", "content": "Rate: great {product}!"},
     ]
 
@@ -38,18 +41,27 @@ def test_a_missing_variable_is_named():
 
 
 def test_estimate_is_prompt_plus_max_tokens(tiktoken_cache):
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Hello <|endoftext|> there", "name": "ann"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello <|endoftext|> there", "name": "ann"},
+    ]
     assert estimate_tokens(messages, "gpt-4o", 100) == prompt_tokens(messages, "gpt-4o") + 100
-    assert prompt_tokens([{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                         "gpt-4o") == prompt_tokens([{"role": "user", "content": "hi"}], "gpt-4o")
+    assert prompt_tokens(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "gpt-4o"
+    ) == prompt_tokens([{"role": "user", "content": "hi"}], "gpt-4o")
 
 
 def test_batches_respect_count_and_tokens():
-    assert [list(b) for b in plan_batches([1] * 5, max_count=2, max_tokens=100)] == \
-        [[0, 1], [2, 3], [4]]
-    assert [list(b) for b in plan_batches([60, 60, 30, 200], max_count=10, max_tokens=100)] == \
-        [[0], [1, 2], [3]]
+    assert [list(b) for b in plan_batches([1] * 5, max_count=2, max_tokens=100)] == [
+        [0, 1],
+        [2, 3],
+        [4],
+    ]
+    assert [list(b) for b in plan_batches([60, 60, 30, 200], max_count=10, max_tokens=100)] == [
+        [0],
+        [1, 2],
+        [3],
+    ]
 
 
 def test_cuts_fall_in_pauses_and_respect_the_limit():
@@ -71,12 +83,15 @@ def test_containers_are_sniffed():
     assert sniff_container(b"hello, world") is None
 
 
-@pytest.mark.parametrize(("name", "content", "problem"), [
-    ("notes.wav", b"just some text, renamed", "content is not audio"),
-    ("speech.mp3", b"RIFF\x00\x00\x00\x00WAVEfmt ", "named .mp3 but its content is wave"),
-    ("speech.ogg", b"OggS", "unsupported extension"),
-    ("empty.wav", b"", "is empty"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        ("notes.wav", b"just some text, renamed", "content is not audio"),
+        ("speech.mp3", b"RIFF\x00\x00\x00\x00WAVEfmt ", "named .mp3 but its content is wave"),
+        ("speech.ogg", b"OggS", "unsupported extension"),
+        ("empty.wav", b"", "is empty"),
+    ],
+)
 def test_bad_audio_is_refused(tmp_path, name, content, problem):
     path = tmp_path / name
     path.write_bytes(content)
@@ -94,26 +109,42 @@ def test_audio_over_25_mb_is_refused(tmp_path):
 
 
 def _part(text, *segments, language="english", duration=10.0):
-    return {"text": text, "language": language, "duration": duration,
-            "segments": [{"id": n, "start": s, "end": e, "text": t}
-                         for n, (s, e, t) in enumerate(segments)],
-            "words": [{"word": t.split()[0], "start": s, "end": s + 0.5} for s, _, t in segments]}
+    return {
+        "text": text,
+        "language": language,
+        "duration": duration,
+        "segments": [
+            {"id": n, "start": s, "end": e, "text": t} for n, (s, e, t) in enumerate(segments)
+        ],
+        "words": [{"word": t.split()[0], "start": s, "end": s + 0.5} for s, _, t in segments],
+    }
 
 
 def test_chunks_merge_with_their_offsets():
-    merged = merge_transcripts([
-        (0.0, _part("Hello world.", (0.5, 2.0, " Hello world."))),
-        (9.25, _part("Thank you. Goodbye.", (0.2, 1.5, " Thank you."), (3.0, 4.0, " Goodbye."))),
-    ])
+    merged = merge_transcripts(
+        [
+            (0.0, _part("Hello world.", (0.5, 2.0, " Hello world."))),
+            (
+                9.25,
+                _part("Thank you. Goodbye.", (0.2, 1.5, " Thank you."), (3.0, 4.0, " Goodbye.")),
+            ),
+        ]
+    )
     assert merged["text"] == "Hello world. Thank you. Goodbye."
-    assert [(s["id"], s["start"], s["end"]) for s in merged["segments"]] == \
-        [(0, 0.5, 2.0), (1, 9.45, 10.75), (2, 12.25, 13.25)]
+    assert [(s["id"], s["start"], s["end"]) for s in merged["segments"]] == [
+        (0, 0.5, 2.0),
+        (1, 9.45, 10.75),
+        (2, 12.25, 13.25),
+    ]
     assert [w["start"] for w in merged["words"]] == [0.5, 9.45, 12.25]
     assert merged["duration"] == 19.25
     assert render(merged, "text") == merged["text"]
     assert render(merged, "json") == {"text": merged["text"]}
-    assert render(merged, "srt").splitlines()[:3] == ["1", "00:00:00,500 --> 00:00:02,000",
-                                                      "Hello world."]
+    assert render(merged, "srt").splitlines()[:3] == [
+        "1",
+        "00:00:00,500 --> 00:00:02,000",
+        "Hello world.",
+    ]
     vtt = render(merged, "vtt").splitlines()
     assert vtt[0] == "WEBVTT" and "00:00:12.250 --> 00:00:13.250" in vtt
 
@@ -132,16 +163,19 @@ def test_clients_follow_settings(monkeypatch):
     assert client_for(endpoint) is client_for(completion_endpoint(load_settings()))
     assert client_for(endpoint).max_retries == 0
 
-    azure = load_settings(openai_api_base="https://example.openai.azure.com",
-                          whisper_api_base="https://speech.openai.azure.com",
-                          embedding_api_base="https://vectors.openai.azure.com",
-                          embedding_api_key="embedding-key")
+    azure = load_settings(
+        openai_api_base="https://example.openai.azure.com",
+        whisper_api_base="https://speech.openai.azure.com",
+        embedding_api_base="https://vectors.openai.azure.com",
+        embedding_api_key="embedding-key",
+    )
     entra = client_for(completion_endpoint(azure))
     assert isinstance(entra, AzureOpenAI) and completion_endpoint(azure).api_key is None
     assert whisper_endpoint(azure).base_url == "https://speech.openai.azure.com"
     assert embedding_endpoint(azure).api_key == "embedding-key"
 
-    compatible = load_settings(openai_api_base="http://127.0.0.1:11434/v1",
-                               openai_client_kind="openai")
+    compatible = load_settings(
+        openai_api_base="http://127.0.0.1:11434/v1", openai_client_kind="openai"
+    )
     client = client_for(completion_endpoint(compatible))
     assert type(client) is OpenAI and str(client.base_url) == "http://127.0.0.1:11434/v1/"

@@ -26,8 +26,15 @@ print(len(encoding_for_model("gpt-4o").encode("hello world")),
 def test_encodings_load_with_sockets_blocked_in_a_fresh_process(tmp_path):
     # A fresh process and an empty cache dir: nothing tiktoken could have cached before.
     env = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", NO_NETWORK_THEN_ENCODE], env=env, cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", NO_NETWORK_THEN_ENCODE],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
     assert out == ["2", "2", "o200k_base", "cl100k_base"]
 
 

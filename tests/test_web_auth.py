@@ -65,16 +65,28 @@ def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
 
 def token(key: rsa.RSAPrivateKey, kid: str = "k1", **overrides: object) -> str:
     now = int(time.time())
-    claims = {"aud": AUDIENCE, "iss": ISSUER, "azp": CLIENT_ID, "sub": "svc",
-              "iat": now, "nbf": now, "exp": now + 600, **overrides}
+    claims = {
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+        "azp": CLIENT_ID,
+        "sub": "svc",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        **overrides,
+    }
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
 
 
 @pytest.fixture
 def client(redis_url: str, jwks_url: str):
-    settings = load_settings(auth_jwks_url=jwks_url, auth_audiences=[AUDIENCE],
-                             auth_issuer=ISSUER, auth_required_client_id=CLIENT_ID,
-                             auth_api_key="static-key-for-tests")
+    settings = load_settings(
+        auth_jwks_url=jwks_url,
+        auth_audiences=[AUDIENCE],
+        auth_issuer=ISSUER,
+        auth_required_client_id=CLIENT_ID,
+        auth_api_key="static-key-for-tests",
+    )
     with create_app(settings).test_client() as test_client:
         yield test_client
 
@@ -123,8 +135,12 @@ def test_unknown_kid_is_refused(client) -> None:
 
 def test_alg_none_is_refused(client) -> None:
     now = int(time.time())
-    unsigned = jwt.encode({"aud": AUDIENCE, "iss": ISSUER, "azp": CLIENT_ID, "exp": now + 600},
-                          None, algorithm="none", headers={"kid": "k1"})
+    unsigned = jwt.encode(
+        {"aud": AUDIENCE, "iss": ISSUER, "azp": CLIENT_ID, "exp": now + 600},
+        None,
+        algorithm="none",
+        headers={"kid": "k1"},
+    )
     assert client.get(PROTECTED, headers=bearer(unsigned)).status_code == 401
 
 
@@ -135,11 +151,13 @@ def test_hs256_signed_with_the_public_key_is_refused(client, signing_key) -> Non
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=")
 
     public_pem = signing_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     claims = {"aud": AUDIENCE, "iss": ISSUER, "azp": CLIENT_ID, "exp": int(time.time()) + 600}
     signed = part({"alg": "HS256", "typ": "JWT", "kid": "k1"}) + b"." + part(claims)
     signature = base64.urlsafe_b64encode(
-        hmac.new(public_pem, signed, hashlib.sha256).digest()).rstrip(b"=")
+        hmac.new(public_pem, signed, hashlib.sha256).digest()
+    ).rstrip(b"=")
     forged = (signed + b"." + signature).decode()
     assert client.get(PROTECTED, headers=bearer(forged)).status_code == 401
 

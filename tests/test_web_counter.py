@@ -12,18 +12,34 @@ import pytest
 from settings import load_settings
 from web.app import MAX_REQUEST_BYTES, create_app
 
-STATUS_FIELDS = {"available_tokens", "used_tokens", "locked_tokens", "available_requests",
-                 "used_requests", "locked_requests", "reset_time_seconds"}
-WHISPER_STATUS_FIELDS = {"available_requests", "used_requests", "locked_requests",
-                         "reset_time_seconds"}
+STATUS_FIELDS = {
+    "available_tokens",
+    "used_tokens",
+    "locked_tokens",
+    "available_requests",
+    "used_requests",
+    "locked_requests",
+    "reset_time_seconds",
+}
+WHISPER_STATUS_FIELDS = {
+    "available_requests",
+    "used_requests",
+    "locked_requests",
+    "reset_time_seconds",
+}
 
 
 @pytest.fixture
 def client(redis_url: str):
     # RPM 60 allows 10 requests per 10 s (Azure's RPM/6); Whisper 6 allows one.
-    settings = load_settings(auth_disabled=True, tpm_quota=1000, rpm_quota=60,
-                             embedding_tpm_quota=5000, embedding_rpm_quota=600,
-                             whisper_rpm_quota=6)
+    settings = load_settings(
+        auth_disabled=True,
+        tpm_quota=1000,
+        rpm_quota=60,
+        embedding_tpm_quota=5000,
+        embedding_rpm_quota=600,
+        whisper_rpm_quota=6,
+    )
     with create_app(settings).test_client() as test_client:
         yield test_client
 
@@ -61,9 +77,16 @@ def test_lock_report_status_round_trip(client) -> None:
     assert status["locked_tokens"] == 300
     assert status["locked_requests"] == 1
 
-    report = client.post("/report", json={"app_id": "app1", "request_id": granted["request_id"],
-                                          "prompt_tokens": 200, "completion_tokens": 50,
-                                          "rate_request_id": granted["rate_request_id"]})
+    report = client.post(
+        "/report",
+        json={
+            "app_id": "app1",
+            "request_id": granted["request_id"],
+            "prompt_tokens": 200,
+            "completion_tokens": 50,
+            "rate_request_id": granted["rate_request_id"],
+        },
+    )
     assert report.status_code == 200
     assert report.json == {"success": True}
     status = client.get("/status").json
@@ -89,16 +112,19 @@ def test_request_refusal_is_200_with_the_older_wording(client) -> None:
 
 def test_release_gives_tokens_back(client) -> None:
     granted = lock(client, token_count=400)
-    response = client.post("/release", json={"app_id": "app1",
-                                             "request_id": granted["request_id"]})
+    response = client.post("/release", json={"app_id": "app1", "request_id": granted["request_id"]})
     assert response.json == {"success": True}
     assert client.get("/status").json["locked_tokens"] == 0
 
 
 @pytest.mark.parametrize("path", ["/report", "/release"])
 def test_unknown_or_settled_ids_are_400_with_detail(client, path: str) -> None:
-    body = {"app_id": "app1", "request_id": "completion/gpt-4o/t999:r999",
-            "prompt_tokens": 1, "completion_tokens": 1}
+    body = {
+        "app_id": "app1",
+        "request_id": "completion/gpt-4o/t999:r999",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+    }
     response = client.post(path, json=body)
     assert response.status_code == 400
     assert "unknown" in response.json["detail"]
@@ -118,8 +144,10 @@ def test_unknown_or_settled_ids_are_400_with_detail(client, path: str) -> None:
 def test_embedding_pool(client) -> None:
     granted = lock(client, "/embedding/lock", token_count=1000)
     assert granted["allowed"] and granted["rate_request_id"]
-    report = client.post("/embedding/report", json={"app_id": "app1", "prompt_tokens": 900,
-                                                    "request_id": granted["request_id"]})
+    report = client.post(
+        "/embedding/report",
+        json={"app_id": "app1", "prompt_tokens": 900, "request_id": granted["request_id"]},
+    )
     assert report.json == {"success": True}
     status = client.get("/embedding/status").json
     assert set(status) == STATUS_FIELDS
@@ -128,8 +156,9 @@ def test_embedding_pool(client) -> None:
     assert client.get("/status").json["used_tokens"] == 0
     # An id from one pool cannot settle a lock of another.
     other = lock(client, token_count=10)
-    mixed = client.post("/embedding/release", json={"app_id": "app1",
-                                                    "request_id": other["request_id"]})
+    mixed = client.post(
+        "/embedding/release", json={"app_id": "app1", "request_id": other["request_id"]}
+    )
     assert mixed.status_code == 400
 
 
@@ -144,12 +173,16 @@ def test_whisper_pool_counts_requests_only(client) -> None:
     status = client.get("/whisper/status").json
     assert set(status) == WHISPER_STATUS_FIELDS
     assert status["locked_requests"] == 1
-    report = client.post("/whisper/report", json={"app_id": "app1",
-                                                  "request_id": granted["request_id"]})
+    report = client.post(
+        "/whisper/report", json={"app_id": "app1", "request_id": granted["request_id"]}
+    )
     assert report.json == {"success": True}
-    assert client.post("/whisper/release", json={"app_id": "app1",
-                                                  "request_id": granted["request_id"]}
-                       ).status_code == 400
+    assert (
+        client.post(
+            "/whisper/release", json={"app_id": "app1", "request_id": granted["request_id"]}
+        ).status_code
+        == 400
+    )
 
 
 def test_bad_bodies_are_json_errors(client) -> None:
@@ -165,8 +198,7 @@ def test_bad_bodies_are_json_errors(client) -> None:
     assert not_json.status_code == 400
     assert "detail" in not_json.json
 
-    huge = client.post("/lock", data="x" * (MAX_REQUEST_BYTES + 1),
-                       content_type="application/json")
+    huge = client.post("/lock", data="x" * (MAX_REQUEST_BYTES + 1), content_type="application/json")
     assert huge.status_code == 413
     assert "detail" in huge.json
 
@@ -186,5 +218,7 @@ def test_quota_api_lists_every_pool_with_the_per_app_split(client) -> None:
     completion = pools["completion"]
     assert completion["deployment"] == "gpt-4o"
     assert completion["tpm"] == 1000
-    assert completion["apps"] == {"feedback": {"tokens": 120, "requests": 1},
-                                  "search": {"tokens": 30, "requests": 1}}
+    assert completion["apps"] == {
+        "feedback": {"tokens": 120, "requests": 1},
+        "search": {"tokens": 30, "requests": 1},
+    }

@@ -102,9 +102,11 @@ def test_status_socket_pushes_one_shared_frame_a_second(start_web, redis_client)
         assert all(next(stream)["type"] == "history" for stream in streams)
         first = next(streams[0])
         assert first["type"] == "status"
-        assert {p["name"] for p in first["pools"]} >= {"completion/gpt-4o",
-                                                       "embedding/text-embedding-3-large",
-                                                       "whisper/whisper"}
+        assert {p["name"] for p in first["pools"]} >= {
+            "completion/gpt-4o",
+            "embedding/text-embedding-3-large",
+            "whisper/whisper",
+        }
         assert {"feedback", "transcribe"} <= {q["name"] for q in first["queues"]}
         assert {"alive", "bridges", "routes"} <= first["bridge"].keys()
 
@@ -132,17 +134,27 @@ def test_status_socket_pushes_one_shared_frame_a_second(start_web, redis_client)
 # --- the page in headless Chromium ---------------------------------------------------------------
 def chromium_driver(profile_dir: Path):
     if not (shutil.which("chromium") and Path(CHROMEDRIVER).exists()):
-        pytest.fail("Debian chromium and chromium-driver are needed: `make test` installs them "
-                    "(apt-get install -y chromium chromium-driver)")
+        pytest.fail(
+            "Debian chromium and chromium-driver are needed: `make test` installs them "
+            "(apt-get install -y chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,1100",
-                 f"--user-data-dir={profile_dir}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1100",
+        f"--user-data-dir={profile_dir}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
@@ -176,14 +188,24 @@ def test_dashboard_moves_in_chromium_when_tasks_spend_quota(
         assert text_of(driver, tokens_cell) == "0"
 
         for number in range(6):
-            body = {"id": number, "language": "en", "app_id": "dashboard-demo",
-                    "text": f"Delivery number {number} was late but support was very helpful."}
-            celery_app.send_task("processors.feedback", args=[body],
-                                 kwargs={"out_queue": "form_oq", "message_id": str(uuid.uuid4())},
-                                 queue="feedback")
+            body = {
+                "id": number,
+                "language": "en",
+                "app_id": "dashboard-demo",
+                "text": f"Delivery number {number} was late but support was very helpful.",
+            }
+            celery_app.send_task(
+                "processors.feedback",
+                args=[body],
+                kwargs={"out_queue": "form_oq", "message_id": str(uuid.uuid4())},
+                queue="feedback",
+            )
 
-        wait_for(lambda: text_of(driver, tokens_cell) not in ("", "0"), 90,
-                 "completion tokens to show up")
+        wait_for(
+            lambda: text_of(driver, tokens_cell) not in ("", "0"),
+            90,
+            "completion tokens to show up",
+        )
         wait_for(lambda: "dashboard-demo" in text_of(driver, "#apps"), 10, "the per-app share")
         legend = text_of(driver, "#legend")
         assert "completion/gpt-4o" in legend

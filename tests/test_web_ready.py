@@ -33,14 +33,36 @@ def test_ready_follows_redis_bridge_and_workers(conduit_env, tmp_path: Path) -> 
         assert alone.json["checks"]["redis"]["ok"]
 
         name = f"ready-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        processes.append(ManagedProcess(
-            python_args("-m", "celery", "-A", "worker", "worker", "-P", "threads", "-c", "2",
-                        "-n", name, "--without-gossip", "--without-mingle"),
-            env, tmp_path / "worker.log", name="worker").start())
-        processes.append(ManagedProcess(python_args("-m", "bridge"), env,
-                                        tmp_path / "bridge.log", name="bridge").start())
-        processes[0].wait_until(lambda: client.get("/ready").status_code == 200, 60,
-                                "/ready to say ready")
+        processes.append(
+            ManagedProcess(
+                python_args(
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker",
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    "2",
+                    "-n",
+                    name,
+                    "--without-gossip",
+                    "--without-mingle",
+                ),
+                env,
+                tmp_path / "worker.log",
+                name="worker",
+            ).start()
+        )
+        processes.append(
+            ManagedProcess(
+                python_args("-m", "bridge"), env, tmp_path / "bridge.log", name="bridge"
+            ).start()
+        )
+        processes[0].wait_until(
+            lambda: client.get("/ready").status_code == 200, 60, "/ready to say ready"
+        )
         ready = client.get("/ready").json
         assert ready["ready"] is True
         assert set(ready["checks"]) == {"redis", "broker", "bridge", "workers"}

@@ -44,9 +44,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     authenticator = Authenticator(settings)
     if authenticator.disabled:
-        log.warning("AUTH_DISABLED is set: every endpoint is open to anyone who can reach "
-                    "%s:%s. Use this for local development only.",
-                    settings.web_host, settings.web_port)
+        log.warning(
+            "AUTH_DISABLED is set: every endpoint is open to anyone who can reach "
+            "%s:%s. Use this for local development only.",
+            settings.web_host,
+            settings.web_port,
+        )
 
     @app.before_request
     def _require_credentials() -> None:
@@ -55,7 +58,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     Services.create(settings).init_app(app)
     sock.init_app(app)
     register_error_handlers(app)
-    for blueprint in (counter.blueprint, quota_api.blueprint, health.blueprint,
-                      dashboard.blueprint):
+    for blueprint in (
+        counter.blueprint,
+        quota_api.blueprint,
+        health.blueprint,
+        dashboard.blueprint,
+    ):
         app.register_blueprint(blueprint)
     return app

@@ -73,12 +73,14 @@ class StatusBroadcaster:
 
     def subscribe(self) -> Subscription:
         with self._lock:
-            subscription = Subscription(json.dumps({"type": "history",
-                                                    "points": list(self._history)}))
+            subscription = Subscription(
+                json.dumps({"type": "history", "points": list(self._history)})
+            )
             self._subscribers.add(subscription)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="dashboard-broadcaster",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="dashboard-broadcaster", daemon=True
+                )
                 self._thread.start()
             return subscription
 
@@ -104,8 +106,9 @@ class StatusBroadcaster:
             status = self._read()
         except Exception as error:  # noqa: BLE001 - the page shows it; the thread keeps going
             log.warning("dashboard status read failed: %s", error)
-            return json.dumps({"type": "error", "time": time.time(),
-                               "detail": f"{type(error).__name__}: {error}"})
+            return json.dumps(
+                {"type": "error", "time": time.time(), "detail": f"{type(error).__name__}: {error}"}
+            )
         if "point" in status:
             self._history.append(status["point"])
         return json.dumps({"type": "status", **status})

@@ -24,8 +24,12 @@ blueprint = Blueprint("counter", __name__)
 
 POOL_PREFIXES = {"completion": "", "embedding": "/embedding", "whisper": "/whisper"}
 TOKEN_STATUS_FIELDS = ("available_tokens", "used_tokens", "locked_tokens")
-REQUEST_STATUS_FIELDS = ("available_requests", "used_requests", "locked_requests",
-                         "reset_time_seconds")
+REQUEST_STATUS_FIELDS = (
+    "available_requests",
+    "used_requests",
+    "locked_requests",
+    "reset_time_seconds",
+)
 
 
 class TokenRequest(BaseModel):
@@ -58,10 +62,14 @@ class ReleaseRequest(BaseModel):
 
 
 LOCK_MODELS: dict[str, type[BaseModel]] = {
-    "completion": TokenRequest, "embedding": TokenRequest, "whisper": WhisperRateRequest,
+    "completion": TokenRequest,
+    "embedding": TokenRequest,
+    "whisper": WhisperRateRequest,
 }
 REPORT_MODELS: dict[str, type[BaseModel]] = {
-    "completion": TokenReport, "embedding": EmbeddingReport, "whisper": ReleaseRequest,
+    "completion": TokenReport,
+    "embedding": EmbeddingReport,
+    "whisper": ReleaseRequest,
 }
 
 
@@ -76,8 +84,10 @@ def counter_status(status: QuotaStatus) -> dict[str, Any]:
         fields = TOKEN_STATUS_FIELDS + fields
     values = status._asdict()
     # The older counter answered whole seconds.
-    return {name: round(values[name]) if name == "reset_time_seconds" else values[name]
-            for name in fields}
+    return {
+        name: round(values[name]) if name == "reset_time_seconds" else values[name]
+        for name in fields
+    }
 
 
 def _body(model: type[BaseModel]) -> Any:
@@ -106,8 +116,9 @@ def lock(pool: str):
     conduit = services()
     tokens = getattr(body, "token_count", 0)
     try:
-        decision = conduit.limiter.acquire(pool, deployment_of(pool, conduit.settings), tokens,
-                                           body.app_id)
+        decision = conduit.limiter.acquire(
+            pool, deployment_of(pool, conduit.settings), tokens, body.app_id
+        )
     except QuotaError as error:
         return json_error(400, str(error))
     answer: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
@@ -121,8 +132,12 @@ def lock(pool: str):
 def report(pool: str):
     body = _body(REPORT_MODELS[pool])
     try:
-        services().limiter.report(body.request_id, getattr(body, "prompt_tokens", 0),
-                                  getattr(body, "completion_tokens", 0), pool=pool)
+        services().limiter.report(
+            body.request_id,
+            getattr(body, "prompt_tokens", 0),
+            getattr(body, "completion_tokens", 0),
+            pool=pool,
+        )
     except QuotaError as error:
         return json_error(400, f"Failed to report usage: {error}")
     return {"success": True}
@@ -145,5 +160,10 @@ def status(pool: str):
 for _pool, _prefix in POOL_PREFIXES.items():
     _name = "" if _pool == "completion" else f"{_pool}_"
     for _view, _method in ((lock, "POST"), (report, "POST"), (release, "POST"), (status, "GET")):
-        blueprint.add_url_rule(f"{_prefix}/{_view.__name__}", endpoint=f"{_name}{_view.__name__}",
-                               view_func=_view, methods=[_method], defaults={"pool": _pool})
+        blueprint.add_url_rule(
+            f"{_prefix}/{_view.__name__}",
+            endpoint=f"{_name}{_view.__name__}",
+            view_func=_view,
+            methods=[_method],
+            defaults={"pool": _pool},
+        )

@@ -25,8 +25,10 @@ FRAME_TIMEOUT_SECS = 15.0
 @blueprint.get("/dashboard")
 def page():
     nonce = secrets.token_urlsafe(16)
-    policy = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-              "connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'")
+    policy = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+    )
     html = render_template("dashboard.html", nonce=nonce, app_name=services().settings.app_name)
     return html, 200, {"Content-Security-Policy": policy, "Cache-Control": "no-store"}
 

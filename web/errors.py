@@ -31,8 +31,9 @@ def _auth_error(error: AuthError) -> tuple[Response, int, dict[str, str]]:
 
 def _invalid_body(error: ValidationError) -> tuple[Response, int]:
     # FastAPI's 422 shape: a list of {loc, msg, type}, so old clients' error handling still fits.
-    return json_error(422, error.errors(include_url=False, include_context=False,
-                                        include_input=False))
+    return json_error(
+        422, error.errors(include_url=False, include_context=False, include_input=False)
+    )
 
 
 def _unexpected(error: Exception) -> tuple[Response, int]:

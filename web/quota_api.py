@@ -16,5 +16,7 @@ blueprint = Blueprint("quota_api", __name__, url_prefix="/api/v1")
 @blueprint.get("/quota")
 def all_quota():
     limiter = services().limiter
-    return {"window_seconds": limiter.window_s,
-            "pools": [status.as_dict() for status in limiter.all_status()]}
+    return {
+        "window_seconds": limiter.window_s,
+        "pools": [status.as_dict() for status in limiter.all_status()],
+    }

@@ -45,14 +45,22 @@ class Services:
     @classmethod
     def create(cls, settings: Settings) -> Services:
         client = redis.Redis.from_url(
-            settings.broker_url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECS, health_check_interval=30,
+            settings.broker_url,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT_SECS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECS,
+            health_check_interval=30,
         )
         limiter = QuotaLimiter(client, settings)
         reader = SnapshotReader(client, limiter, queue_names(settings))
-        return cls(settings=settings, redis=client, limiter=limiter,
-                   celery=create_celery(settings), broadcaster=StatusBroadcaster(reader.read),
-                   version=project_version())
+        return cls(
+            settings=settings,
+            redis=client,
+            limiter=limiter,
+            celery=create_celery(settings),
+            broadcaster=StatusBroadcaster(reader.read),
+            version=project_version(),
+        )
 
     def init_app(self, app: Flask) -> None:
         app.extensions[EXTENSION_KEY] = self

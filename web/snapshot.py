@@ -57,18 +57,22 @@ class SnapshotReader:
         seconds, microseconds = replies[0]
         self._deployments = self._protocol.known_deployments(replies[1])
         offset = 2
-        statuses = [call.parse(reply) for call, reply in
-                    zip(calls, replies[offset:offset + len(calls)], strict=True)]
+        statuses = [
+            call.parse(reply)
+            for call, reply in zip(calls, replies[offset : offset + len(calls)], strict=True)
+        ]
         offset += len(calls)
-        depths = replies[offset:offset + len(self._queues)]
+        depths = replies[offset : offset + len(self._queues)]
         offset += len(self._queues)
         now = int(seconds) + int(microseconds) / 1e6
         return {
             "time": now,
             "window_seconds": self._protocol.window_s,
             "pools": [pool_view(status) for status in statuses],
-            "queues": [{"name": name, "depth": depth}
-                       for name, depth in zip(self._queues, depths, strict=True)],
+            "queues": [
+                {"name": name, "depth": depth}
+                for name, depth in zip(self._queues, depths, strict=True)
+            ],
             "in_progress": replies[offset],
             "bridge": read_bridge_stats(self._client),
             "point": chart_point(now, statuses),

@@ -54,8 +54,9 @@ def _describe(error: ValidationError) -> str:
 
 
 @shared_task(name="processors.write_outcome", acks_late=True, reject_on_worker_lost=True)
-def write_outcome(outcome: dict[str, Any], out_queue: str, message_id: str,
-                  task_id: str) -> dict[str, Any]:
+def write_outcome(
+    outcome: dict[str, Any], out_queue: str, message_id: str, task_id: str
+) -> dict[str, Any]:
     """The last step of a fanned-out processor: its outcome into the outbox, once per task id."""
     write_result(redis_client(), out_queue, task_id, message_id, outcome)
     return outcome
@@ -109,8 +110,14 @@ def processor_task(name: str, input_model: type[BaseModel]):
 
         @shared_task(name=task_name, bind=True, acks_late=True, reject_on_worker_lost=True)
         def task(self: Task, body: dict[str, Any], out_queue: str, message_id: str):
-            return run_processor(self, handle=handle, input_model=input_model, body=body,
-                                 out_queue=out_queue, message_id=message_id)
+            return run_processor(
+                self,
+                handle=handle,
+                input_model=input_model,
+                body=body,
+                out_queue=out_queue,
+                message_id=message_id,
+            )
 
         register(Processor(name=name, input_model=input_model, task_name=task_name))
         handle.task = task

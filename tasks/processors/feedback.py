@@ -45,9 +45,17 @@ def feedback(message: FeedbackInput) -> dict[str, Any]:
     from tasks.completion import structured_prompt
 
     analysis = structured_prompt(
-        SYSTEM_PROMPT, USER_PROMPT, FeedbackAnalysis,
+        SYSTEM_PROMPT,
+        USER_PROMPT,
+        FeedbackAnalysis,
         variables={"language": message.language, "text": message.text},
-        temperature=0.0, max_tokens=ANALYSIS_MAX_TOKENS, app_id=message.app_id,
+        temperature=0.0,
+        max_tokens=ANALYSIS_MAX_TOKENS,
+        app_id=message.app_id,
     )
-    return {"id": message.id, "taskId": message.taskId, "message": "SUCCESS",
-            **analysis.model_dump()}
+    return {
+        "id": message.id,
+        "taskId": message.taskId,
+        "message": "SUCCESS",
+        **analysis.model_dump(),
+    }

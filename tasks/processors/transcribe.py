@@ -36,28 +36,38 @@ class TranscribeInput(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> TranscribeInput:
-        given = [name for name in ("audio_path", "audio_url", "audio_base64")
-                 if getattr(self, name)]
+        given = [
+            name for name in ("audio_path", "audio_url", "audio_base64") if getattr(self, name)
+        ]
         if len(given) != 1:
-            raise ValueError("give exactly one of audio_path, audio_url, audio_base64 "
-                             f"(got {', '.join(given) or 'none'})")
+            raise ValueError(
+                "give exactly one of audio_path, audio_url, audio_base64 "
+                f"(got {', '.join(given) or 'none'})"
+            )
         return self
 
 
 def _answer(message: dict[str, Any], response_format: str, transcript: Any) -> dict[str, Any]:
-    return {"id": message["id"], "taskId": message.get("taskId"), "message": "SUCCESS",
-            "response_format": response_format, "transcript": transcript}
+    return {
+        "id": message["id"],
+        "taskId": message.get("taskId"),
+        "message": "SUCCESS",
+        "response_format": response_format,
+        "transcript": transcript,
+    }
 
 
 @shared_task(name="processors.transcribe.finish", acks_late=True, reject_on_worker_lost=True)
-def finish_transcription(chunk_results: list[dict[str, Any]], message: dict[str, Any],
-                         response_format: str) -> dict[str, Any]:
+def finish_transcription(
+    chunk_results: list[dict[str, Any]], message: dict[str, Any], response_format: str
+) -> dict[str, Any]:
     """The chord callback: merged transcript, or the failure payload; never raises."""
     from tasks.transcription import merge_chunk_results
 
     try:
-        return _answer(message, response_format,
-                       merge_chunk_results(chunk_results, response_format))
+        return _answer(
+            message, response_format, merge_chunk_results(chunk_results, response_format)
+        )
     except PermanentError as error:
         return failure_payload(message, error)
 
@@ -71,15 +81,29 @@ def transcribe(message: TranscribeInput) -> Any:
     from tasks.transcription import prepare_transcription, transcribe_whole
 
     with tempfile.TemporaryDirectory(prefix="conduit-audio-") as work_dir:
-        path = local_audio(Path(work_dir), path=message.audio_path, url=message.audio_url,
-                           base64_data=message.audio_base64, filename=message.filename)
-        chunks = prepare_transcription(path, message.response_format,
-                                       message.timestamp_granularities)
+        path = local_audio(
+            Path(work_dir),
+            path=message.audio_path,
+            url=message.audio_url,
+            base64_data=message.audio_base64,
+            filename=message.filename,
+        )
+        chunks = prepare_transcription(
+            path, message.response_format, message.timestamp_granularities
+        )
         if chunks is None:
-            transcript = transcribe_whole(path, message.language, message.response_format,
-                                          message.timestamp_granularities, app_id=message.app_id)
+            transcript = transcribe_whole(
+                path,
+                message.language,
+                message.response_format,
+                message.timestamp_granularities,
+                app_id=message.app_id,
+            )
             return _answer(message.model_dump(), message.response_format, transcript)
     fields = {"id": message.id, "taskId": message.taskId}
-    return chord(chunk_group(chunks, message.language, message.timestamp_granularities,
-                             app_id=message.app_id),
-                 finish_transcription.s(fields, message.response_format))
+    return chord(
+        chunk_group(
+            chunks, message.language, message.timestamp_granularities, app_id=message.app_id
+        ),
+        finish_transcription.s(fields, message.response_format),
+    )

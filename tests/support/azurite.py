@@ -20,8 +20,9 @@ from tests.support.processes import REPO_ROOT, ManagedProcess
 AZURITE_BLOB = REPO_ROOT / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's one account and key: published by Microsoft for the emulator, not a secret.
 ACCOUNT_NAME = "devstoreaccount1"
-ACCOUNT_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
-               "KBHBeksoGMGw==")
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 
 
 def node_missing() -> str | None:
@@ -31,8 +32,10 @@ def node_missing() -> str | None:
 
 
 def connection_string(port: int) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT_NAME};")
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT_NAME};"
+    )
 
 
 @contextmanager
@@ -41,8 +44,10 @@ def running_azurite(log_dir: Path) -> Iterator[str]:
     from azure.storage.blob import BlobServiceClient
 
     if not AZURITE_BLOB.exists():
-        raise RuntimeError(f"Azurite is not installed ({AZURITE_BLOB} is missing): run "
-                           "`make test-tools`, or `npm ci` in tools/azurite")
+        raise RuntimeError(
+            f"Azurite is not installed ({AZURITE_BLOB} is missing): run "
+            "`make test-tools`, or `npm ci` in tools/azurite"
+        )
     port = free_port()
     connection = connection_string(port)
     # No retries: a readiness probe that fails should fail fast and be asked again.
@@ -52,10 +57,19 @@ def running_azurite(log_dir: Path) -> Iterator[str]:
         probe.get_service_properties()
         return True
 
-    args = [str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-            "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry"]
-    azurite = ManagedProcess(args, dict(os.environ), log_dir / "azurite.log", ready=answers,
-                             name="azurite")
+    args = [
+        str(AZURITE_BLOB),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+    ]
+    azurite = ManagedProcess(
+        args, dict(os.environ), log_dir / "azurite.log", ready=answers, name="azurite"
+    )
     # Stopped in `finally`, not by the context manager: one that never became ready is stopped too.
     try:
         azurite.start()

@@ -42,19 +42,30 @@ class RunningEmulator:
 
     def azure_client(self, **options: Any) -> AzureOpenAI:
         """The SDK's Azure client; retries off unless asked, so a test sees every status."""
-        options = {"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECS, "api_key": self.api_key,
-                   **options}
+        options = {
+            "max_retries": 0,
+            "timeout": CLIENT_TIMEOUT_SECS,
+            "api_key": self.api_key,
+            **options,
+        }
         return AzureOpenAI(azure_endpoint=self.url, api_version=API_VERSION, **options)
 
     def openai_client(self, **options: Any) -> OpenAI:
-        options = {"max_retries": 0, "timeout": CLIENT_TIMEOUT_SECS, "api_key": self.api_key,
-                   **options}
+        options = {
+            "max_retries": 0,
+            "timeout": CLIENT_TIMEOUT_SECS,
+            "api_key": self.api_key,
+            **options,
+        }
         return OpenAI(base_url=f"{self.url}/v1", **options)
 
     def client_env(self) -> dict[str, str]:
         """Environment that points a Conduit process (tasks/, web/) at this emulator."""
-        return {"EMULATOR_HOST": "127.0.0.1", "EMULATOR_PORT": str(self.port),
-                "EMULATOR_API_KEY": self.api_key}
+        return {
+            "EMULATOR_HOST": "127.0.0.1",
+            "EMULATOR_PORT": str(self.port),
+            "EMULATOR_API_KEY": self.api_key,
+        }
 
     def configure(self, **controls: Any) -> dict[str, Any]:
         """Change latency and faults (POST /_emulator/config); returns the new settings."""
@@ -68,8 +79,13 @@ class RunningEmulator:
         self._control("POST", "/_emulator/reset")
 
     def _control(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = httpx.request(method, self.url + path, headers={"api-key": self.api_key},
-                                 timeout=CLIENT_TIMEOUT_SECS, **kwargs)
+        response = httpx.request(
+            method,
+            self.url + path,
+            headers={"api-key": self.api_key},
+            timeout=CLIENT_TIMEOUT_SECS,
+            **kwargs,
+        )
         response.raise_for_status()
         return response.json()
 
@@ -81,11 +97,18 @@ class EmulatorStarter:
         self.work_dir, self.base_env = work_dir, base_env
         self.started: list[ManagedProcess] = []
 
-    def __call__(self, limits: dict[str, dict[str, int]] | None = None,
-                 **env: str) -> RunningEmulator:
+    def __call__(
+        self, limits: dict[str, dict[str, int]] | None = None, **env: str
+    ) -> RunningEmulator:
         port = free_port()
-        process_env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.base_env,
-                       "EMULATOR_HOST": "127.0.0.1", "EMULATOR_PORT": str(port), **env}
+        process_env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            **self.base_env,
+            "EMULATOR_HOST": "127.0.0.1",
+            "EMULATOR_PORT": str(port),
+            **env,
+        }
         if limits is not None:
             limits_file = self.work_dir / f"emulator-limits-{port}.json"
             limits_file.write_text(json.dumps(limits))
@@ -95,9 +118,13 @@ class EmulatorStarter:
         def ready() -> bool:
             return httpx.get(f"{url}/health", timeout=1.0).status_code == 200
 
-        process = ManagedProcess(python_args("-m", "emulators"), process_env,
-                                 self.work_dir / f"emulator-{port}.log", ready=ready,
-                                 name=f"emulator on port {port}")
+        process = ManagedProcess(
+            python_args("-m", "emulators"),
+            process_env,
+            self.work_dir / f"emulator-{port}.log",
+            ready=ready,
+            name=f"emulator on port {port}",
+        )
         self.started.append(process)
         process.start()
         api_key = process_env.get("EMULATOR_API_KEY") or EMULATOR_DEV_KEY

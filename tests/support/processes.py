@@ -39,7 +39,11 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self.args, env=self.env, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            self.args,
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if self.ready is not None:
@@ -50,8 +54,10 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.process.returncode}) waiting for "
-                                   f"{what}:\n{self.output()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.name} exited ({self.process.returncode}) waiting for "
+                    f"{what}:\n{self.output()[-3000:]}"
+                )
             try:
                 if check():
                     return
