@@ -31,6 +31,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from settings.calls import CallSettings
+from settings.logship import LogShippingSettings
+from settings.search import SearchSettings
+from settings.telemetry import TelemetrySettings
+from settings.voice import VoiceSettings
+
 # The embedded emulator serves every deployment on this address unless told otherwise.
 DEFAULT_EMULATOR_PORT = 8700
 # The key the emulator accepts in dev; not a secret: it only ever opens a local stand-in.
@@ -69,7 +75,17 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-class Settings(BaseSettings):
+class Settings(
+    SearchSettings,
+    VoiceSettings,
+    CallSettings,
+    LogShippingSettings,
+    TelemetrySettings,
+    BaseSettings,
+):
+    """Every setting. The sections of the second half (search, voice, calls, log shipping,
+    telemetry) live in their own modules beside this one and are mixed in here."""
+
     model_config = SettingsConfigDict(
         # Tests point CONDUIT_ENV_FILE at /dev/null so a developer's .env cannot leak in.
         env_file=os.environ.get("CONDUIT_ENV_FILE", ".env"),
@@ -173,11 +189,6 @@ class Settings(BaseSettings):
     quota_charge_model: Literal["azure", "usage"] = Field(
         "azure", validation_alias=_env("QUOTA_CHARGE_MODEL")
     )
-
-    # --- Azure AI Search -------------------------------------------------------------------------
-    search_endpoint: str | None = Field(None, validation_alias=_env("APP_SEARCH_ENDPOINT"))
-    search_api_key: SecretStr | None = Field(None, validation_alias=_env("APP_SEARCH_API_KEY"))
-    search_index: str = Field("documents", validation_alias=_env("APP_SEARCH_INDEX"))
 
     # --- Blob storage (audio references) ---------------------------------------------------------
     blob_connection_string: SecretStr | None = Field(

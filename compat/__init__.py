@@ -1,0 +1,1 @@
+"""The older common library's module and class names, delegating to the real code (migration)."""

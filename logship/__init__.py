@@ -1,0 +1,1 @@
+"""Log shipping: rotated log files uploaded to Blob Storage in the background."""

@@ -1,0 +1,1 @@
+"""The ACS real-time voice agent, without Flask: protocol, frames, stages, engines, handlers."""
