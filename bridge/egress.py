@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import redis
 
-from bridge.bus import Bus, OutgoingMessage
+from bridge.bus_api import Bus, OutgoingMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 from bridge.ledger import Ledger
 from bridge.metrics import Counters

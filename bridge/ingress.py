@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from bridge.bus import ReceivedMessage, Receiver
+from bridge.bus_api import ReceivedMessage, Receiver
 from bridge.celery_publisher import CeleryPublisher
 from bridge.errors import BridgeError, BrokerUnavailable, BusUnavailable
 from bridge.ledger import Ledger

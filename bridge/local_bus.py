@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from bridge.bus import OutgoingMessage, ReceivedMessage
+from bridge.bus_api import OutgoingMessage, ReceivedMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 
 if TYPE_CHECKING:

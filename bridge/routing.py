@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bridge.bus import ReceivedMessage
+from bridge.bus_api import ReceivedMessage
 from settings import Route
 from tasks.processors import UnknownProcessor, get_processor, task_id_for
 

@@ -38,7 +38,7 @@ from azure.servicebus.exceptions import (
     ServiceBusServerBusyError,
 )
 
-from bridge.bus import OutgoingMessage, ReceivedMessage
+from bridge.bus_api import OutgoingMessage, ReceivedMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 
 if TYPE_CHECKING:
