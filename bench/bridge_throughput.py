@@ -46,6 +46,7 @@ from bridge.local_bus import LocalBus
 from bridge.metrics import HEARTBEATS_KEY, Counters
 from bridge.routing import TaskRequest
 from settings import Route, load_settings
+from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.redis_server import RedisServer
 
 ROUTE = Route.parse("bench_iq:echo:bench_oq")
@@ -112,6 +113,8 @@ def measure_ingress(app, bus: LocalBus, count: int, batch_size: int) -> float:
         high_water=10 * count,
         max_idle_s=1.0,
         celery_queue="echo",
+        max_message_bytes=256 * 1024,
+        max_json_depth=DEFAULT_MAX_DEPTH,
     )
     moved = 0
     started = time.perf_counter()

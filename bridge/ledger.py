@@ -101,9 +101,15 @@ class Ledger:
         ]
 
     def drop(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
+        """Forget tasks now; BrokerUnavailable when Redis cannot."""
         pipe = self.client.pipeline(transaction=False)
         self.forget(pipe, out_queue, [request.task_id for request in requests])
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.RedisError as error:
+            raise BrokerUnavailable(
+                f"forgetting {len(requests)} task(s) failed: {error}"
+            ) from error
 
     def touch(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
         """Start the clock again: looked at now, looked at again a period later."""

@@ -57,6 +57,8 @@ class Bridge:
                 high_water=settings.bridge_high_water,
                 max_idle_s=settings.bridge_max_idle_s,
                 celery_queue=celery_queue(route),
+                max_message_bytes=settings.bridge_max_message_bytes,
+                max_json_depth=settings.bridge_max_json_depth,
             )
             for route in settings.routes
         ]

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from settings.calls import CallSettings
+from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.logship import LogShippingSettings
 from settings.search import SearchSettings
 from settings.telemetry import TelemetrySettings
@@ -235,10 +236,16 @@ class Settings(
     local_bus_duplicate_window_s: float = Field(
         600.0, gt=0, validation_alias=_env("LOCAL_BUS_DUPLICATE_WINDOW_SECONDS")
     )
-    # The largest message the bridge sends, and the local bus accepts: Service Bus standard tier's
-    # 256 KiB. Raise it on a premium namespace (up to its configured maximum message size).
+    # The largest message the bridge sends or takes in, and the local bus accepts: Service Bus
+    # standard tier's 256 KiB. Raise it on a premium namespace (up to its maximum message size).
     bridge_max_message_bytes: int = Field(
         256 * 1024, ge=1024, validation_alias=_env("BRIDGE_MAX_MESSAGE_BYTES")
+    )
+    # How deeply a received message's JSON may nest; checked on the text before parsing, so a
+    # small body of deep nesting cannot crash the bridge (RecursionError). Messages Conduit
+    # defines nest 3 levels at most; Python's recursion limit is 1,000 frames.
+    bridge_max_json_depth: int = Field(
+        DEFAULT_MAX_DEPTH, ge=1, le=500, validation_alias=_env("BRIDGE_MAX_JSON_DEPTH")
     )
     # Results a dead bridge took but never acknowledged are taken over after idling this long;
     # longer than any send takes, so a live bridge's in-flight send is never taken from it.

@@ -26,6 +26,7 @@ from bridge.ingress import Ingress
 from bridge.metrics import Counters
 from bridge.servicebus import ServiceBus
 from settings import Route, load_settings
+from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from tasks.outbox import write_result
 
 _sequence = itertools.count(1)
@@ -352,6 +353,8 @@ def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus,
         high_water=10,
         max_idle_s=1.0,
         celery_queue="echo",
+        max_message_bytes=256 * 1024,
+        max_json_depth=DEFAULT_MAX_DEPTH,
     )
     assert ingress.run_once() == 4
     assert [r.message_id for r in publisher.published] == ["m-0", "m-3"]
@@ -375,6 +378,8 @@ def test_ingress_abandons_the_batch_when_the_broker_fails(bus, namespace):
         high_water=10,
         max_idle_s=1.0,
         celery_queue="echo",
+        max_message_bytes=256 * 1024,
+        max_json_depth=DEFAULT_MAX_DEPTH,
     )
     with pytest.raises(BrokerUnavailable):
         ingress.run_once()
