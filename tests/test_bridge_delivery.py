@@ -280,3 +280,17 @@ def test_redis_stopped_for_five_seconds_loses_nothing(conduit_env, tmp_path):
     finally:
         stack.stop()
         server.stop()
+
+
+def test_an_echo_of_a_lone_surrogate_ends_in_exactly_one_result(stack):
+    # Issue 10.12: "\ud800" is valid JSON text but no UTF-8 string; writing the echo's result
+    # failed outside the processor, and the sweeper republished the task forever.
+    stack.start_worker()
+    bridge = stack.start_bridge()
+    stack.bus.send(
+        "echo_iq",
+        [OutgoingMessage(body='{"id": "0", "text": "a\\ud800b"}', message_id="m-0")],
+    )
+    stack.assert_each_result_exactly_once(1, bridge)
+    [result] = stack.bus.peek("echo_oq", 10)
+    assert json.loads(result.body) == {"id": "0", "text": "a\ud800b", "message": "SUCCESS"}
