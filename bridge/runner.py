@@ -42,8 +42,11 @@ class Bridge:
             ledger,
             self.publisher,
             [route.out_queue for route in settings.routes],
-            republish_after_s=settings.bridge_republish_after_s
-            or settings.broker_visibility_timeout_s,
+            # The settings' validator fills the visibility timeout in when it is unset.
+            republish_after_s=float(
+                settings.bridge_republish_after_s or settings.broker_visibility_timeout_s or 0
+            ),
+            max_republishes=settings.bridge_max_republishes,
         )
         self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)
         self.ingresses = [

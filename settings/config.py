@@ -258,6 +258,11 @@ class Settings(
     bridge_republish_after_s: float | None = Field(
         None, gt=0, validation_alias=_env("BRIDGE_REPUBLISH_AFTER_SECONDS")
     )
+    # A task republished this many times that still ends with no outcome fails outside its
+    # processor every time (a result that cannot be written, a crash in the task wrapper), not
+    # by bad luck: the bridge writes its failure payload (RepublishLimitExceeded) instead of
+    # republishing it forever. Three losses in a row to killed workers are already rare.
+    bridge_max_republishes: int = Field(3, ge=0, validation_alias=_env("BRIDGE_MAX_REPUBLISHES"))
     counter_app_base_url: str | None = Field(None, validation_alias=_env("COUNTER_APP_BASE_URL"))
 
     # --- emulators/ ------------------------------------------------------------------------------
