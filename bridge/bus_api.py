@@ -90,4 +90,9 @@ class Bus(Protocol):
     def resubmit_dead_letters(self, queue: str, max_count: int) -> int:
         """Move up to ``max_count`` dead letters back to the queue; returns how many moved."""
 
+    def active_message_counts(self) -> dict[str, int] | None:
+        """Messages waiting (not locked, not scheduled) in each queue of the namespace that
+        holds any; None when this bus cannot list its queues (Service Bus without the Manage
+        right). The bridge reports the queues no route reads (unrouted.py)."""
+
     def close(self) -> None: ...

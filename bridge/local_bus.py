@@ -218,6 +218,21 @@ class LocalBus:
     def resubmit_dead_letters(self, queue: str, max_count: int) -> int:
         return int(self.run_script("resubmit_dead_letters", queue, [max_count]))
 
+    def active_message_counts(self) -> dict[str, int]:
+        # Every queue that ever held a message has a "ready" sorted set while it holds one.
+        prefix, suffix = f"{KEY_PREFIX}:{{", "}:ready"
+        with _mapped_errors():
+            keys = list(self.client.scan_iter(match=f"{prefix}*{suffix}", count=1000))
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zcard(key)
+            counts = pipe.execute()
+        return {
+            key[len(prefix) : -len(suffix)]: int(count)
+            for key, count in zip(keys, counts, strict=True)
+            if count
+        }
+
     def close(self) -> None:
         if self._owns_client:
             self.client.close()

@@ -6,6 +6,7 @@ Redis keys (the web dashboard reads them through :func:`read_bridge_stats`, noth
     conduit:bridge:info:<bridge id>    hash  host, pid, started_at (expires with the heartbeat)
     conduit:bridge:routes              hash  in_queue -> {"processor", "celery_queue", "out_queue"}
     conduit:bridge:counters:<queue>    hash  counter name -> total since the data began
+    conduit:bridge:unrouted            string  queues holding messages no route reads (unrouted.py)
 
 Counters are kept per input queue (received, published, dead_lettered, abandoned, locks_lost)
 and per output queue (sent, send_failures, and too_large: results sent as their failure payload
@@ -26,6 +27,7 @@ from typing import Any
 
 import redis
 
+from bridge.unrouted import read_unrouted
 from settings import Route
 from tasks.outbox import stream_key
 from tasks.processors import UnknownProcessor, get_processor
@@ -155,7 +157,8 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
     """Everything the dashboard shows about the bridge, from Redis alone (any client, decoded
     or not): ``{"alive", "bridges": [...], "routes": [...]}``. Per route: the counters, the
     ``celery_backlog`` (tasks waiting for a worker) and the ``outbox_lag`` (results written but
-    not yet sent; the bridge deletes what it sent, so the stream holds only what is owed)."""
+    not yet sent; the bridge deletes what it sent, so the stream holds only what is owed).
+    ``unrouted``: the queues holding messages that no route reads, as last checked."""
     seconds, micros = client.time()
     now = seconds + micros / 1e6
     beats = client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
@@ -205,4 +208,5 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
         "alive": any(bridge["alive"] for bridge in bridges),
         "bridges": bridges,
         "routes": route_stats,
+        "unrouted": read_unrouted(client),
     }

@@ -17,9 +17,11 @@ import redis
 from bridge.bus import Bus, connect_bus
 from bridge.celery_publisher import CeleryPublisher
 from bridge.egress import Egress
+from bridge.errors import BridgeError
 from bridge.ingress import Ingress
 from bridge.ledger import Ledger, LostTaskSweeper
 from bridge.metrics import HEARTBEAT_SECS, Counters, Heartbeat, celery_queue, new_bridge_id
+from bridge.unrouted import UnroutedReporter
 from settings import Settings, configure_logging, get_logger
 from tasks.processors import UnknownProcessor, get_processor
 
@@ -49,6 +51,7 @@ class Bridge:
             max_republishes=settings.bridge_max_republishes,
         )
         self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)
+        self.unrouted = UnroutedReporter(bus, self.client, settings.routes)
         self.ingresses = [
             Ingress(
                 route,
@@ -124,6 +127,10 @@ class Bridge:
             self.heartbeat.beat()
         except redis.RedisError as error:
             log.warning("heartbeat not written: %s", error)
+        try:
+            self.unrouted.tick()
+        except (BridgeError, redis.RedisError) as error:
+            log.warning("could not check for unrouted queues: %s", error)
 
     def close(self) -> None:
         self.publisher.close()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from azure.core.exceptions import AzureError
 from azure.servicebus import (
     AutoLockRenewer,
     ServiceBusClient,
@@ -37,12 +38,16 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
     ServiceBusServerBusyError,
 )
+from azure.servicebus.management import ServiceBusAdministrationClient
 
 from bridge.bus_api import OutgoingMessage, ReceivedMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
+from settings import get_logger
 
 if TYPE_CHECKING:
     from settings import Settings
+
+log = get_logger(__name__)
 
 # The SDK's default: a message still unsettled after this long is let go (the bridge settles a
 # batch in milliseconds; only a broker outage keeps one longer).
@@ -125,9 +130,13 @@ class ServiceBus:
         *,
         prefetch: int = 0,
         lock_renewer: AutoLockRenewer | None = None,
+        admin: ServiceBusAdministrationClient | None = None,
     ) -> None:
         self.client = client
         self.prefetch = prefetch
+        # Lists the namespace's queues (active_message_counts); needs the Manage right, which
+        # a bridge may well not have: then it is dropped at the first refusal.
+        self.admin = admin
         self.lock_renewer = lock_renewer or AutoLockRenewer(
             max_lock_renewal_duration=LOCK_RENEWAL_MAX_SECS
         )
@@ -137,17 +146,19 @@ class ServiceBus:
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceBus:
         if settings.service_bus_connection_string:
-            client = ServiceBusClient.from_connection_string(
-                settings.service_bus_connection_string.get_secret_value()
-            )
+            connection_string = settings.service_bus_connection_string.get_secret_value()
+            client = ServiceBusClient.from_connection_string(connection_string)
+            admin = ServiceBusAdministrationClient.from_connection_string(connection_string)
         else:
             from azure.identity import DefaultAzureCredential
 
             namespace = settings.service_bus_namespace or ""
             if "." not in namespace:
                 namespace += ".servicebus.windows.net"
-            client = ServiceBusClient(namespace, DefaultAzureCredential())
-        return cls(client, prefetch=settings.bridge_prefetch)
+            credential = DefaultAzureCredential()
+            client = ServiceBusClient(namespace, credential)
+            admin = ServiceBusAdministrationClient(namespace, credential)
+        return cls(client, prefetch=settings.bridge_prefetch, admin=admin)
 
     def receiver(self, queue: str) -> ServiceBusQueueReceiver:
         return ServiceBusQueueReceiver(self, queue)
@@ -240,7 +251,30 @@ class ServiceBus:
         finally:
             _close_quietly(receiver)
 
+    def active_message_counts(self) -> dict[str, int] | None:
+        if self.admin is None:
+            return None
+        try:
+            return {
+                queue.name: queue.active_message_count
+                for queue in self.admin.list_queues_runtime_properties()
+                if queue.active_message_count
+            }
+        except AzureError as error:
+            # Most often the Manage right is missing: say so once, and stop asking.
+            log.warning(
+                "cannot list the namespace's queues (%s: %s); queues with messages and no "
+                "route will not be reported (this needs the Manage right)",
+                type(error).__name__,
+                " ".join(str(error).split())[:300],
+            )
+            admin, self.admin = self.admin, None
+            _close_quietly(admin)
+            return None
+
     def close(self) -> None:
+        if self.admin is not None:
+            _close_quietly(self.admin)
         self.lock_renewer.close()
         with self._lock:
             senders, self._senders = list(self._senders.values()), {}

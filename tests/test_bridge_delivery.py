@@ -224,6 +224,8 @@ def test_sigterm_drains_without_losing_or_duplicating(stack):
 
 def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carries_on(stack):
     stack.start_worker()
+    # A queue no route reads: reported, not left to sit silently (issue 10.16).
+    stack.bus.send("nowhere_iq", [OutgoingMessage(body='{"id": "1"}', message_id="stray")])
     bridge = stack.start_bridge()
     bad = {"json": "not json", "array": "[1, 2]", "fields": '{"no_id": true}'}
     stack.bus.send(
@@ -251,6 +253,10 @@ def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carr
     assert reasons["fields"] == ("InvalidFields", "field 'id': Field required")
     assert dead("ghost_iq")["ghost"][0] == "UnknownProcessor"
     assert "'ghost'" in dead("ghost_iq")["ghost"][1]
+    assert read_bridge_stats(stack.client)["unrouted"]["queues"] == [
+        {"queue": "nowhere_iq", "messages": 1}
+    ]
+    assert "messages wait in queue(s) no route reads: nowhere_iq (1)" in bridge.output()
     assert bridge.process.poll() is None
 
 
