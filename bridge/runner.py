@@ -16,6 +16,7 @@ import redis
 
 from bridge.bus import Bus, connect_bus
 from bridge.celery_publisher import CeleryPublisher
+from bridge.durability import broker_durability
 from bridge.egress import Egress
 from bridge.errors import BridgeError
 from bridge.ingress import Ingress
@@ -78,11 +79,26 @@ class Bridge:
             reclaim_idle_s=settings.bridge_reclaim_idle_s,
             max_message_bytes=settings.bridge_max_message_bytes,
         )
+        if not settings.uses_local_bus:
+            self.check_durability()
         for route in settings.routes:
             try:
                 get_processor(route.processor)
             except UnknownProcessor as error:
                 log.error("route %s: %s; its messages will be dead-lettered", route.in_queue, error)
+
+    def check_durability(self) -> None:
+        """Say at start whether a message completed on Service Bus has its task on disk (the
+        local bus needs no such check: see durability.py)."""
+        try:
+            durability = broker_durability(self.client)
+        except redis.RedisError as error:
+            log.warning("could not read the broker Redis's AOF policy: %s", error)
+            return
+        if durability.durable:
+            log.info("%s: a completed message's task survives a power loss", durability.detail)
+        else:
+            log.warning("%s", durability.detail)
 
     def run(self, stop: threading.Event) -> bool:
         """Run until ``stop`` is set, then drain; False when a thread died of an error."""

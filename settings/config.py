@@ -48,6 +48,11 @@ class SettingsError(ValueError):
     """A setting has a value Conduit cannot use; the message names the variable."""
 
 
+# Redis's AOF fsync policies the embedded server is started with ("no" is not offered: it leaves
+# fsync to the OS, up to 30 s on Linux).
+AppendFsync = Literal["always", "everysec"]
+
+
 class Route(BaseModel):
     """One input queue, the processor that handles its messages, and where results go."""
 
@@ -114,6 +119,16 @@ class Settings(
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
     redis_data_dir: str = Field(".data/redis", validation_alias=_env("REDIS_DATA_DIR"))
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT"))
+    # How often the embedded Redis fsyncs its AOF (settings/redis_server.py). "auto": "always"
+    # when the bus is Service Bus, "everysec" with the local bus. Only with Service Bus can a
+    # power loss lose a message: it completes messages outside Redis, so the last second of
+    # tasks "everysec" may lose were already completed there; "always" closes that, at a cost
+    # (bridge/README.md). The local bus completes messages in the same AOF, after their tasks,
+    # and a power loss takes both (bridge/durability.py). A REDIS_URL server is configured on
+    # its own side: the bridge logs at start what its policy means.
+    redis_appendfsync: Literal["auto", "always", "everysec"] = Field(
+        "auto", validation_alias=_env("REDIS_APPENDFSYNC")
+    )
 
     # --- Celery worker ---------------------------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = Field(
@@ -378,6 +393,13 @@ class Settings(
     @property
     def uses_local_bus(self) -> bool:
         return not (self.service_bus_namespace or self.service_bus_connection_string)
+
+    @property
+    def redis_fsync_policy(self) -> AppendFsync:
+        """REDIS_APPENDFSYNC with "auto" resolved: what the embedded Redis is started with."""
+        if self.redis_appendfsync == "auto":
+            return "everysec" if self.uses_local_bus else "always"
+        return self.redis_appendfsync
 
     def pools(self) -> list[Pool]:
         """The three quota pools, each bound to its configured deployment."""
