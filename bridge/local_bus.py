@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -191,7 +191,8 @@ class LocalBus:
     def dead_letters(self, queue: str, max_count: int) -> list[ReceivedMessage]:
         keys = queue_keys(queue)
         with _mapped_errors():
-            seqs = self.client.zrange(keys["dead"], 0, max_count - 1)
+            # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+            seqs = cast(list[str], self.client.zrange(keys["dead"], 0, max_count - 1))
             if not seqs:
                 return []
             pipe = self.client.pipeline(transaction=True)
@@ -238,6 +239,11 @@ class LocalBus:
             self.client.close()
 
 
+def _lock(message: ReceivedMessage) -> tuple[str, str]:
+    """What this bus's receiver put in ``lock``: the sequence number and delivery count."""
+    return cast(tuple[str, str], message.lock)
+
+
 class LocalReceiver:
     """A peek-lock receiver on one local-bus queue."""
 
@@ -277,9 +283,9 @@ class LocalReceiver:
             return []
         args: list[object] = [disposition, self.bus.max_delivery_count, reason, description]
         for message in messages:
-            args += message.lock
+            args += _lock(message)
         lost = set(self.bus.run_script("settle_messages", self.queue, args))
-        return [message for message in messages if message.lock[0] in lost]
+        return [message for message in messages if _lock(message)[0] in lost]
 
     def complete(self, messages: Sequence[ReceivedMessage]) -> list[ReceivedMessage]:
         return self._settle("complete", messages)

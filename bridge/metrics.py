@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -159,12 +159,14 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
     ``celery_backlog`` (tasks waiting for a worker) and the ``outbox_lag`` (results written but
     not yet sent; the bridge deletes what it sent, so the stream holds only what is owed).
     ``unrouted``: the queues holding messages that no route reads, as last checked."""
-    seconds, micros = client.time()
+    # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+    seconds, micros = cast(tuple[int, int], client.time())
     now = seconds + micros / 1e6
-    beats = client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
-    routes = dict(
-        sorted((_text(key), json.loads(value)) for key, value in client.hgetall(ROUTES_KEY).items())
+    beats = cast(
+        list[tuple[str | bytes, float]], client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
     )
+    stored_routes = cast(dict[str | bytes, str | bytes], client.hgetall(ROUTES_KEY))
+    routes = dict(sorted((_text(key), json.loads(value)) for key, value in stored_routes.items()))
 
     pipe = client.pipeline(transaction=False)
     for bridge_id, _ in beats:

@@ -33,6 +33,8 @@ class Bridge:
     """Everything one bridge process runs, built from settings; :meth:`run` until stopped."""
 
     def __init__(self, settings: Settings, bus: Bus) -> None:
+        # Deliberately lazy: importing worker builds its module-level Celery app from the
+        # environment's settings, which `python -m bridge send/peek` never needs.
         from worker import create_celery
 
         self.bus = bus

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from azure.core.exceptions import AzureError
 from azure.servicebus import (
@@ -40,7 +40,7 @@ from azure.servicebus.exceptions import (
 )
 from azure.servicebus.management import ServiceBusAdministrationClient
 
-from bridge.bus_api import OutgoingMessage, ReceivedMessage
+from bridge.bus_api import OutgoingMessage, PropertyValue, ReceivedMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 from settings import get_logger
 
@@ -96,12 +96,17 @@ def _received(message: Any, lock: object = None) -> ReceivedMessage:
     )
 
 
+def _sdk_properties(properties: Mapping[str, PropertyValue]) -> dict[str | bytes, Any] | None:
+    """The SDK's type for application properties (it also takes bytes keys); None when empty."""
+    return {key: value for key, value in properties.items()} or None
+
+
 def _outgoing(message: OutgoingMessage) -> ServiceBusMessage:
     return ServiceBusMessage(
         message.body,
         message_id=message.message_id,
         correlation_id=message.correlation_id,
-        application_properties=dict(message.application_properties) or None,
+        application_properties=_sdk_properties(message.application_properties),
         scheduled_enqueue_time_utc=message.scheduled_enqueue_time,
         content_type="application/json",
     )
@@ -322,7 +327,7 @@ class ServiceBusQueueReceiver:
     ) -> list[ReceivedMessage]:
         lost = []
         for message in messages:
-            receiver, sdk_message = message.lock
+            receiver, sdk_message = cast(tuple[Any, Any], message.lock)
             with _mapped_errors(self._drop):
                 try:
                     settle(receiver, sdk_message)

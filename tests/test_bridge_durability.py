@@ -102,6 +102,7 @@ def send(bus: LocalBus, count: int) -> list[str]:
 
 def move_all(bus: LocalBus, broker_url: str, count: int) -> None:
     """Run the ingress until it has taken in and completed ``count`` messages."""
+    # Lazy, as everywhere in the tests: importing worker builds its module-level Celery app.
     from worker import create_celery
 
     app = create_celery(load_settings(redis_url=broker_url))

@@ -16,6 +16,7 @@ from bridge.local_bus import LocalBus
 from bridge.metrics import Counters
 from bridge.routing import TaskRequest
 from settings import Route
+from tasks.processors import task_id_for
 
 ROUTE = Route.parse("echo_iq:echo:echo_oq")
 # Issue 10.10's message: a valid echo message, about 1 KB, 500 levels deep in an extra field.
@@ -115,8 +116,6 @@ class FailsOnOne(CeleryPublisher):
 
 
 def test_an_unexpected_error_in_a_batch_is_pinned_on_its_message(bus, celery_app, redis_client):
-    from tasks.processors import task_id_for
-
     send(bus, {f"m-{i}": json.dumps({"id": str(i)}) for i in range(5)})
     publisher = FailsOnOne(celery_app, task_id_for(ROUTE.in_queue, "m-3"))
     ingress = make_ingress(bus, publisher, Ledger(redis_client))
