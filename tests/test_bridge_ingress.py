@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 import pytest
+from kombu.exceptions import EncodeError
 
 from bridge.bus_api import OutgoingMessage
 from bridge.celery_publisher import CeleryPublisher
@@ -132,3 +133,18 @@ def test_an_unexpected_error_in_a_batch_is_pinned_on_its_message(bus, celery_app
     # The poisoned message's ledger record is gone with it: nothing will republish it.
     assert redis_client.zcard(ledger_key("echo_oq")) == 4
     assert bus.peek(ROUTE.in_queue, 10) == []
+
+
+def test_a_body_kombu_cannot_serialise_is_not_a_broker_failure(celery_app):
+    # A broker failure abandons the whole batch for redelivery; this would fail again each
+    # time, so it must reach the ingress as the one message's own error.
+    request = TaskRequest(
+        task_name="processors.echo",
+        queue="echo",
+        task_id="t-1",
+        body={"id": "1", "unserialisable": object()},
+        out_queue="echo_oq",
+        message_id="m-1",
+    )
+    with pytest.raises(EncodeError):
+        CeleryPublisher(celery_app).publish([request])
