@@ -300,3 +300,26 @@ def test_an_echo_of_a_lone_surrogate_ends_in_exactly_one_result(stack):
     stack.assert_each_result_exactly_once(1, bridge)
     [result] = stack.bus.peek("echo_oq", 10)
     assert json.loads(result.body) == {"id": "0", "text": "a\ud800b", "message": "SUCCESS"}
+
+
+def test_a_deeply_nested_message_is_dead_lettered_alone_and_its_batch_answered(stack):
+    # Issue 10.10: ~1 KB, 500 levels deep in an extra field of a valid message. It made the
+    # bridge exit on every delivery, until its whole batch was dead-lettered.
+    stack.start_worker()
+    bridge = stack.start_bridge()
+    nested = '{"id": "deep", "extra": ' + "[" * 500 + "]" * 500 + "}"
+    stack.bus.send(
+        "echo_iq",
+        [
+            OutgoingMessage(body='{"id": "0"}', message_id="m-0"),
+            OutgoingMessage(body=nested, message_id="deep"),
+            OutgoingMessage(body='{"id": "1"}', message_id="m-1"),
+        ],
+    )
+    stack.assert_each_result_exactly_once(2, bridge)
+    [dead] = stack.bus.dead_letters("echo_iq", 10)
+    assert (dead.message_id, dead.dead_letter_reason) == ("deep", "MalformedJson")
+    assert dead.dead_letter_description == (
+        "body is nested deeper than 64 levels (BRIDGE_MAX_JSON_DEPTH)"
+    )
+    assert bridge.process.poll() is None

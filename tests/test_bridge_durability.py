@@ -10,6 +10,7 @@ record (from which the sweeper would publish its task again) did not.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -216,3 +217,23 @@ def test_an_external_bus_over_appendfsync_always_loses_nothing_to_a_crash(tmp_pa
         broker_client.close()
         broker.stop()
         bus_server.stop()
+
+
+def test_the_bridge_warns_at_start_when_service_bus_meets_an_everysec_redis(redis_url, caplog):
+    # The session's Redis fsyncs every second; with Service Bus configured, the bridge says
+    # what that means, naming the setting that closes the window.
+    from bridge.runner import Bridge
+
+    settings = load_settings(
+        service_bus_connection_string=(
+            "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=k;"
+            "SharedAccessKey=c2VjcmV0"
+        )
+    )
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    with caplog.at_level(logging.WARNING, logger="bridge.runner"):
+        bridge = Bridge(settings, LocalBus(client))
+    bridge.close()
+    client.close()
+    assert "appendfsync everysec: a power loss or host crash can lose" in caplog.text
+    assert "REDIS_APPENDFSYNC=always" in caplog.text
