@@ -217,25 +217,24 @@ class LostTaskSweeper:
             # A task still waiting in its queue (a backlog longer than the period) is not lost;
             # publishing it again each period would grow the queue without bound.
             held = self.publisher.held_task_ids(request.queue for request in overdue)
-            lost = {
-                request.task_id: (request, last_state(self.publisher.app, request.task_id))
-                for request in overdue
-                if request.task_id not in held
-            }
-            lost = {task_id: seen for task_id, seen in lost.items() if seen[1][0] in LOST_STATES}
+            lost: list[tuple[TaskRequest, str]] = []
+            for request in overdue:
+                if request.task_id not in held:
+                    state, described = last_state(self.publisher.app, request.task_id)
+                    if state in LOST_STATES:
+                        lost.append((request, described))
             if lost:
-                republished += self.handle_lost(out_queue, [seen for seen in lost.values()])
+                republished += self.handle_lost(out_queue, lost)
             # All of them, so tasks still running do not hold the head of the ledger.
             self.ledger.touch(out_queue, overdue)
         return republished
 
-    def handle_lost(
-        self, out_queue: str, lost: Sequence[tuple[TaskRequest, tuple[str, str]]]
-    ) -> int:
-        requests = [request for request, _ in lost]
-        counts = self.ledger.republished(out_queue, requests)
+    def handle_lost(self, out_queue: str, lost: Sequence[tuple[TaskRequest, str]]) -> int:
+        """Publish again the lost tasks under the limit, answer the others; ``lost`` pairs each
+        with its last state, described. Returns how many were published again."""
+        counts = self.ledger.republished(out_queue, [request for request, _ in lost])
         again = []
-        for (request, (_, state)), count in zip(lost, counts, strict=True):
+        for (request, state), count in zip(lost, counts, strict=True):
             if count < self.max_republishes:
                 again.append(request)
                 continue
