@@ -52,6 +52,9 @@ class ReceivedMessage:
     enqueued_time: datetime | None = None
     dead_letter_reason: str | None = None
     dead_letter_description: str | None = None
+    # Why the bus could not turn the body into text (``body`` is then empty); the ingress
+    # dead-letters such a message instead of failing on it.
+    unreadable: str | None = None
     lock: object = field(default=None, repr=False)
 
 

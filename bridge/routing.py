@@ -73,6 +73,8 @@ def route_message(
         processor = get_processor(route.processor)
     except UnknownProcessor as error:
         return Rejection("UnknownProcessor", one_line(f"route {route.in_queue}: {error}"))
+    if message.unreadable:
+        return Rejection("MalformedJson", one_line(f"body {message.unreadable}"))
     try:
         body = loads_bounded(message.body, max_bytes=max_bytes, max_depth=max_depth)
     except JsonRejected as error:

@@ -69,12 +69,19 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def _body_text(message: Any) -> str:
+def _body_text(message: Any) -> tuple[str, str | None]:
+    """The body as text, and why it could not be, if it could not: an AMQP value body is
+    converted to JSON, which recurses once per nesting level, and a sender chooses the depth."""
     body = message.body
     if message.body_type == AmqpMessageBodyType.DATA:
         body = b"".join(body)
     body = _text(body)
-    return body if isinstance(body, str) else json.dumps(body, default=str)
+    if isinstance(body, str):
+        return body, None
+    try:
+        return json.dumps(body, default=str), None
+    except (RecursionError, ValueError, TypeError) as error:
+        return "", f"is an AMQP value body that cannot be written as JSON ({type(error).__name__})"
 
 
 def _received(message: Any, lock: object = None) -> ReceivedMessage:
@@ -82,8 +89,10 @@ def _received(message: Any, lock: object = None) -> ReceivedMessage:
     # redeliveries, so the task id derived from it is too.
     message_id = message.message_id or f"sequence-{message.sequence_number}"
     properties = message.application_properties or {}
+    body, unreadable = _body_text(message)
     return ReceivedMessage(
-        body=_body_text(message),
+        body=body,
+        unreadable=unreadable,
         message_id=str(message_id),
         correlation_id=message.correlation_id,
         sequence_number=message.sequence_number,
