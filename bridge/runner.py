@@ -43,14 +43,15 @@ class Bridge:
         self.bridge_id = new_bridge_id()
         counters = Counters()
         ledger = Ledger(self.client)
+        republish_after_s = (
+            settings.bridge_republish_after_s or settings.broker_visibility_timeout_s
+        )
+        assert republish_after_s is not None  # the settings' validator fills the timeout in
         self.sweeper = LostTaskSweeper(
             ledger,
             self.publisher,
             [route.out_queue for route in settings.routes],
-            # The settings' validator fills the visibility timeout in when it is unset.
-            republish_after_s=float(
-                settings.bridge_republish_after_s or settings.broker_visibility_timeout_s or 0
-            ),
+            republish_after_s=float(republish_after_s),
             max_republishes=settings.bridge_max_republishes,
         )
         self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)
