@@ -6,6 +6,7 @@ Redis keys (the web dashboard reads them through :func:`read_bridge_stats`, noth
     conduit:bridge:info:<bridge id>    hash  host, pid, started_at (expires with the heartbeat)
     conduit:bridge:routes              hash  in_queue -> {"processor", "celery_queue", "out_queue"}
     conduit:bridge:counters:<queue>    hash  counter name -> total since the data began
+    conduit:bridge:unrouted            string  queues holding messages no route reads (unrouted.py)
 
 Counters are kept per input queue (received, published, dead_lettered, abandoned, locks_lost)
 and per output queue (sent, send_failures, and too_large: results sent as their failure payload
@@ -22,10 +23,11 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import redis
 
+from bridge.unrouted import read_unrouted
 from settings import Route
 from tasks.outbox import stream_key
 from tasks.processors import UnknownProcessor, get_processor
@@ -155,13 +157,16 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
     """Everything the dashboard shows about the bridge, from Redis alone (any client, decoded
     or not): ``{"alive", "bridges": [...], "routes": [...]}``. Per route: the counters, the
     ``celery_backlog`` (tasks waiting for a worker) and the ``outbox_lag`` (results written but
-    not yet sent; the bridge deletes what it sent, so the stream holds only what is owed)."""
-    seconds, micros = client.time()
+    not yet sent; the bridge deletes what it sent, so the stream holds only what is owed).
+    ``unrouted``: the queues holding messages that no route reads, as last checked."""
+    # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+    seconds, micros = cast(tuple[int, int], client.time())
     now = seconds + micros / 1e6
-    beats = client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
-    routes = dict(
-        sorted((_text(key), json.loads(value)) for key, value in client.hgetall(ROUTES_KEY).items())
+    beats = cast(
+        list[tuple[str | bytes, float]], client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
     )
+    stored_routes = cast(dict[str | bytes, str | bytes], client.hgetall(ROUTES_KEY))
+    routes = dict(sorted((_text(key), json.loads(value)) for key, value in stored_routes.items()))
 
     pipe = client.pipeline(transaction=False)
     for bridge_id, _ in beats:
@@ -205,4 +210,5 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
         "alive": any(bridge["alive"] for bridge in bridges),
         "bridges": bridges,
         "routes": route_stats,
+        "unrouted": read_unrouted(client),
     }

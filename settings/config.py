@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from settings.calls import CallSettings
+from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.logship import LogShippingSettings
 from settings.search import SearchSettings
 from settings.telemetry import TelemetrySettings
@@ -45,6 +46,11 @@ EMULATOR_DEV_KEY = "conduit-dev"
 
 class SettingsError(ValueError):
     """A setting has a value Conduit cannot use; the message names the variable."""
+
+
+# Redis's AOF fsync policies the embedded server is started with ("no" is not offered: it leaves
+# fsync to the OS, up to 30 s on Linux).
+AppendFsync = Literal["always", "everysec"]
 
 
 class Route(BaseModel):
@@ -113,6 +119,16 @@ class Settings(
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
     redis_data_dir: str = Field(".data/redis", validation_alias=_env("REDIS_DATA_DIR"))
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT"))
+    # How often the embedded Redis fsyncs its AOF (settings/redis_server.py). "auto": "always"
+    # when the bus is Service Bus, "everysec" with the local bus. Only with Service Bus can a
+    # power loss lose a message: it completes messages outside Redis, so the last second of
+    # tasks "everysec" may lose were already completed there; "always" closes that, at a cost
+    # (bridge/README.md). The local bus completes messages in the same AOF, after their tasks,
+    # and a power loss takes both (bridge/durability.py). A REDIS_URL server is configured on
+    # its own side: the bridge logs at start what its policy means.
+    redis_appendfsync: Literal["auto", "always", "everysec"] = Field(
+        "auto", validation_alias=_env("REDIS_APPENDFSYNC")
+    )
 
     # --- Celery worker ---------------------------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = Field(
@@ -235,10 +251,16 @@ class Settings(
     local_bus_duplicate_window_s: float = Field(
         600.0, gt=0, validation_alias=_env("LOCAL_BUS_DUPLICATE_WINDOW_SECONDS")
     )
-    # The largest message the bridge sends, and the local bus accepts: Service Bus standard tier's
-    # 256 KiB. Raise it on a premium namespace (up to its configured maximum message size).
+    # The largest message the bridge sends or takes in, and the local bus accepts: Service Bus
+    # standard tier's 256 KiB. Raise it on a premium namespace (up to its maximum message size).
     bridge_max_message_bytes: int = Field(
         256 * 1024, ge=1024, validation_alias=_env("BRIDGE_MAX_MESSAGE_BYTES")
+    )
+    # How deeply a received message's JSON may nest; checked on the text before parsing, so a
+    # small body of deep nesting cannot crash the bridge (RecursionError). Messages Conduit
+    # defines nest 3 levels at most; Python's recursion limit is 1,000 frames.
+    bridge_max_json_depth: int = Field(
+        DEFAULT_MAX_DEPTH, ge=1, le=500, validation_alias=_env("BRIDGE_MAX_JSON_DEPTH")
     )
     # Results a dead bridge took but never acknowledged are taken over after idling this long;
     # longer than any send takes, so a live bridge's in-flight send is never taken from it.
@@ -251,6 +273,11 @@ class Settings(
     bridge_republish_after_s: float | None = Field(
         None, gt=0, validation_alias=_env("BRIDGE_REPUBLISH_AFTER_SECONDS")
     )
+    # A task republished this many times that still ends with no outcome fails outside its
+    # processor every time (a result that cannot be written, a crash in the task wrapper), not
+    # by bad luck: the bridge writes its failure payload (RepublishLimitExceeded) instead of
+    # republishing it forever. Three losses in a row to killed workers are already rare.
+    bridge_max_republishes: int = Field(3, ge=0, validation_alias=_env("BRIDGE_MAX_REPUBLISHES"))
     counter_app_base_url: str | None = Field(None, validation_alias=_env("COUNTER_APP_BASE_URL"))
 
     # --- emulators/ ------------------------------------------------------------------------------
@@ -366,6 +393,13 @@ class Settings(
     @property
     def uses_local_bus(self) -> bool:
         return not (self.service_bus_namespace or self.service_bus_connection_string)
+
+    @property
+    def redis_fsync_policy(self) -> AppendFsync:
+        """REDIS_APPENDFSYNC with "auto" resolved: what the embedded Redis is started with."""
+        if self.redis_appendfsync == "auto":
+            return "everysec" if self.uses_local_bus else "always"
+        return self.redis_appendfsync
 
     def pools(self) -> list[Pool]:
         """The three quota pools, each bound to its configured deployment."""
