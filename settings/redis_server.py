@@ -26,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from settings.config import Settings, get_settings
+from settings.config import Settings, settings_or_exit
 
 # redis-server loads an empty AOF in milliseconds; a slow, loaded CI machine needs more.
 START_TIMEOUT_SECS = 20.0
@@ -177,7 +177,7 @@ def ensure_redis(settings: Settings) -> tuple[str, RedisServer | None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run redis-server in the foreground (exec), so a process manager supervises it directly."""
-    settings = get_settings()
+    settings = settings_or_exit("redis")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=settings.redis_port)
     parser.add_argument("--data-dir", default=settings.redis_data_dir)

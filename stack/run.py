@@ -30,7 +30,7 @@ import redis
 
 from bridge.bus import Bus, connect_bus
 from quota import QuotaLimiter
-from settings import Settings, get_settings
+from settings import Settings, settings_or_exit
 from settings.redis_server import RedisServerError, ensure_redis, port_in_use
 from settings.tiktoken_offline import seed_tiktoken_cache
 from stack.tally import QuotaPeaks, ResultTally
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
-    settings = get_settings()
+    settings = settings_or_exit("make run")
     log_path = DATA_DIR / "stack.log"
     honcho = redis_server = None
     try:

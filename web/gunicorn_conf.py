@@ -7,9 +7,9 @@ a threaded or gevent server), and the quota API is a Redis round trip per reques
 come from WEB_CONCURRENCY, which gunicorn reads itself.
 """
 
-from settings import configure_logging, get_settings
+from settings import configure_logging, settings_or_exit
 
-_settings = get_settings()
+_settings = settings_or_exit("web")
 
 bind = f"{_settings.web_host}:{_settings.web_port}"
 worker_class = "gthread"
