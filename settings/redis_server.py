@@ -123,6 +123,9 @@ class RedisServer:
             server_args(self.binary, self.port, self.data_dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C must not reach it with everything else, or it
+            # is gone while the processes that use it are still stopping. stop() ends it.
+            start_new_session=True,
         )
         self._wait_for_ping()
         return self
