@@ -32,8 +32,10 @@ $(TEST_INSTALLED): $(INSTALLED) requirements-test.txt requirements-dev.txt
 	touch $(TEST_INSTALLED)
 
 # Embedded Redis, emulators, web, worker, bridge and Flower, then a sample workload; Ctrl-C stops.
+# RUN_ARGS passes options: --no-consume (results stay on the queues), --no-workload, --help.
+RUN_ARGS ?=
 run: $(INSTALLED)
-	$(BIN)/python -m stack
+	$(BIN)/python -m stack $(RUN_ARGS)
 
 # pytest exits 5 when it collected no test: a CI run that tested nothing is a failure here.
 test: $(TEST_INSTALLED) test-tools checks

@@ -202,9 +202,10 @@ def render() -> str:
     lines += [
         "```",
         "",
-        "The terminal running `make run` prints every result, labelled `yours` when it is not",
-        "from the sample workload; `make run --no-consume` leaves results on the output queues",
-        "for `python -m bridge peek form_oq`.",
+        "The terminal running `make run` prints every result, labelled `not from this run` when it",
+        "is not from the sample workload, and takes it off the queue. To keep results for",
+        "`python -m bridge peek form_oq` (or your own consumer), start the stack with",
+        "`make run RUN_ARGS=--no-consume` (`python -m stack --no-consume`): it then only browses.",
         "",
     ]
     for processor in sorted(PROCESSORS.values(), key=lambda p: p.name):
