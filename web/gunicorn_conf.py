@@ -1,4 +1,4 @@
-"""gunicorn settings for the web app.
+"""gunicorn settings for the web app, and hooks that run the dashboard's history recorder.
 
     gunicorn -c python:web.gunicorn_conf 'web.app:create_app()'
 
@@ -22,3 +22,18 @@ accesslog = None
 
 def post_fork(server, worker) -> None:
     configure_logging(_settings)
+
+
+def post_worker_init(worker) -> None:
+    # The dashboard chart's history is recorded whether or not anyone watches (web/history.py).
+    from web.services import EXTENSION_KEY
+
+    worker.wsgi.extensions[EXTENSION_KEY].broadcaster.keep_recording()
+
+
+def worker_exit(server, worker) -> None:
+    from web.services import EXTENSION_KEY
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        app.extensions[EXTENSION_KEY].broadcaster.stop()
