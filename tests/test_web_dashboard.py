@@ -73,12 +73,12 @@ def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_cl
 def test_history_keeps_one_point_a_second_for_every_process_and_forgets_old_ones(
     redis_client,
 ) -> None:
-    now = redis_now(redis_client)
+    second = int(redis_now(redis_client)) - 3
     web_1, web_2 = ChartHistory(redis_client, keep_s=60), ChartHistory(redis_client, keep_s=60)
-    assert web_1.record({"t": now - 100.5, "series": {}})  # older than the window
-    assert web_1.record({"t": now - 2.7, "series": {"a": 1}})
-    assert not web_2.record({"t": now - 2.2, "series": {"a": 2}})  # the same second: dropped
-    assert web_2.record({"t": now - 1.1, "series": {"a": 3}})
+    assert web_1.record({"t": second - 100.5, "series": {}})  # older than the window
+    assert web_1.record({"t": second + 0.1, "series": {"a": 1}})
+    assert not web_2.record({"t": second + 0.6, "series": {"a": 2}})  # the same second: dropped
+    assert web_2.record({"t": second + 1.5, "series": {"a": 3}})
     assert [point["series"] for point in web_1.recent()] == [{"a": 1}, {"a": 3}]
     assert web_2.recent() == web_1.recent()
     assert redis_client.ttl(web_1.key) > 0  # a history nobody writes goes away by itself
