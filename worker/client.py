@@ -4,7 +4,7 @@ answer, instead of a ``.get(timeout=...)`` that waits it out.
     from worker import app
     from worker.client import require_worker
 
-    require_worker()   # NoWorkerError: "no Celery worker answered a ping on redis://... in 1 s: ..."
+    require_worker()  # NoWorkerError: "no Celery worker answered a ping on redis://..."
     app.send_task("worker.ping").get(timeout=10)
 
 /ready (web/health.py) uses the same two checks.
