@@ -34,7 +34,7 @@ def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
     stack.start()
     try:
         stack.wait_until(
-            lambda: "press Ctrl-C" in stack.output(),
+            lambda: "Ctrl-C stops it" in stack.output(),
             WORKLOAD_TIMEOUT_SECS,
             "the sample workload to finish",
         )
