@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from settings import Route, Settings
+from tasks.audio_files import MAX_UPLOAD_BYTES, SUPPORTED_EXTENSIONS
 from tasks.errors import PermanentError
 from tasks.processors import PROCESSORS, Processor
 from tasks.processors.base import failure_payload
@@ -33,6 +34,24 @@ DOC_PATH = REPO_ROOT / "docs" / "messages.md"
 SAMPLES = Path(__file__).parent / "samples"
 # Result fields beyond {id, taskId, message} that a processor declares as a model.
 RESULT_MODELS: dict[str, type[BaseModel]] = {"feedback": FeedbackAnalysis}
+
+
+def audio_limits(max_message_bytes: int) -> list[str]:
+    """The transcribe processor's limits, from the constants its code checks."""
+    return [
+        f"- Audio: at most {MAX_UPLOAD_BYTES // 2**20} MiB, one of "
+        f"{', '.join(SUPPORTED_EXTENSIONS)} (checked by content, not only by name).",
+        f"- `audio_base64` travels inside the message, so the whole message must stay under "
+        f"{max_message_bytes:,} bytes: under {max_message_bytes * 3 // 4 // 1000:,} KB of audio "
+        "before base64. Longer recordings go by `audio_url` or `audio_path`.",
+        "- `audio_path` must lie inside `AUDIO_LOCAL_ROOT` (unset: refused); `audio_url` must be "
+        "a blob URL with a SAS token, or in the account of `AZURE_STORAGE_ACCOUNT_URL` / "
+        "`AZURE_STORAGE_CONNECTION_STRING`.",
+    ]
+
+
+# Limits a processor's code checks beyond its input model, by processor name.
+PROCESSOR_LIMITS = {"transcribe": audio_limits}
 
 
 def default_settings_value(name: str) -> Any:
@@ -105,7 +124,9 @@ def sample_lines(processor: str) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def processor_section(processor: Processor, routes: list[Route]) -> list[str]:
+def processor_section(
+    processor: Processor, routes: list[Route], max_message_bytes: int
+) -> list[str]:
     module = sys.modules[processor.input_model.__module__]
     lines = [f"## `{processor.name}`", ""]
     lines += [inspect.cleandoc(module.__doc__ or "").strip(), ""]
@@ -120,6 +141,9 @@ def processor_section(processor: Processor, routes: list[Route]) -> list[str]:
             "",
         ]
     lines += ["### Input", "", *fields_table(processor.input_model), ""]
+    limits = PROCESSOR_LIMITS.get(processor.name)
+    if limits is not None:
+        lines += [*limits(max_message_bytes), ""]
     samples = sample_lines(processor.name)
     if samples:
         sample_path = f"stack/samples/{processor.name}.jsonl"
@@ -209,7 +233,7 @@ def render() -> str:
         "",
     ]
     for processor in sorted(PROCESSORS.values(), key=lambda p: p.name):
-        lines += processor_section(processor, routes)
+        lines += processor_section(processor, routes, max_bytes)
     return "\n".join(lines).rstrip() + "\n"
 
 
