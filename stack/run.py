@@ -63,9 +63,10 @@ DEV_DEFAULTS = {
 }
 
 
-# How to reach a worker from another terminal while the stack runs.
+# How to reach a worker from another terminal while the stack runs: this venv's python by its
+# absolute path, so it works from any directory (make .venv installs Conduit in that venv).
 PING_COMMAND = (
-    """.venv/bin/python -c "from worker import app; """
+    f"""{Path(sys.executable).absolute()} -c "from worker import app; """
     """print(app.send_task('worker.ping').get(timeout=10))\""""
 )
 
