@@ -37,7 +37,8 @@ from quota import QuotaLimiter
 from settings import Settings, settings_or_exit
 from settings.redis_server import RedisServer, RedisServerError, ensure_redis, port_in_use
 from settings.tiktoken_offline import seed_tiktoken_cache
-from stack.progress import WaitWatcher
+from stack.honcho_start import STOP_GRACE_SECS
+from stack.progress import PROGRESS_EVERY_SECS, WaitWatcher
 from stack.results import ResultReader
 from stack.tally import QuotaPeaks, ResultTally
 from stack.workload import SampleMessage, sample_workload, send_workload
@@ -49,8 +50,10 @@ DATA_DIR = REPO_ROOT / ".data"
 READY_TIMEOUT_SECS = 240.0
 # The whisper pool's 15 RPM spaces the clips' chunks; feedback forms take seconds each.
 WORKLOAD_TIMEOUT_SECS = 600.0
-# honcho gives its processes 5 s after SIGTERM before it kills them; this covers honcho itself.
-STOP_TIMEOUT_SECS = 30.0
+# honcho gives its processes STOP_GRACE_SECS after SIGTERM before it kills them; then it exits.
+STOP_TIMEOUT_SECS = STOP_GRACE_SECS + 15.0
+# While the stack starts, say every this often what /ready still waits for.
+READY_PROGRESS_SECS = PROGRESS_EVERY_SECS
 # Development defaults; anything already in the environment wins.
 DEV_DEFAULTS = {
     "AUTH_DISABLED": "true",
@@ -116,7 +119,7 @@ def start_processes(names: list[str], env: dict[str, str], log_path: Path) -> su
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "honcho", "start", "-f", "Procfile", *names],
+            [sys.executable, "-m", "stack.honcho_start", "start", "-f", "Procfile", *names],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
@@ -127,10 +130,19 @@ def start_processes(names: list[str], env: dict[str, str], log_path: Path) -> su
         )
 
 
-def wait_until_ready(base_url: str, honcho: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECS
+def wait_until_ready(
+    base_url: str,
+    honcho: subprocess.Popen,
+    log_path: Path,
+    *,
+    timeout_s: float = READY_TIMEOUT_SECS,
+    every_s: float = READY_PROGRESS_SECS,
+) -> None:
+    """Until /ready answers 200; every ``every_s`` a line saying which checks still fail, so a
+    wrong endpoint or a worker that cannot start shows at once, not after the timeout."""
+    started = last_said = time.monotonic()
     failing = "no answer yet"
-    while time.monotonic() < deadline:
+    while time.monotonic() - started < timeout_s:
         if honcho.poll() is not None:
             raise StackError(f"A process exited during start-up; see {log_path}.")
         try:
@@ -143,8 +155,11 @@ def wait_until_ready(base_url: str, honcho: subprocess.Popen, log_path: Path) ->
             )
         except httpx.HTTPError as error:
             failing = f"web: {error}"
-        time.sleep(1)
-    raise StackError(f"Not ready after {READY_TIMEOUT_SECS:g} s ({failing}); see {log_path}.")
+        if time.monotonic() - last_said >= every_s:
+            last_said = time.monotonic()
+            say(f"  … not ready after {last_said - started:.0f} s: {failing}")
+        time.sleep(min(1.0, every_s))
+    raise StackError(f"Not ready after {timeout_s:g} s ({failing}); see {log_path}.")
 
 
 def output_queues(settings: Settings) -> list[str]:
@@ -347,6 +362,13 @@ def stop_stack(honcho: subprocess.Popen | None, redis_server: RedisServer | None
     Redis only once they are gone, so none of them logs a lost connection on the way out."""
     if honcho is not None:
         say("\nStopping web, worker, bridge and the rest (Redis last)…")
+        # Another Ctrl-C must not abandon the stop half-way: honcho and Redis run in their own
+        # sessions and would be left running.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(
+                signum,
+                lambda *_: say(f"  still stopping (a worker may take up to {STOP_GRACE_SECS} s)…"),
+            )
         stop_processes(honcho)
     if redis_server is not None:
         say("Stopping the embedded Redis…")

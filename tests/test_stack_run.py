@@ -8,6 +8,8 @@ import json
 import re
 import signal
 import subprocess
+import sys
+import threading
 
 import pytest
 import redis
@@ -15,9 +17,10 @@ import redis
 from bridge.local_bus import LocalBus
 from settings import load_settings
 from settings.redis_server import free_port, port_in_use
-from stack.run import DATA_DIR
+from stack.run import DATA_DIR, StackError, wait_until_ready
 from stack.workload import SAMPLES, feedback_messages, route_for
 from tests.support.processes import ManagedProcess, python_args
+from web.app import create_app
 
 # The whisper pool's 15 RPM paces the long clip's chunks: about two minutes on a quiet machine.
 WORKLOAD_TIMEOUT_SECS = 540.0
@@ -142,3 +145,38 @@ def test_own_message_is_shown_and_kept_then_ctrl_c_stops_redis_last(conduit_env,
     assert {name for name, _ in stops} >= {"web", "worker", "bridge"}, processes_log[-3000:]
     assert all(rc != "-9" for _, rc in stops), f"killed, not stopped: {stops}"
     assert not LOST_REDIS.search(processes_log), LOST_REDIS.search(processes_log)
+
+
+def test_waiting_for_ready_says_what_fails_and_names_a_wrong_endpoint(
+    redis_url, tmp_path, capsys
+) -> None:
+    """A wrong APP_OPENAI_API_BASE shows within seconds of start-up, with its URL, instead of
+    a silent wait that ends in a timeout."""
+    from werkzeug.serving import make_server
+
+    wrong = f"http://127.0.0.1:{free_port()}"
+    app = create_app(load_settings(auth_disabled=True, redis_url=redis_url, openai_api_base=wrong))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    honcho = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        with pytest.raises(StackError) as raised:
+            wait_until_ready(
+                f"http://127.0.0.1:{server.server_port}",
+                honcho,
+                tmp_path / "stack.log",
+                timeout_s=6,
+                every_s=1,
+            )
+    finally:
+        honcho.kill()
+        honcho.wait()
+        server.shutdown()
+        serving.join()
+        server.server_close()
+    progress = capsys.readouterr().out
+    assert "… not ready after" in progress
+    assert f"upstream: RuntimeError: {wrong} (APP_OPENAI_API_BASE) unreachable" in progress
+    assert "workers:" in progress and "bridge:" in progress
+    assert f"{wrong} (APP_OPENAI_API_BASE) unreachable" in str(raised.value)
