@@ -11,6 +11,10 @@ from settings import configure_logging, settings_or_exit
 
 _settings = settings_or_exit("web")
 
+# Only after the settings check: web.services builds the Celery app, whose own check of the same
+# settings would name the worker in the one-line error instead of the web.
+from web.services import EXTENSION_KEY  # noqa: E402 - see above
+
 bind = f"{_settings.web_host}:{_settings.web_port}"
 worker_class = "gthread"
 threads = 16
@@ -26,14 +30,10 @@ def post_fork(server, worker) -> None:
 
 def post_worker_init(worker) -> None:
     # The dashboard chart's history is recorded whether or not anyone watches (web/history.py).
-    from web.services import EXTENSION_KEY
-
     worker.wsgi.extensions[EXTENSION_KEY].broadcaster.keep_recording()
 
 
 def worker_exit(server, worker) -> None:
-    from web.services import EXTENSION_KEY
-
     app = getattr(worker, "wsgi", None)
     if app is not None:
         app.extensions[EXTENSION_KEY].broadcaster.stop()

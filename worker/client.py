@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from worker.celery_app import app as default_app
+
 # Redis on this machine or in this virtual network connects in milliseconds.
 BROKER_CONNECT_TIMEOUT_SECS = 2.0
 # A live worker answers a broadcast ping within a few hundred milliseconds, even when busy.
@@ -55,9 +57,6 @@ def ping_workers(app: Celery, timeout_s: float = WORKER_PING_TIMEOUT_SECS) -> in
 
 def require_worker(app: Celery | None = None, timeout_s: float = WORKER_PING_TIMEOUT_SECS) -> int:
     """Raise NoWorkerError unless the broker and at least one worker answer; how many did."""
-    if app is None:
-        from worker.celery_app import app as default_app
-
-        app = default_app
+    app = app or default_app
     check_broker(app)
     return ping_workers(app, timeout_s)
