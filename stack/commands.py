@@ -14,6 +14,9 @@ from __future__ import annotations
 import shlex
 import sys
 
+from celery.__main__ import main as celery_main
+from gunicorn.app.wsgiapp import run as gunicorn_run
+
 COMMANDS = {
     "worker": "celery -A worker worker --loglevel INFO",
     "web": "gunicorn -c python:web.gunicorn_conf 'web.app:create_app()'",
@@ -22,15 +25,11 @@ COMMANDS = {
 
 def worker() -> None:
     """``conduit-worker``: a Celery worker for Conduit's queues."""
-    from celery.__main__ import main
-
     sys.argv = [*shlex.split(COMMANDS["worker"]), *sys.argv[1:]]
-    main()
+    celery_main()
 
 
 def web() -> None:
     """``conduit-web``: the web app under gunicorn."""
-    from gunicorn.app.wsgiapp import run
-
     sys.argv = [*shlex.split(COMMANDS["web"]), *sys.argv[1:]]
-    run()
+    gunicorn_run()

@@ -4,6 +4,7 @@ each console script pyproject.toml declares."""
 
 from __future__ import annotations
 
+import importlib
 import shlex
 import subprocess
 import sys
@@ -84,8 +85,6 @@ def test_the_console_scripts_run_the_procfile_commands() -> None:
 
 
 def test_every_console_script_names_a_function() -> None:
-    import importlib
-
     for name, target in console_scripts().items():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), name

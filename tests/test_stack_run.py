@@ -13,6 +13,7 @@ import threading
 
 import pytest
 import redis
+from werkzeug.serving import make_server
 
 from bridge.local_bus import LocalBus
 from settings import load_settings
@@ -152,8 +153,6 @@ def test_waiting_for_ready_says_what_fails_and_names_a_wrong_endpoint(
 ) -> None:
     """A wrong APP_OPENAI_API_BASE shows within seconds of start-up, with its URL, instead of
     a silent wait that ends in a timeout."""
-    from werkzeug.serving import make_server
-
     wrong = f"http://127.0.0.1:{free_port()}"
     app = create_app(load_settings(auth_disabled=True, redis_url=redis_url, openai_api_base=wrong))
     server = make_server("127.0.0.1", 0, app, threaded=True)

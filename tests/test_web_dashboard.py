@@ -19,6 +19,8 @@ import pytest
 import redis
 import websocket
 
+from bridge.metrics import Counters, Heartbeat, read_bridge_stats
+from settings import Route
 from settings.redis_server import free_port
 from tests.support.processes import REPO_ROOT, ManagedProcess, python_args
 from web.broadcaster import StatusBroadcaster
@@ -164,9 +166,6 @@ def test_gunicorn_records_the_chart_with_nobody_watching(start_web, redis_client
 
 
 def test_bridge_counters_say_since_when_they_count(redis_client) -> None:
-    from bridge.metrics import Counters, Heartbeat, read_bridge_stats
-    from settings import Route
-
     route = Route(in_queue="form_iq", processor="feedback", out_queue="form_oq")
     counters = Counters()
     first = Heartbeat(redis_client, "bridge-a", [route], counters)
