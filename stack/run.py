@@ -4,7 +4,8 @@
 2. The Procfile's web, worker, bridge and Flower (and the emulators when no Azure OpenAI endpoint
    is configured) under honcho, with dev defaults (AUTH_DISABLED, console logs) unless the
    environment says otherwise. Their output goes to ``.data/stack.log``.
-3. Waits until ``/ready`` (Redis, broker, a bridge heartbeat, a worker) answers 200.
+3. Waits until ``/ready`` (Redis, broker, a bridge heartbeat, a worker, the Azure OpenAI
+   endpoint or emulator) answers 200, saying every few seconds which checks still fail.
 4. Sends the sample workload (stack/workload.py) to the input queues, prints each result as it
    arrives on the output queues, then a summary: processed, failed, quota used, URLs. While
    results do not come, says every few seconds what waits and why (stack/progress.py).
