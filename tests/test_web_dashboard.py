@@ -245,10 +245,10 @@ def chromium_driver(profile_dir: Path):
 
 
 def text_of(driver, selector: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    elements = driver.find_elements(By.CSS_SELECTOR, selector)
-    return elements[0].text if elements else ""
+    """The element's text, read in one step inside the page: the page replaces its table rows
+    every frame, so an element found first and read after may be gone by then (stale)."""
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+    return str(driver.execute_script(script, selector)).strip()
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
