@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -450,3 +451,13 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process-wide Settings, read once. Tests call ``get_settings.cache_clear()``."""
     return load_settings()
+
+
+def settings_or_exit(program: str) -> Settings:
+    """:func:`get_settings` for a process's entry point: a wrong setting ends the process with
+    the one line naming it (``program: APP_TPM_QUOTA='lots' is not valid: ...``) on stderr and
+    exit status 1, not a traceback with that line at the bottom."""
+    try:
+        return get_settings()
+    except SettingsError as error:
+        sys.exit(f"{program}: {error}")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import redis
 
-from settings.config import AppendFsync, Settings, get_settings
+from settings.config import AppendFsync, Settings, settings_or_exit
 
 # redis-server loads an empty AOF in milliseconds; a slow, loaded CI machine needs more.
 START_TIMEOUT_SECS = 20.0
@@ -138,6 +138,9 @@ class RedisServer:
             server_args(self.binary, self.port, self.data_dir, self.appendfsync),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C must not reach it with everything else, or it
+            # is gone while the processes that use it are still stopping. stop() ends it.
+            start_new_session=True,
         )
         self._wait_for_ping()
         return self
@@ -212,7 +215,7 @@ def ensure_redis(settings: Settings) -> tuple[str, RedisServer | None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run redis-server in the foreground (exec), so a process manager supervises it directly."""
-    settings = get_settings()
+    settings = settings_or_exit("redis")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=settings.redis_port)
     parser.add_argument("--data-dir", default=settings.redis_data_dir)

@@ -13,7 +13,7 @@ from celery import Celery
 from celery.signals import setup_logging
 from kombu import Queue
 
-from settings import Settings, configure_logging, get_settings
+from settings import Settings, configure_logging, get_settings, settings_or_exit
 
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"
@@ -74,4 +74,5 @@ def _use_conduit_logging(**_: object) -> None:
     configure_logging(get_settings())
 
 
-app = create_celery(get_settings())
+# `celery -A worker` imports this: a wrong setting ends it with one line, not a traceback.
+app = create_celery(settings_or_exit("worker"))
