@@ -9,7 +9,7 @@ import pytest
 
 from bridge.bus import ReceivedMessage
 from bridge.routing import TaskRequest, route_message
-from settings import Route
+from settings import Route, load_settings
 from stack.message_docs import DOC_PATH, SAMPLES, main, render
 from tasks.processors import PROCESSORS
 
@@ -46,6 +46,7 @@ def test_each_sample_line_is_accepted_by_the_bridge_as_it_is(path) -> None:
     processor = path.stem
     assert processor in PROCESSORS, f"{path.name} names no processor"
     route = Route(in_queue="in", processor=processor, out_queue="out")
+    settings = load_settings()
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     ids = [json.loads(line)["id"] for line in lines]
     assert len(set(ids)) == len(ids), f"{path.name}: ids repeat"
@@ -53,5 +54,10 @@ def test_each_sample_line_is_accepted_by_the_bridge_as_it_is(path) -> None:
         message = ReceivedMessage(
             body=line, message_id=f"m{number}", sequence_number=number, delivery_count=1
         )
-        outcome = route_message(route, message)
+        outcome = route_message(
+            route,
+            message,
+            max_bytes=settings.bridge_max_message_bytes,
+            max_depth=settings.bridge_max_json_depth,
+        )
         assert isinstance(outcome, TaskRequest), f"{path.name}:{number}: {outcome}"
