@@ -20,6 +20,7 @@ from logship.account import StorageAccount
 from logship.aio import uploader_from_settings
 from logship.monitor import LogMonitor
 from settings import Settings, get_logger
+from settings.logship import log_shipping_active
 
 log = get_logger(__name__)
 
@@ -30,10 +31,8 @@ _running: dict[int, LogMonitor] = {}
 
 def monitor_from_settings(settings: Settings) -> LogMonitor | None:
     """The monitor settings ask for, not started; None when shipping is off."""
-    if not settings.log_dir or not settings.logs_shipping_enabled:
-        return None
     account = StorageAccount.from_settings(settings)
-    if account is None:
+    if not log_shipping_active(settings) or account is None or settings.log_dir is None:
         return None
     return LogMonitor(
         settings.log_dir,

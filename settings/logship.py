@@ -9,7 +9,12 @@ Where the logs go is decided by fields that already exist in config.py and are r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import AliasChoices, BaseModel, Field
+
+if TYPE_CHECKING:
+    from settings.config import Settings
 
 
 class LogShippingSettings(BaseModel):
@@ -55,4 +60,15 @@ class LogShippingSettings(BaseModel):
     # The <host> part of blob names; unset: the machine's host name (a container's id in Docker).
     logs_host_name: str | None = Field(
         None, validation_alias=AliasChoices("LOG_SHIPPING_HOST_NAME")
+    )
+
+
+def log_shipping_active(settings: Settings) -> bool:
+    """True when this process ships its rotated logs: LOG_DIR, a storage account, not switched off.
+    The monitor then owns retention (it deletes a file only once uploaded), so the file handler
+    must not delete rotated files by count on its own (settings/logs.py)."""
+    return bool(
+        settings.log_dir
+        and settings.logs_shipping_enabled
+        and (settings.blob_connection_string is not None or settings.blob_account_url)
     )
