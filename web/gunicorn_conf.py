@@ -7,6 +7,7 @@ a threaded or gevent server), and the quota API is a Redis round trip per reques
 come from WEB_CONCURRENCY, which gunicorn reads itself.
 """
 
+from logship import start_log_shipping, stop_log_shipping
 from settings import configure_logging, get_settings
 
 _settings = get_settings()
@@ -22,3 +23,8 @@ accesslog = None
 
 def post_fork(server, worker) -> None:
     configure_logging(_settings)
+    start_log_shipping(_settings)  # workers sharing LOG_DIR coordinate through its state file
+
+
+def worker_exit(server, worker) -> None:
+    stop_log_shipping()

@@ -10,9 +10,10 @@ timeout another worker receives it. Tasks must therefore be idempotent (tasks/ m
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init, worker_shutdown
 from kombu import Queue
 
+from logship import start_log_shipping, stop_log_shipping
 from settings import Settings, configure_logging, get_settings
 
 # The queue for anything not routed elsewhere (ping, internal chores).
@@ -73,5 +74,9 @@ def _use_conduit_logging(**_: object) -> None:
     # Connecting this signal stops Celery from installing its own handlers on the root logger.
     configure_logging(get_settings())
 
+
+# Rotated logs of LOG_DIR go to Blob Storage while the worker runs (logship/).
+worker_init.connect(lambda **_: start_log_shipping(get_settings()), weak=False)
+worker_shutdown.connect(lambda **_: stop_log_shipping(), weak=False)
 
 app = create_celery(get_settings())
