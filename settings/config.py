@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from settings.calls import CallSettings
+from settings.compat import CompatSettings
 from settings.logship import LogShippingSettings
 from settings.search import SearchSettings
 from settings.telemetry import TelemetrySettings
@@ -81,6 +82,7 @@ class Settings(
     CallSettings,
     LogShippingSettings,
     TelemetrySettings,
+    CompatSettings,
     BaseSettings,
 ):
     """Every setting. The sections of the second half (search, voice, calls, log shipping,
