@@ -367,14 +367,26 @@ class OrderClause:
     descending: bool
 
 
+def split_clauses(text: str) -> list[str]:
+    """``$orderby``'s comma-separated clauses; commas inside a function's parentheses stay."""
+    clauses, depth, start = [], 0, 0
+    for position, character in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            clauses.append(text[start:position])
+            start = position + 1
+    clauses.append(text[start:])
+    return [clause.strip() for clause in clauses if clause.strip()]
+
+
 def parse_order_by(items: list[str], schema: IndexSchema) -> list[OrderClause]:
     """``$orderby`` clauses: sortable fields or ``search.score()``, each ``asc`` or ``desc``."""
     clauses = []
     for item in items:
-        words = item.strip().split()
-        if not words or len(words) > 2 or (len(words) == 2 and words[1] not in {"asc", "desc"}):
+        match = re.fullmatch(r"\s*(.+?)(?:\s+(asc|desc))?\s*", item)
+        if match is None:
             raise _invalid(f"Syntax error in '{item.strip()}'.", "$orderby")
-        target, descending = words[0], len(words) == 2 and words[1] == "desc"
+        target, descending = match.group(1), match.group(2) == "desc"
         if target == "search.score()":
             clauses.append(OrderClause(None, descending))
             continue
@@ -384,6 +396,8 @@ def parse_order_by(items: list[str], schema: IndexSchema) -> list[OrderClause]:
                 "Conduit Search emulator (supported: fields and search.score()).",
                 "$orderby",
             )
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", target):
+            raise _invalid(f"Syntax error in '{item.strip()}'.", "$orderby")
         field = schema.field(target)
         if field is None:
             raise _invalid(

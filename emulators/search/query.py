@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from emulators.search.odata import OrderClause, compile_filter, parse_order_by
+from emulators.search.odata import OrderClause, compile_filter, parse_order_by, split_clauses
 from emulators.search.schema import SearchRequestError
 from emulators.search.store import MAX_TEXT_RECALL, IndexStore
 
@@ -47,6 +47,16 @@ def _names(value: Any, parameter: str) -> list[str] | None:
     if not isinstance(value, str):
         raise SearchRequestError(f"The parameter '{parameter}' must be a comma-separated string.")
     return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _order_by(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        value = ",".join(str(item) for item in value)
+    if not isinstance(value, str):
+        raise SearchRequestError("The parameter '$orderby' must be a comma-separated string.")
+    return split_clauses(value)
 
 
 def _integer(value: Any, parameter: str, low: int, high: int) -> int | None:
@@ -101,7 +111,7 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
         search_mode=mode,
         search_fields=_names(body.get("searchFields"), "searchFields"),
         filter=body.get("filter"),
-        order_by=_names(body.get("orderby"), "$orderby") or [],
+        order_by=_order_by(body.get("orderby")),
         select=_names(body.get("select"), "$select"),
         top=_integer(body.get("top"), "$top", 0, MAX_TOP),
         skip=_integer(body.get("skip"), "$skip", 0, MAX_SKIP) or 0,
