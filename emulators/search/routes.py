@@ -108,11 +108,10 @@ def _authenticate() -> None:
     configured = current_app.extensions["emulator"].settings.emulator_api_key
     presented = request.headers.get("api-key", "")
     bearer = request.headers.get("Authorization", "").startswith("Bearer ")
-    if configured is not None:
-        if presented != configured.get_secret_value() and not bearer:
-            raise SearchUnauthorized()
-    elif not presented and not bearer:
-        raise SearchUnauthorized()
+    if not presented and not bearer:
+        raise SearchUnauthorized(presented=False)
+    if configured is not None and not bearer and presented != configured.get_secret_value():
+        raise SearchUnauthorized(presented=True)
 
 
 def _body() -> Any:

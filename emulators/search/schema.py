@@ -41,13 +41,15 @@ class SearchRequestError(SearchError):
 
 
 class SearchUnauthorized(SearchError):
-    status = 403
+    """401 when no key was presented, 403 when the key is wrong (as the service answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, presented: bool) -> None:
         super().__init__(
-            "Authentication failed: the api-key header is missing or wrong "
-            "(Emulator: EMULATOR_API_KEY when set, else any non-empty key)."
+            "Authentication failed: the api-key header is "
+            + ("wrong" if presented else "missing")
+            + " (Emulator: EMULATOR_API_KEY when set, else any non-empty key)."
         )
+        self.status = 403 if presented else 401
 
 
 class SearchNotFound(SearchError):
