@@ -124,7 +124,7 @@ def _index_name(index: str | None) -> str:
 # --- errors --------------------------------------------------------------------------------------
 
 
-def _as_conduit_error(error: Exception, what: str) -> Exception:
+def _as_conduit_error(error: Exception, what: str) -> Exception:  # noqa: PLR0911 - flat reads best
     from azure.core.exceptions import (
         ClientAuthenticationError,
         HttpResponseError,
@@ -147,6 +147,8 @@ def _as_conduit_error(error: Exception, what: str) -> Exception:
         detail = f"Azure AI Search answered {status} to {what}: {_message(error)}"
         if status in TRANSIENT_STATUSES or status >= 500:
             return TransientError(detail, _retry_after_s(error))
+        if status == 403:
+            return PermanentError(f"{detail} (check APP_SEARCH_API_KEY / APP_SEARCH_ENDPOINT)")
         return PermanentError(detail)
     return error
 

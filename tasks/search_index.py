@@ -88,25 +88,22 @@ def chunk_text(
     def encode(part: str) -> list[int]:
         return encoding.encode(part, disallowed_special=())
 
-    pieces = _pieces(text, max_tokens, encode, encoding.decode)
+    # Pieces leave room for the overlap, so every chunk after the first can start with one.
+    piece_limit = max(1, max_tokens - overlap_tokens - 1) if overlap_tokens else max_tokens
+    pieces = _pieces(text, piece_limit, encode, encoding.decode)
     chunks: list[str] = []
     current: list[tuple[str, int]] = []
     size = 0
     for piece in pieces:
         # The separator between pieces costs about a token.
         if current and size + piece[1] + 1 > max_tokens:
-            chunks.append("\n\n".join(part for part, _ in current))
-            kept: list[tuple[str, int]] = []
-            kept_size = 0
-            for part in reversed(current):
-                if (
-                    kept_size + part[1] + 1 > overlap_tokens
-                    or kept_size + part[1] + piece[1] + 2 > max_tokens
-                ):
-                    break
-                kept.insert(0, part)
-                kept_size += part[1] + 1
-            current, size = kept, kept_size
+            chunk = "\n\n".join(part for part, _ in current)
+            chunks.append(chunk)
+            current, size = [], 0
+            if overlap_tokens and overlap_tokens + piece[1] + 1 <= max_tokens:
+                # The next chunk starts with the last tokens of this one.
+                tail = encode(chunk)[-overlap_tokens:]
+                current, size = [(encoding.decode(tail), len(tail))], len(tail) + 1
         current.append(piece)
         size += piece[1] + 1
     if current:
