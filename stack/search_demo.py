@@ -87,6 +87,11 @@ def _ask(settings: Settings) -> None:
             ],
         )
         say(f"Asked the reasoner {len(asked)} questions on {route.in_queue}:")
+        if settings.embedded_openai:
+            say(
+                "  (the emulator stands in for the model: the answers' words are its filler; "
+                "the citations are real keys the hybrid search returned)"
+            )
         deadline = time.monotonic() + ANSWER_TIMEOUT_SECS
         while asked and time.monotonic() < deadline:
             batch = receiver.receive(max_count=8, max_wait_s=RECEIVE_WAIT_SECS)
