@@ -218,6 +218,7 @@ class Settings(
         default_factory=lambda: [
             Route(in_queue="form_iq", processor="feedback", out_queue="form_oq"),
             Route(in_queue="whisper_iq", processor="transcribe", out_queue="whisper_oq"),
+            Route(in_queue="reasoner_iq", processor="reasoner", out_queue="reasoner_oq"),
         ],
         validation_alias=_env("CONDUIT_ROUTES"),
     )

@@ -33,6 +33,7 @@ from quota import QuotaLimiter
 from settings import Settings, get_settings
 from settings.redis_server import RedisServerError, ensure_redis, port_in_use
 from settings.tiktoken_offline import seed_tiktoken_cache
+from stack.search_demo import run_search_demo
 from stack.tally import QuotaPeaks, ResultTally
 from stack.workload import SampleMessage, sample_workload, send_workload
 
@@ -283,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         wait_until_ready(f"http://127.0.0.1:{settings.web_port}", honcho, log_path)
         say(f"Ready in {time.monotonic() - started:.0f} s.")
         tally = run_workload(settings, redis_url, honcho, log_path)
+        searched = run_search_demo(settings, redis_url)
         if args.exit_after_workload:
             clean = tally.complete and not (tally.failed or tally.duplicates or tally.unexpected)
+            clean = clean and searched
             return 0 if clean else 1
         keep_running(settings, honcho, tally)
         return 1
