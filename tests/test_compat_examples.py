@@ -339,3 +339,87 @@ def test_log_monitor_service_example(azurite, tmp_path):
         names = [b.name for b in service.get_container_client("logs").list_blobs()]
     assert len(names) == 1 and names[0].startswith("my-application/")
     assert names[0].endswith("/my-application.2026-11-27.log")
+
+
+def test_azure_search_service_example(conduit):
+    from tasks import search
+
+    # The older service worked on an index that existed; one document already has a vector.
+    search.ensure_index("my-documents", vector_dimensions=3)
+    search.upload_documents(
+        "my-documents", [{"id": "0", "content": "vectors", "content_vector": [0.1, 0.2, 0.25]}]
+    )
+
+    async def example():
+        from compat.azure_search_service import AzureSearchService
+
+        # Initialize search service
+        search_service = AzureSearchService(index_name="my-documents", app_id="my_app")
+
+        # Upload documents
+        documents = [
+            {"id": "1", "title": "AI Overview", "content": "AI is transforming..."},
+            {"id": "2", "title": "ML Basics", "content": "Machine learning..."},
+        ]
+        await search_service.upload_documents(documents)
+
+        # Text search
+        results = await search_service.search_documents("machine learning", top=5)
+
+        # Vector search (requires vector field in documents)
+        vector_results = await search_service.vector_search(
+            vector=[0.1, 0.2, 0.3],  # was [0.1, 0.2, 0.3, ...]: Your query vector
+            vector_field="content_vector",
+            top=10,
+        )
+
+        # Get specific document
+        document = await search_service.get_document("1")
+
+        # Clean up
+        search_service.close()
+        return results, vector_results, document
+
+    results, vector_results, document = asyncio.run(example())
+
+    assert [r["id"] for r in results] == ["2"]
+    assert [r["id"] for r in vector_results] == ["0"]
+    assert document == {"id": "1", "title": "AI Overview", "content": "AI is transforming..."}
+
+
+def test_search_with_the_embedding_service_example(conduit):
+    from tasks import search
+    from tasks.embedding import create_embedding
+
+    texts = {"a": "artificial intelligence applications", "b": "a recipe for bread"}
+    vectors = create_embedding(list(texts.values()))
+    search.ensure_index("vectors", vector_dimensions=len(vectors[0]))
+    search.upload_documents(
+        "vectors",
+        [
+            {"id": key, "content": text, "content_vector": vector}
+            for (key, text), vector in zip(texts.items(), vectors, strict=True)
+        ],
+    )
+
+    async def example():
+        from compat.azure_embedding_service import AzureEmbeddingService
+        from compat.azure_search_service import AzureSearchService
+
+        # Initialize both services
+        search_service = AzureSearchService(index_name="vectors", app_id="my_app")
+        embedding_service = AzureEmbeddingService(app_id="my_app")
+
+        # Generate embedding for query
+        query_text = "artificial intelligence applications"
+        query_embedding = await embedding_service.create_embedding(query_text)
+
+        # Perform vector search
+        results = await search_service.vector_search(
+            vector=query_embedding[0], vector_field="content_vector", top=5
+        )
+        return results
+
+    results = asyncio.run(example())
+
+    assert results[0]["id"] == "a"  # the same text's vector is nearest
