@@ -115,8 +115,8 @@ class AsyncServiceBusHandler:
         self.max_idle_s = settings.compat_max_idle_s
         self._bus = bus or _bus_for(settings, fully_qualified_namespace)
         self._owns_bus = bus is None
-        # Receivers are not thread-safe: every call on ours goes through this one thread.
-        self._receiver_thread = ThreadPoolExecutor(1, thread_name_prefix="compat-receiver")
+        # Receivers are not thread-safe: every call on ours goes through one thread (per listen).
+        self._receiver_thread: ThreadPoolExecutor | None = None
         self._receiver: Receiver | None = None
         self._stop = asyncio.Event()
         self.processed = 0  # messages settled (completed or dead-lettered), for health and tests
@@ -125,6 +125,7 @@ class AsyncServiceBusHandler:
     async def listen(self) -> None:
         """Receive and process messages until :meth:`stop` is called."""
         self._stop.clear()
+        self._receiver_thread = ThreadPoolExecutor(1, thread_name_prefix="compat-receiver")
         empty_receives = 0
         log.info("listening on %s, results to %s", self.in_queue_name, self.out_queue_name)
         try:
@@ -138,7 +139,15 @@ class AsyncServiceBusHandler:
                     batch = []
                 if batch:
                     empty_receives = 0
-                    await asyncio.gather(*(self.process_message(m) for m in batch))
+                    outcomes = await asyncio.gather(
+                        *(self.process_message(m) for m in batch), return_exceptions=True
+                    )
+                    for outcome in outcomes:
+                        if isinstance(outcome, BridgeError):
+                            # Unsettled: the bus delivers the message again when its lock ends.
+                            log.warning("settling a message failed: %s", outcome)
+                        elif isinstance(outcome, BaseException):
+                            raise outcome
                     continue
                 empty_receives += 1
                 idle = min(self.max_idle_s, FIRST_IDLE_SECS * 2 ** (empty_receives - 1))
@@ -232,6 +241,8 @@ class AsyncServiceBusHandler:
 
     async def _on_receiver(self, method: str, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
+        if self._receiver_thread is None:
+            self._receiver_thread = ThreadPoolExecutor(1, thread_name_prefix="compat-receiver")
 
         def call() -> Any:
             if self._receiver is None:
@@ -250,6 +261,10 @@ class AsyncServiceBusHandler:
             if self._owns_bus:
                 self._bus.close()
 
-        await loop.run_in_executor(self._receiver_thread, close)
-        self._receiver_thread.shutdown(wait=True)
+        executor, self._receiver_thread = self._receiver_thread, None
+        if executor is None:
+            close()
+            return
+        await loop.run_in_executor(executor, close)
+        executor.shutdown(wait=True)
         log.info("stopped listening on %s", self.in_queue_name)

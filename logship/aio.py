@@ -28,7 +28,9 @@ from pathlib import Path
 from logship.account import StorageAccount
 from logship.monitor import LogMonitor
 from logship.uploader import BlobUploader, UploadResult
-from settings import Settings, get_settings
+from settings import Settings, get_logger, get_settings
+
+log = get_logger(__name__)
 
 
 def _account(
@@ -62,6 +64,12 @@ def uploader_from_settings(settings: Settings, account: StorageAccount) -> BlobU
         max_delay_s=settings.logs_upload_max_delay_s,
         concurrency=settings.logs_upload_concurrency,
     )
+
+
+def _log_failure(future: asyncio.Future[UploadResult]) -> None:
+    error = None if future.cancelled() else future.exception()
+    if error is not None:
+        log.warning("upload failed: %s", error)
 
 
 class AsyncBlobStorageUploader:
@@ -102,7 +110,10 @@ class AsyncBlobStorageUploader:
         name = blob_name or os.path.basename(file_path)
         if app_name:
             name = f"{app_name}/{name}"
-        return asyncio.wrap_future(self._uploader.submit(file_path, name))
+        future = asyncio.wrap_future(self._uploader.submit(file_path, name))
+        # The older callers never awaited uploads: say what failed here, not as "never retrieved".
+        future.add_done_callback(_log_failure)
+        return future
 
     def pending(self) -> int:
         return self._uploader.pending()

@@ -423,3 +423,43 @@ def test_search_with_the_embedding_service_example(conduit):
     results = asyncio.run(example())
 
     assert results[0]["id"] == "a"  # the same text's vector is nearest
+
+
+# --- beyond the examples: the retries the older services relied on -------------------------------
+
+
+def test_send_prompt_retries_transient_failures_then_raises(conduit):
+    from compat.azure_openai_service import AzureOpenAIService
+    from tasks.errors import TransientError
+
+    conduit.configure(error_rate=1.0, error_status=503)
+    try:
+        with pytest.raises(TransientError, match="503"):
+            asyncio.run(
+                AzureOpenAIService(app_id="my_app").send_prompt("Hi.", "Hi.", max_retries=1)
+            )
+    finally:
+        conduit.configure(error_rate=0.0)
+
+    assert charged(conduit, CHAT)["faults"] == 2  # the first attempt and one retry
+
+
+def test_send_prompt_waits_out_a_quota_refusal(conduit, monkeypatch):
+    # A short window, so the refusal clears in seconds rather than a minute.
+    monkeypatch.setenv("QUOTA_WINDOW_SECONDS", "2")
+    monkeypatch.setenv("APP_TPM_QUOTA", "2000")
+    from compat.azure_openai_service import AzureOpenAIService
+
+    async def example() -> str:
+        from compat.token_client import TokenClient
+
+        async with TokenClient(app_id="someone_else") as other:
+            allowed, _, _ = await other.lock_tokens(1800)  # the window is nearly full
+            assert allowed
+        return await AzureOpenAIService(app_id="my_app").send_prompt(
+            "You are terse.", "Say hi.", max_tokens=200
+        )
+
+    assert asyncio.run(example())
+    assert charged(conduit, CHAT)["admitted"] == 1  # refused by our quota, never by Azure
+    assert app_usage("completion", CHAT, "my_app").requests == 1
