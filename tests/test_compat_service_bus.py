@@ -19,6 +19,8 @@ from compat.threads import shutdown_pool
 from tests.support.processes import ManagedProcess, python_args
 
 WAIT_SECS = 120
+# How long the idle-polling test leaves the queue empty.
+IDLE_SECS = 3.0
 # Short, so messages a killed process held come back quickly.
 LOCK_SECS = 3
 
@@ -183,3 +185,62 @@ def test_the_older_usage_example_with_only_the_import_changed(bus: LocalBus, cap
 
     assert [json.loads(m.body) for m in bus.peek(out_queue, 10)] == [{"upper": "HELLO"}]
     assert "set SERVICE_BUS_NAMESPACE=namespace.servicebus.windows.net" in caplog.text
+
+
+def test_idle_polling_slows_down_on_an_empty_queue_and_still_picks_up_a_message(
+    bus: LocalBus, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("COMPAT_MAX_IDLE_SECONDS", "1")
+    in_queue, out_queue = queues()
+    receives: list[float] = []
+    real_receiver = bus.receiver
+
+    class CountingReceiver:
+        def __init__(self, queue: str) -> None:
+            self.inner = real_receiver(queue)
+
+        def receive(self, max_count: int, max_wait_s: float):
+            receives.append(max_wait_s)
+            return self.inner.receive(max_count, max_wait_s)
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(bus, "receiver", CountingReceiver)
+    # No long poll: without the idle sleep this would spin hundreds of receives a second.
+    handler = AsyncServiceBusHandler(
+        lambda body: {"got": body["n"]}, in_queue, out_queue, max_wait_time=0, bus=bus
+    )
+
+    async def scenario() -> int:
+        listening = asyncio.create_task(handler.listen())
+        await asyncio.sleep(IDLE_SECS)  # an empty queue for this long
+        idle_receives = len(receives)
+        send(bus, in_queue, [json.dumps({"n": 5})])
+        async with asyncio.timeout(WAIT_SECS):
+            while handler.processed < 1:
+                await asyncio.sleep(0.05)
+        await handler.stop()
+        await listening
+        return idle_receives
+
+    idle_receives = asyncio.run(scenario())
+
+    # Sleeps of 0.25, 0.5, then 1 s (the cap) between receives: in 3 s at most 5 receives (a
+    # loaded machine makes fewer); spinning without them would make hundreds.
+    assert 1 <= idle_receives <= 5 and set(receives) == {0}
+    assert [json.loads(m.body) for m in bus.peek(out_queue, 10)] == [{"got": 5}]
+
+
+def test_with_service_bus_configured_the_namespace_argument_names_it(monkeypatch):
+    from bridge.servicebus import ServiceBus
+
+    monkeypatch.setenv("SERVICE_BUS_NAMESPACE", "configured.servicebus.windows.net")
+    handler = AsyncServiceBusHandler(
+        lambda body: body, "input-queue", "output-queue", "other.servicebus.windows.net"
+    )
+    try:
+        assert isinstance(handler._bus, ServiceBus)
+        assert handler._bus.client.fully_qualified_namespace == "other.servicebus.windows.net"
+    finally:
+        handler._bus.close()
