@@ -199,7 +199,9 @@ def test_logger_example(caplog):
     assert get_logger("quiet", "WARNING").level == logging.WARNING
 
 
-def test_whisper_example(conduit, tmp_path):
+def test_whisper_example(conduit, tmp_path, monkeypatch):
+    # Where this service's recordings live (a local path must be inside it on tasks/' rule).
+    monkeypatch.setenv("AUDIO_LOCAL_ROOT", str(tmp_path))
     chunk_dir = tmp_path / "chunks"
     chunk_dir.mkdir()
 
