@@ -110,6 +110,8 @@ class LogMonitor:
                 self.scan(deadline=deadline)
             except Exception as error:  # noqa: BLE001 - stopping must not raise
                 log.warning("final log scan failed: %s", error)
+        else:
+            log.warning("no final log scan: the last scan was still uploading at the timeout")
         return self.uploader.shutdown(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:

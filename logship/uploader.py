@@ -173,7 +173,7 @@ class BlobUploader:
             if job is not None:
                 left.append(job.file_path)
                 job.future.set_exception(UploadAbandoned(f"{job.file_path}: uploader stopped"))
-        return left
+        return list(dict.fromkeys(left))  # a file the worker gave up on as we looked: once
 
     # --- the worker ------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -185,12 +185,15 @@ class BlobUploader:
             try:
                 if self._abandon.is_set():
                     raise UploadAbandoned(f"{job.file_path}: uploader stopped")
-                job.future.set_result(self.upload(job.file_path, job.blob_name))
+                result = self.upload(job.file_path, job.blob_name)
+                if not job.future.done():  # shutdown may have given up on it meanwhile
+                    job.future.set_result(result)
             except Exception as error:  # noqa: BLE001 - one bad file must not stop the worker
                 if self._abandon.is_set():
                     with self._lock:
                         self._left.append(job.file_path)
-                job.future.set_exception(classify(error, self.account.credential_setting))
+                if not job.future.done():
+                    job.future.set_exception(classify(error, self.account.credential_setting))
             finally:
                 self._current = None
 
