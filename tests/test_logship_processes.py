@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from azure.storage.blob import BlobServiceClient
 
 from settings.redis_server import free_port
@@ -54,6 +55,7 @@ def shipping_env(azurite: AzuriteServer, logs: Path, app: str, container: str) -
     }
 
 
+@pytest.mark.slow
 def test_gunicorn_workers_sharing_a_log_dir_upload_each_file_once(
     azurite_server: AzuriteServer, conduit_env: dict[str, str], tmp_path: Path
 ):
@@ -90,6 +92,7 @@ def test_gunicorn_workers_sharing_a_log_dir_upload_each_file_once(
     assert "was already at" not in output
 
 
+@pytest.mark.slow
 def test_a_celery_worker_ships_while_running_and_once_more_as_it_stops(
     azurite_server: AzuriteServer, start_worker, tmp_path: Path
 ):
