@@ -71,6 +71,11 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _json_body(value: Any) -> str:
+    """A message body: a str as it is (already JSON, as the older handler sent it), else JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _bus_for(settings: Settings, namespace: str | None) -> Bus:
     if settings.uses_local_bus:
         if namespace:
@@ -165,8 +170,9 @@ class AsyncServiceBusHandler:
     async def send_message(self, message_body: Any, *, message_id: str | None = None) -> str:
         """Send ``message_body`` (JSON-encoded unless it is already a str) to the output queue;
         returns its ``message_id`` (a new one unless given)."""
-        body = message_body if isinstance(message_body, str) else json.dumps(message_body)
-        message = OutgoingMessage(body=body, message_id=message_id or uuid.uuid4().hex)
+        message = OutgoingMessage(
+            body=_json_body(message_body), message_id=message_id or uuid.uuid4().hex
+        )
         await run_blocking(self._bus.send, self.out_queue_name, [message])
         return message.message_id
 
@@ -175,17 +181,19 @@ class AsyncServiceBusHandler:
         with log_context(message_id=message.message_id):
             try:
                 body = json.loads(message.body)
-            except ValueError as error:
+            except (ValueError, RecursionError) as error:  # not JSON, or nested past parsing
                 await self._dead_letter(message, "InvalidMessageBody", _one_line(error))
                 return
             try:
                 result = await self._call_processor(body)
+                # Serialised here, so a result that is not JSON counts as the processor's failure.
+                result_body = None if result is None else _json_body(result)
             except Exception as error:  # noqa: BLE001 - any processor failure is retried
                 await self._failed(message, error)
                 return
             try:
-                if result is not None:
-                    await self._send_result(message, result)
+                if result_body is not None:
+                    await self._send_result(message, result_body)
             except MessageTooLarge as error:
                 await self._dead_letter(message, "ResultTooLarge", _one_line(error))
                 return
@@ -208,9 +216,9 @@ class AsyncServiceBusHandler:
             return await result
         return result
 
-    async def _send_result(self, message: ReceivedMessage, result: Any) -> None:
+    async def _send_result(self, message: ReceivedMessage, body: str) -> None:
         outgoing = OutgoingMessage(
-            body=result if isinstance(result, str) else json.dumps(result),
+            body=body,
             message_id=result_message_id(self.in_queue_name, message.message_id),
             correlation_id=message.message_id,
         )

@@ -244,3 +244,19 @@ def test_with_service_bus_configured_the_namespace_argument_names_it(monkeypatch
         assert handler._bus.client.fully_qualified_namespace == "other.servicebus.windows.net"
     finally:
         handler._bus.close()
+
+
+def test_a_result_that_is_not_json_counts_as_a_processing_failure(bus: LocalBus):
+    in_queue, out_queue = queues()
+    send(bus, in_queue, [json.dumps({"n": 3})])
+
+    async def process_data(body: dict) -> object:
+        return {"when": object()}  # json.dumps cannot encode it
+
+    handler = AsyncServiceBusHandler(process_data, in_queue, out_queue, None, 0, 0, 0.2, bus=bus)
+    asyncio.run(run_until(handler, lambda: bool(bus.dead_letters(in_queue, 1))))
+
+    (dead,) = bus.dead_letters(in_queue, 10)
+    assert dead.dead_letter_reason == "ProcessingFailed"
+    assert dead.dead_letter_description.startswith("TypeError: Object of type object")
+    assert bus.peek(out_queue, 10) == []
