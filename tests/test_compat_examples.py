@@ -465,3 +465,35 @@ def test_send_prompt_waits_out_a_quota_refusal(conduit, monkeypatch):
     assert asyncio.run(example())
     assert charged(conduit, CHAT)["admitted"] == 1  # refused by our quota, never by Azure
     assert app_usage("completion", CHAT, "my_app").requests == 1
+
+
+@pytest.mark.slow
+def test_chunks_go_up_at_once_but_never_faster_than_the_whisper_quota(
+    start_emulator, redis_url, tiktoken_cache, monkeypatch, tmp_path
+):
+    """An emulator (like Azure) allowing 12 Whisper requests a 6 s window, 2 per 1 s sub-window;
+    the quota set the same. Six chunks at once would be three 429s without the quota."""
+    tight = start_emulator(limits={WHISPER: {"tpm": 0, "rpm": 12}}, EMULATOR_WINDOW_SECONDS="6")
+    for name, value in tight.client_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("APP_WHISPER_RPM_QUOTA", "12")
+    monkeypatch.setenv("QUOTA_WINDOW_SECONDS", "6")
+    monkeypatch.setenv("AUDIO_LOCAL_ROOT", str(tmp_path))
+    chunks = [recording(tmp_path / f"chunk{i}.wav") for i in range(6)]
+    from compat.azure_openai_service import AzureOpenAIServiceWhisper
+
+    try:
+        results = asyncio.run(
+            AzureOpenAIServiceWhisper("app_whisper").transcribe_audio_chunks(chunks)
+        )
+    finally:
+        shutdown_pool()
+
+    assert results == [{"text": "What is the weather today."}] * 6
+    assert charged(tight, WHISPER) == {
+        "requests": 6,
+        "admitted": 6,
+        "throttled": 0,  # our quota made them wait; Azure never had to refuse one
+        "tokens_charged": 0,
+        "faults": 0,
+    }
