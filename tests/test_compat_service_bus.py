@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from bridge.bus import OutgoingMessage
 from bridge.local_bus import LocalBus
 from compat.service_bus import AsyncServiceBusHandler, result_message_id
 from compat.threads import shutdown_pool
+from tests.support.compat_service import processed_key
 from tests.support.processes import ManagedProcess, python_args
 
 WAIT_SECS = 120
@@ -69,8 +71,6 @@ async def run_until(handler: AsyncServiceBusHandler, done, timeout: float = WAIT
 
 
 def wait_until(check, what: str, process: ManagedProcess | None = None) -> None:
-    import time
-
     deadline = time.monotonic() + WAIT_SECS
     while time.monotonic() < deadline:
         if process is not None and process.process is not None:
@@ -83,7 +83,7 @@ def wait_until(check, what: str, process: ManagedProcess | None = None) -> None:
 
 @pytest.mark.slow
 def test_200_messages_through_a_handler_killed_midway_give_200_results_once_each(
-    bus: LocalBus, conduit_env: dict[str, str], tmp_path: Path
+    bus: LocalBus, redis_client: redis.Redis, conduit_env: dict[str, str], tmp_path: Path
 ):
     in_queue, out_queue = queues()
     ids = send(bus, in_queue, [json.dumps({"n": n}) for n in range(200)])
@@ -93,17 +93,26 @@ def test_200_messages_through_a_handler_killed_midway_give_200_results_once_each
     def results() -> list:
         return bus.peek(out_queue, 1000)
 
-    first = ManagedProcess(args, env, tmp_path / "first.log", name="compat service").start()
-    wait_until(lambda: len(results()) >= 40, "some results", first)
+    def sent_not_completed() -> set[str]:
+        """Inputs whose result is out but which are still in the input queue: killing the
+        process now makes their redelivery send the result again."""
+        pending = {m.message_id for m in bus.peek(in_queue, 1000)}
+        return {m.correlation_id for m in results()} & pending
+
+    slow = [*args, "--slow-complete"]  # results go out well before their input is completed
+    first = ManagedProcess(slow, env, tmp_path / "first.log", name="compat service").start()
+    deadline = time.monotonic() + WAIT_SECS
+    while len(results()) < 150 and time.monotonic() < deadline:  # kill midway in any case
+        if len(results()) >= 20 and sent_not_completed():
+            break
     first.kill()  # SIGKILL, messages in flight and locked
     first.stop()  # only closes its log: the process is gone
-    killed_at = len(results())
-    assert killed_at < 200
+    assert len(results()) < 200
+    caught = sent_not_completed()  # frozen now: these will be processed and sent again
+    assert caught, "the kill found no result sent for a message not yet completed"
 
     with ManagedProcess(args, env, tmp_path / "second.log", name="compat service again"):
         wait_until(lambda: len(results()) >= 200 and not bus.peek(in_queue, 1), "every result")
-        # Give redelivered messages, if any, time to produce a second copy were dedup broken.
-        wait_until(lambda: not bus.peek(in_queue, 1), "an empty input queue")
 
     out = results()
     assert len(out) == 200
@@ -111,6 +120,12 @@ def test_200_messages_through_a_handler_killed_midway_give_200_results_once_each
     assert {m.message_id for m in out} == {result_message_id(in_queue, i) for i in ids}
     assert sorted(json.loads(m.body)["n"] for m in out) == list(range(200))
     assert bus.dead_letters(in_queue, 10) == []
+    counts = {int(n): int(c) for n, c in redis_client.hgetall(processed_key(in_queue)).items()}
+    assert sorted(counts) == list(range(200))
+    # Messages whose result was out when the process died were processed again, and their
+    # second result was dropped by duplicate detection (one result each, above).
+    by_id = dict(zip(ids, range(200), strict=True))
+    assert all(counts[by_id[message_id]] >= 2 for message_id in caught)
 
 
 def test_a_raising_processor_is_retried_then_dead_lettered_with_the_reason(bus: LocalBus):
