@@ -283,3 +283,41 @@ def test_a_process_ships_its_rotated_logs_and_a_file_rotated_before_it_stops(
     stored = blobs(azurite_server.connection_string, container)
     assert stored == {f"bridge/{HOST}/{f.name}": f.read_bytes() for f in (first, last)}
     assert (logs / "bridge.log").exists()  # the active file, written but never shipped
+
+
+def test_a_claim_by_a_live_process_is_respected_and_a_dead_ones_is_taken_over(
+    azurite_server: AzuriteServer, logs: Path, container: str
+):
+    import os
+    import socket
+    import subprocess
+
+    from logship.state import StateStore
+
+    held, orphaned = rotated(logs, 2), rotated(logs, 1)
+    gone = subprocess.Popen(["true"])  # a pid that no longer runs
+    gone.wait()
+    store = StateStore(logs)
+    with store.locked() as state:
+        until = time.time() + 3600
+        host = socket.gethostname()
+        state.claims[held.name] = {
+            "owner": "other",
+            "host": host,
+            "pid": os.getppid(),
+            "until": until,
+        }
+        state.claims[orphaned.name] = {
+            "owner": "dead",
+            "host": host,
+            "pid": gone.pid,
+            "until": until,
+        }
+
+    monitor = make_monitor(azurite_server.connection_string, container, logs)
+    report = monitor.scan(deadline=time.monotonic() + WAIT_SECS)
+    monitor.stop()
+
+    assert report.uploaded == [orphaned.name]  # a killed uploader's file is not stuck for 30 min
+    assert report.skipped_claimed == [held.name]  # a live process is uploading this one
+    assert held.name not in StateStore(logs).read().uploaded
