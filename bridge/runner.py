@@ -23,6 +23,7 @@ from bridge.ingress import Ingress
 from bridge.ledger import Ledger, LostTaskSweeper
 from bridge.metrics import HEARTBEAT_SECS, Counters, Heartbeat, celery_queue, new_bridge_id
 from bridge.unrouted import UnroutedReporter
+from logship import start_log_shipping, stop_log_shipping
 from settings import Settings, configure_logging, get_logger
 from tasks.processors import UnknownProcessor, get_processor
 
@@ -164,9 +165,11 @@ def run_bridge(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     bridge = Bridge(settings, connect_bus(settings))
+    start_log_shipping(settings)
     try:
         healthy = bridge.run(stop)
     finally:
         bridge.close()
+        stop_log_shipping()
     log.info("bridge stopped")
     return 0 if healthy else 1

@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from settings.calls import CallSettings
+from settings.compat import CompatSettings
 from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.logship import LogShippingSettings
 from settings.search import SearchSettings
@@ -88,6 +89,7 @@ class Settings(
     CallSettings,
     LogShippingSettings,
     TelemetrySettings,
+    CompatSettings,
     BaseSettings,
 ):
     """Every setting. The sections of the second half (search, voice, calls, log shipping,
@@ -233,6 +235,7 @@ class Settings(
         default_factory=lambda: [
             Route(in_queue="form_iq", processor="feedback", out_queue="form_oq"),
             Route(in_queue="whisper_iq", processor="transcribe", out_queue="whisper_oq"),
+            Route(in_queue="reasoner_iq", processor="reasoner", out_queue="reasoner_oq"),
         ],
         validation_alias=_env("CONDUIT_ROUTES"),
     )

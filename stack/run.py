@@ -41,6 +41,7 @@ from settings.tiktoken_offline import seed_tiktoken_cache
 from stack.honcho_start import STOP_GRACE_SECS
 from stack.progress import PROGRESS_EVERY_SECS, WaitWatcher
 from stack.results import ResultReader
+from stack.search_demo import run_search_demo
 from stack.tally import QuotaPeaks, ResultTally
 from stack.workload import SampleMessage, sample_workload, send_workload
 from worker import create_celery
@@ -344,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             tally = ResultTally([])
         else:
             tally = run_workload(settings, redis_url, honcho, log_path, consume=consume)
+        searched = args.no_workload or run_search_demo(settings, redis_url)
         if args.exit_after_workload:
             clean = tally.complete and not (tally.failed or tally.duplicates)
+            clean = clean and searched
             return 0 if clean else 1
         keep_running(settings, honcho, tally, consume=consume)
         return 1

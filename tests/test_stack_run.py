@@ -34,6 +34,7 @@ def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
 ) -> None:
     ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port(), "EMULATOR_PORT": free_port()}
     env = {**conduit_env, **{name: str(port) for name, port in ports.items()}}
+    env["EMULATOR_SEARCH_DATA_DIR"] = str(tmp_path / "search")
     stack = ManagedProcess(python_args("-m", "stack"), env, tmp_path / "stack.out", name="make run")
     stack.start()
     try:
@@ -50,6 +51,9 @@ def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
         assert "duplicates  0" in output
         assert re.search(r"completion/gpt-4o\s+[1-9][\d,]* of 128,000 tokens", output), output
         assert f"http://127.0.0.1:{ports['WEB_PORT']}/dashboard" in output
+        # The search step: the READMEs indexed, two reasoner answers with their citations.
+        assert re.search(r"Indexed [1-9]\d* chunks of [1-9]\d* READMEs", output), output
+        assert output.count("     citations ") == 2, output
 
         stack.signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
         assert stack.process.wait(60) == 0
@@ -62,7 +66,7 @@ def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     bus = LocalBus(client)
     try:
-        for queue in ("form_oq", "whisper_oq"):
+        for queue in ("form_oq", "whisper_oq", "reasoner_oq"):
             assert bus.peek(queue, 10) == []
     finally:
         client.close()

@@ -7,6 +7,7 @@ a threaded or gevent server), and the quota API is a Redis round trip per reques
 come from WEB_CONCURRENCY, which gunicorn reads itself.
 """
 
+from logship import start_log_shipping, stop_log_shipping
 from settings import configure_logging, settings_or_exit
 
 _settings = settings_or_exit("web")
@@ -26,6 +27,7 @@ accesslog = None
 
 def post_fork(server, worker) -> None:
     configure_logging(_settings)
+    start_log_shipping(_settings)  # workers sharing LOG_DIR coordinate through its state file
 
 
 def post_worker_init(worker) -> None:
@@ -37,3 +39,4 @@ def worker_exit(server, worker) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None:
         app.extensions[EXTENSION_KEY].broadcaster.stop()
+    stop_log_shipping()
