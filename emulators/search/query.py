@@ -181,7 +181,8 @@ def _ordered(
         else:
             name = clause.field
             ordered.sort(
-                key=lambda item: _sort_key(store.documents[item[0]].get(name)),
+                # .get: a document deleted by another request meanwhile sorts as null.
+                key=lambda item: _sort_key(store.documents.get(item[0], {}).get(name)),
                 reverse=clause.descending,
             )
     return ordered
