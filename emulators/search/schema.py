@@ -24,7 +24,7 @@ SCALAR_TYPES = {
 }
 VECTOR_ELEMENT_TYPES = {"Edm.Single", "Edm.Half", "Edm.Int16", "Edm.SByte", "Edm.Byte"}
 # Azure's rules for names: an index name is lower-case letters, digits and dashes, up to 128.
-INDEX_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?$")
+INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,126}[a-z0-9]$")
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 # Azure's limit on a vector field's dimensions.
 MAX_VECTOR_DIMENSIONS = 4096
