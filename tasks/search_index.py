@@ -167,7 +167,7 @@ def index_chunk_batch(
     """Embed ``chunks`` (one embeddings request, inside the quota) and upload them with their
     vectors: ``{"indexed": n, "failed": [{"key", "error"}]}``."""
     if not chunks:
-        return {"indexed": 0, "failed": []}
+        return {"batch": None, "indexed": 0, "failed": []}
     settings = get_settings()
     vectors = create_embedding_batch(
         [chunk["content"] for chunk in chunks],
@@ -186,15 +186,24 @@ def index_chunk_batch(
         for result in results
         if not result["succeeded"]
     ]
-    return {"indexed": len(results) - len(failed), "failed": failed}
+    return {
+        "batch": chunks[0][search.KEY_FIELD],
+        "indexed": len(results) - len(failed),
+        "failed": failed,
+    }
 
 
 def summarize(
     batch_results: Sequence[dict[str, Any]], index: str, documents: int
 ) -> dict[str, Any]:
-    """The workflow's answer: how many chunks went in, and which did not (and why)."""
-    failed = [item for result in batch_results for item in result.get("failed", [])]
-    indexed = sum(result.get("indexed", 0) for result in batch_results)
+    """The workflow's answer: how many chunks went in, and which did not (and why).
+
+    A batch's result can arrive twice (its worker was killed after reporting it, before
+    acknowledging it, and the batch ran again from its stored result): each batch, named by its
+    first key, counts once."""
+    unique = {result.get("batch"): result for result in batch_results}
+    failed = [item for result in unique.values() for item in result.get("failed", [])]
+    indexed = sum(result.get("indexed", 0) for result in unique.values())
     return {
         "index": index,
         "documents": documents,

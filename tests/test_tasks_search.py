@@ -15,7 +15,7 @@ from settings.redis_server import free_port
 from settings.tiktoken_offline import encoding_for_model
 from tasks import search
 from tasks.errors import InvalidInput, PermanentError, TransientError
-from tasks.search_index import chunk_key, chunk_text, plan_chunks
+from tasks.search_index import chunk_key, chunk_text, plan_chunks, summarize
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +244,16 @@ def test_planned_chunks_have_stable_valid_keys_and_bad_documents_are_named(
         plan_chunks([{"id": "a", "text": "x"}, {"id": "b"}])
     with pytest.raises(InvalidInput, match="appears twice"):
         plan_chunks([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+
+
+def test_a_batch_reported_twice_counts_once_in_the_summary():
+    first = {"batch": "a-0000", "indexed": 2, "failed": []}
+    second = {"batch": "b-0000", "indexed": 1, "failed": [{"key": "b-0001", "error": "400"}]}
+    summary = summarize([first, second, first], "docs", 2)
+    assert summary == {
+        "index": "docs",
+        "documents": 2,
+        "chunks": 4,
+        "indexed": 3,
+        "failed": [{"key": "b-0001", "error": "400"}],
+    }
