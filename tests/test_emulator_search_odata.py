@@ -153,6 +153,8 @@ def test_reciprocal_rank_fusion_sums_one_over_sixty_plus_rank():
     assert fused["a"] == pytest.approx(1 / 61)
     assert fused["d"] == pytest.approx(1 / 63)
     assert max(fused, key=fused.__getitem__) == "c"
+    weighted = dict(fuse([[("a", 9.0)], [("b", 0.9)]], [1.0, 2.0]))
+    assert weighted == {"a": pytest.approx(1 / 61), "b": pytest.approx(2 / 61)}
 
 
 def test_an_index_update_may_add_fields_but_not_change_them():

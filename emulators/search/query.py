@@ -155,12 +155,23 @@ def _vector_ranking(
     return fuse(rankings)[:k]
 
 
-def fuse(rankings: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
-    """Reciprocal Rank Fusion of several rankings (best first), as Azure's hybrid search does."""
+def _weight(query: dict[str, Any]) -> float:
+    weight = query.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise SearchRequestError("A vector query's 'weight' must be a positive number.")
+    return float(weight)
+
+
+def fuse(
+    rankings: list[list[tuple[str, float]]], weights: list[float] | None = None
+) -> list[tuple[str, float]]:
+    """Reciprocal Rank Fusion of several rankings (best first), as Azure's hybrid search does;
+    a vector query's ``weight`` (default 1) multiplies its rankings' terms."""
     scores: dict[str, float] = {}
-    for ranking in rankings:
+    for position, ranking in enumerate(rankings):
+        weight = weights[position] if weights else 1.0
         for rank, (key, _score) in enumerate(ranking, start=1):
-            scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
+            scores[key] = scores.get(key, 0.0) + weight / (RRF_K + rank)
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
@@ -221,18 +232,21 @@ def run_search(store: IndexStore, request: SearchRequest) -> dict[str, Any]:
         )
     has_text = request.search is not None and request.search.strip() not in {"", "*"}
     rankings: list[list[tuple[str, float]]] = []
+    weights: list[float] = []
     if has_text or not request.vector_queries:
         text = store.text_matches(request.search or "*", request.search_mode, request.search_fields)
         if allowed is not None:
             text = [item for item in text if item[0] in allowed]
         rankings.append(text[:MAX_TEXT_RECALL] if request.vector_queries else text)
+        weights.append(1.0)
     pre = allowed if request.vector_filter_mode == "preFilter" else None
     for query in request.vector_queries:
         ranking = _vector_ranking(store, query, pre)
         if allowed is not None:
             ranking = [item for item in ranking if item[0] in allowed]
         rankings.append(ranking)
-    matches = rankings[0] if len(rankings) == 1 else fuse(rankings)
+        weights.append(_weight(query))
+    matches = rankings[0] if len(rankings) == 1 else fuse(rankings, weights)
     matches = _ordered(store, matches, clauses)
     top = request.top if request.top is not None else DEFAULT_PAGE_SIZE
     page = matches[request.skip : request.skip + top]
