@@ -37,6 +37,10 @@ INT_FIELDS = ("chunk",)
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
+# One ai.index_texts call carries its whole corpus in Celery messages held in Redis; beyond this,
+# send the corpus in several calls (each chunk's key is stable, so the order does not matter).
+MAX_CORPUS_CHARS = 50_000_000
+
 _ensured: set[tuple[str, str, int]] = set()
 _ensured_lock = threading.Lock()
 
@@ -114,6 +118,12 @@ def chunk_text(
 def plan_chunks(docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every chunk of ``docs`` as an index document without its vector, in order."""
     settings = get_settings()
+    total = sum(len(doc.get("text") or "") for doc in docs if isinstance(doc, dict))
+    if total > MAX_CORPUS_CHARS:
+        raise InvalidInput(
+            f"docs hold {total:,} characters of text; one index_texts call takes at most "
+            f"{MAX_CORPUS_CHARS:,}: send the corpus in several calls"
+        )
     chunks = []
     seen: set[str] = set()
     for position, raw in enumerate(docs):

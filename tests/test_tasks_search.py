@@ -15,7 +15,13 @@ from settings.redis_server import free_port
 from settings.tiktoken_offline import encoding_for_model
 from tasks import search
 from tasks.errors import InvalidInput, PermanentError, TransientError
-from tasks.search_index import chunk_key, chunk_text, plan_chunks, summarize
+from tasks.search_index import (
+    MAX_CORPUS_CHARS,
+    chunk_key,
+    chunk_text,
+    plan_chunks,
+    summarize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +248,8 @@ def test_planned_chunks_have_stable_valid_keys_and_bad_documents_are_named(
     )
     with pytest.raises(InvalidInput, match=r"docs\[1\]\.text"):
         plan_chunks([{"id": "a", "text": "x"}, {"id": "b"}])
+    with pytest.raises(InvalidInput, match="send the corpus in several calls"):
+        plan_chunks([{"id": "big", "text": "x" * (MAX_CORPUS_CHARS + 1)}])
     with pytest.raises(InvalidInput, match="appears twice"):
         plan_chunks([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
 
