@@ -24,8 +24,8 @@ import httpx
 from openai import AzureOpenAI, OpenAI
 
 from settings import EMULATOR_DEV_KEY
-from settings.search import SEARCH_EMULATOR_PATH
 from settings.redis_server import free_port
+from settings.search import SEARCH_EMULATOR_PATH
 from tests.support.processes import ManagedProcess, python_args
 
 API_VERSION = "2024-10-21"
