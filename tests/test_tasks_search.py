@@ -128,6 +128,17 @@ def test_errors_become_permanent_or_transient_and_name_the_fix(search_env, monke
         search.get_document_count("tasks-errors")
 
 
+def test_an_upload_of_more_than_azure_takes_at_once_goes_in_batches(search_env):
+    search.ensure_index("tasks-batches")
+    # The emulator, like Azure, refuses more than 1,000 actions in one request.
+    results = search.upload_documents(
+        "tasks-batches", [{"id": str(n), "content": f"item {n}"} for n in range(2500)]
+    )
+    assert len(results) == 2500 and all(result["succeeded"] for result in results)
+    assert search.get_document_count("tasks-batches") == 2500
+    search.delete_index("tasks-batches")
+
+
 def test_uploads_are_cut_at_a_thousand_documents_or_sixteen_megabytes():
     small = [{"id": str(n)} for n in range(2500)]
     assert [len(batch) for batch in search.plan_upload_batches(small)] == [1000, 1000, 500]
