@@ -1,10 +1,11 @@
 """Indexing texts for retrieval: chunk them (token-aware), embed the chunks inside the embedding
 quota, upload them with their vectors.
 
-``index_texts(index, docs)`` returns the Celery workflow that does it: one ``ai.index_chunks``
-task per batch of chunks (APP_SEARCH_INDEX_BATCH_SIZE), run by whichever workers are free, then
-``ai.index_summary``. Every chunk's key is derived from its document id and position, and the
-upload is merge-or-upload, so a batch run twice (its worker was killed after uploading, before
+tasks/search_tasks.py's ``index_texts(index, docs)`` returns the Celery workflow that does it
+(``ai.index_texts`` runs it): one ``ai.index_chunks`` task per batch of chunks
+(APP_SEARCH_INDEX_BATCH_SIZE), run by whichever workers are free, then ``ai.index_summary``.
+Every chunk's key is derived from its document id and position, and the upload is
+merge-or-upload, so a batch run twice (its worker was killed after uploading, before
 acknowledging) writes the same documents again: each chunk is indexed exactly once.
 
     >>> workflow = index_texts("docs", [{"id": "guide", "title": "Guide", "text": long_text}])
@@ -33,7 +34,8 @@ from tasks.errors import InvalidInput
 TEXT_FIELDS = ("title", "content")
 FILTERABLE_FIELDS = ("doc_id", "source")
 INT_FIELDS = ("chunk",)
-# A key Azure accepts as it is; other document ids are base64url-encoded (also a valid key).
+# A key Azure accepts as it is; other document ids are base64url-encoded behind "b64=", which no
+# plain id can start with (plain ids hold no "="), so the two kinds never collide.
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -57,7 +59,7 @@ def chunk_key(doc_id: str, position: int) -> str:
     if _PLAIN_KEY.match(doc_id):
         base = doc_id
     else:
-        base = "b64" + base64.urlsafe_b64encode(doc_id.encode()).decode()
+        base = "b64=" + base64.urlsafe_b64encode(doc_id.encode()).decode()
     return f"{base}-{position:04d}"
 
 

@@ -252,13 +252,15 @@ def test_planned_chunks_have_stable_valid_keys_and_bad_documents_are_named(
     assert chunks == plan_chunks(docs)
     keys = [chunk["id"] for chunk in chunks]
     assert len(set(keys)) == len(keys) and keys[0] == "guide-0000"
-    assert keys[-1] == chunk_key("notes/2024 #1", 0) and keys[-1].startswith("b64")
+    assert keys[-1] == chunk_key("notes/2024 #1", 0) and keys[-1].startswith("b64=")
     assert all(
         set(key) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-=")
         for key in keys
     )
     with pytest.raises(InvalidInput, match=r"docs\[1\]\.text"):
         plan_chunks([{"id": "a", "text": "x"}, {"id": "b"}])
+    # A plain id that looks like an encoded one does not collide with it.
+    assert chunk_key("b64YWJj", 0) != chunk_key("abc", 0)
     with pytest.raises(InvalidInput, match="send the corpus in several calls"):
         plan_chunks([{"id": "big", "text": "x" * (MAX_CORPUS_CHARS + 1)}])
     with pytest.raises(InvalidInput, match="appears twice"):
