@@ -38,6 +38,9 @@ def search_env(emulator, monkeypatch, tiktoken_cache):
 
 
 def test_the_endpoint_falls_back_to_the_embedded_emulator(monkeypatch):
+    for name in ("APP_SEARCH_ENDPOINT", "APP_SEARCH_API_KEY", "EMULATOR_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("EMULATOR_HOST", "127.0.0.1")
     monkeypatch.setenv("EMULATOR_PORT", "8123")
     assert search.search_endpoint(get_settings()) == ("http://127.0.0.1:8123/search", "conduit-dev")
     monkeypatch.setenv("APP_SEARCH_ENDPOINT", "https://x.search.windows.net")
