@@ -6,7 +6,7 @@ import pytest
 
 from emulators.search.odata import compile_filter, parse_order_by, split_clauses
 from emulators.search.query import fuse
-from emulators.search.schema import SearchRequestError, check_update, parse_index
+from emulators.search.schema import SearchRequestError, check_update, check_value, parse_index
 from emulators.search.store import fts_query
 
 INDEX = {
@@ -198,3 +198,29 @@ def test_an_index_update_may_add_fields_but_not_change_them():
 def test_index_definitions_are_checked_as_azure_checks_them(change, named):
     with pytest.raises(SearchRequestError, match=named):
         parse_index({**INDEX, **change})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fits"),
+    [
+        ("rating", 5, True),
+        ("rating", "five", False),
+        ("rating", True, False),
+        ("price", 2, True),
+        ("price", 2.5, True),
+        ("open", 1, False),
+        ("opened", "2024-01-02T03:04:05Z", True),
+        ("opened", "yesterday", False),
+        ("tags", ["a", "b"], True),
+        ("tags", "a", False),
+        ("tags", ["a", 1], False),
+        ("name", None, True),
+    ],
+)
+def test_document_values_must_have_their_fields_type(name, value, fits):
+    field = SCHEMA.field(name)
+    if fits:
+        check_value(field, value)
+    else:
+        with pytest.raises(SearchRequestError, match="Cannot convert the literal"):
+            check_value(field, value)

@@ -103,6 +103,9 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
             f"vectorFilterMode '{filter_mode}' is not supported by the Conduit Search emulator "
             "(supported: preFilter, postFilter)."
         )
+    filter_text = body.get("filter")
+    if filter_text is not None and not isinstance(filter_text, str):
+        raise SearchRequestError("The parameter 'filter' must be a string.")
     count = body.get("count", False)
     if isinstance(count, str):
         count = count.lower() == "true"
@@ -110,7 +113,7 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
         search=search,
         search_mode=mode,
         search_fields=_names(body.get("searchFields"), "searchFields"),
-        filter=body.get("filter"),
+        filter=filter_text,
         order_by=_order_by(body.get("orderby")),
         select=_names(body.get("select"), "$select"),
         top=_integer(body.get("top"), "$top", 0, MAX_TOP),
