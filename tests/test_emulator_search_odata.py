@@ -75,6 +75,7 @@ def matching(expression: str) -> list[str]:
         ("open eq false", ["b"]),
         ("name eq 'O''Brien''s'", ["c"]),
         ("opened gt 2018-01-01T00:00:00Z", ["a"]),
+        ("opened lt 2016-01-01T00:00:00", ["b"]),  # no offset: UTC
         ("search.in(id, 'a, c')", ["a", "c"]),
         ("search.in(name, 'Budget Inn|Alpine Lodge', '|')", ["a", "b"]),
         ("tags/any(t: t eq 'spa')", ["a"]),

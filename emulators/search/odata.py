@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from emulators.search.schema import Field, IndexSchema, SearchRequestError
@@ -312,9 +312,14 @@ class _Predicate:
     predicate: Predicate
 
 
+def _aware(moment: datetime) -> datetime:
+    # A time without an offset is UTC, so it compares with ones that have one.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _datetime(text: str) -> datetime:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return _aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         raise _invalid(f"'{text}' is not a valid DateTimeOffset literal.") from None
 
@@ -322,7 +327,7 @@ def _datetime(text: str) -> datetime:
 def _comparable(value: Any) -> Any:
     if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and "T" in value:
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return _aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
         except ValueError:
             return value
     return value
