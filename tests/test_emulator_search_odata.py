@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from emulators.search.odata import compile_filter, parse_order_by, split_clauses
-from emulators.search.query import fuse
+from emulators.search.query import fuse, parse_request, run_search
 from emulators.search.schema import SearchRequestError, check_update, check_value, parse_index
-from emulators.search.store import fts_query
+from emulators.search.store import IndexStore, fts_query
 
 INDEX = {
     "name": "hotels",
@@ -225,3 +225,20 @@ def test_document_values_must_have_their_fields_type(name, value, fits):
     else:
         with pytest.raises(SearchRequestError, match="Cannot convert the literal"):
             check_value(field, value)
+
+
+def test_order_by_sorts_instants_by_time_and_strings_as_text(tmp_path):
+    store = IndexStore(tmp_path / "hotels.sqlite3", SCHEMA)
+    store.index(
+        [
+            {"id": "a", "name": "2021-01-01T00:00:00Z", "opened": "2021-01-01T05:00:00+06:00"},
+            {"id": "b", "name": "zebra", "opened": "2021-01-01T00:00:00Z"},
+            {"id": "c", "name": "apple", "opened": None},
+        ]
+    )
+    by_time = run_search(store, parse_request({"orderby": "opened asc", "select": "id"}))
+    # 05:00 at +06:00 is 23:00 the day before in UTC: earlier than b; null sorts first.
+    assert [doc["id"] for doc in by_time["value"]] == ["c", "a", "b"]
+    by_name = run_search(store, parse_request({"orderby": "name desc", "select": "id"}))
+    assert [doc["id"] for doc in by_name["value"]] == ["b", "c", "a"]
+    store.close()

@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from emulators.search.odata import OrderClause, compile_filter, parse_order_by, split_clauses
+from emulators.search.odata import (
+    OrderClause,
+    comparable,
+    compile_filter,
+    parse_order_by,
+    split_clauses,
+)
 from emulators.search.schema import SearchRequestError
 from emulators.search.store import MAX_TEXT_RECALL, IndexStore
 
@@ -178,9 +184,12 @@ def fuse(
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    # Nulls sort first ascending, as Azure sorts them; mixed types never meet in one field.
-    return (0, 0) if value is None else (1, value)
+def _sort_key(value: Any, is_datetime: bool) -> tuple[int, Any]:
+    # Nulls sort first ascending, as Azure sorts them; values are checked against their field's
+    # type on upload, so mixed types never meet in one field; date-times sort as instants.
+    if value is None:
+        return (0, 0)
+    return (1, comparable(value) if is_datetime else value)
 
 
 def _ordered(
@@ -194,9 +203,11 @@ def _ordered(
             ordered.sort(key=lambda item: item[1], reverse=clause.descending)
         else:
             name = clause.field
+            field = store.schema.field(name)
+            is_datetime = field is not None and field.type == "Edm.DateTimeOffset"
             ordered.sort(
                 # .get: a document deleted by another request meanwhile sorts as null.
-                key=lambda item: _sort_key(store.documents.get(item[0], {}).get(name)),
+                key=lambda item: _sort_key(store.documents.get(item[0], {}).get(name), is_datetime),
                 reverse=clause.descending,
             )
     return ordered
