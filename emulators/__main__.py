@@ -38,6 +38,11 @@ def main() -> None:
         settings.emulator_url,
         settings.emulator_window_s,
     )
+    log.info(
+        "Azure AI Search emulator serving %s/search (indexes in %s)",
+        settings.emulator_url,
+        settings.search_emulator_data_dir,
+    )
     try:
         server.serve_forever()
     finally:

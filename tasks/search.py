@@ -21,6 +21,7 @@ setting or argument to check named.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -73,10 +74,52 @@ def _credential(api_key: str | None) -> Any:
     return DefaultAzureCredential()
 
 
+# azure-search-documents 12 works out each model class's fields on its first instantiation and
+# stores them on the class while another thread may be reading the class's dict: two threads of
+# a worker building their first IndexDocumentsBatch at once fail with "dictionary changed size
+# during iteration". Every model class is instantiated once, under a lock, before any client is
+# used; SDK versions laid out otherwise are left as they are.
+_SDK_MODEL_MODULES = (
+    "azure.search.documents.models._models",
+    "azure.search.documents.indexes.models._models",
+)
+
+
+@lru_cache(maxsize=1)
+def _prime_sdk_models() -> int:
+    """Work out every SDK model class's fields now, in one thread; the number of classes."""
+    import importlib
+
+    try:
+        from azure.search.documents._utils.model_base import Model
+    except ImportError:
+        return 0
+    primed = 0
+    for name in _SDK_MODEL_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Model) and value is not Model:
+                value.__new__(value)
+                primed += 1
+    return primed
+
+
+_prime_lock = threading.Lock()
+
+
+def _primed() -> None:
+    with _prime_lock:  # lru_cache alone would let two threads run it at once
+        _prime_sdk_models()
+
+
 @lru_cache(maxsize=64)
 def _search_client(endpoint: str, api_key: str | None, index: str, timeout_s: float) -> Any:
     from azure.search.documents import SearchClient
 
+    _primed()
     return SearchClient(
         endpoint,
         index,
@@ -92,6 +135,7 @@ def _search_client(endpoint: str, api_key: str | None, index: str, timeout_s: fl
 def _index_client(endpoint: str, api_key: str | None, timeout_s: float) -> Any:
     from azure.search.documents.indexes import SearchIndexClient
 
+    _primed()
     return SearchIndexClient(
         endpoint,
         _credential(api_key),

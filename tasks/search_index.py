@@ -1,10 +1,11 @@
 """Indexing texts for retrieval: chunk them (token-aware), embed the chunks inside the embedding
 quota, upload them with their vectors.
 
-``index_texts(index, docs)`` returns the Celery workflow that does it: one ``ai.index_chunks``
-task per batch of chunks (APP_SEARCH_INDEX_BATCH_SIZE), run by whichever workers are free, then
-``ai.index_summary``. Every chunk's key is derived from its document id and position, and the
-upload is merge-or-upload, so a batch run twice (its worker was killed after uploading, before
+tasks/search_tasks.py's ``index_texts(index, docs)`` returns the Celery workflow that does it
+(``ai.index_texts`` runs it): one ``ai.index_chunks`` task per batch of chunks
+(APP_SEARCH_INDEX_BATCH_SIZE), run by whichever workers are free, then ``ai.index_summary``.
+Every chunk's key is derived from its document id and position, and the upload is
+merge-or-upload, so a batch run twice (its worker was killed after uploading, before
 acknowledging) writes the same documents again: each chunk is indexed exactly once.
 
     >>> workflow = index_texts("docs", [{"id": "guide", "title": "Guide", "text": long_text}])
@@ -33,9 +34,14 @@ from tasks.errors import InvalidInput
 TEXT_FIELDS = ("title", "content")
 FILTERABLE_FIELDS = ("doc_id", "source")
 INT_FIELDS = ("chunk",)
-# A key Azure accepts as it is; other document ids are base64url-encoded (also a valid key).
+# A key Azure accepts as it is; other document ids are base64url-encoded behind "b64=", which no
+# plain id can start with (plain ids hold no "="), so the two kinds never collide.
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+# One ai.index_texts call carries its whole corpus in Celery messages held in Redis; beyond this,
+# send the corpus in several calls (each chunk's key is stable, so the order does not matter).
+MAX_CORPUS_CHARS = 50_000_000
 
 _ensured: set[tuple[str, str, int]] = set()
 _ensured_lock = threading.Lock()
@@ -53,7 +59,7 @@ def chunk_key(doc_id: str, position: int) -> str:
     if _PLAIN_KEY.match(doc_id):
         base = doc_id
     else:
-        base = "b64" + base64.urlsafe_b64encode(doc_id.encode()).decode()
+        base = "b64=" + base64.urlsafe_b64encode(doc_id.encode()).decode()
     return f"{base}-{position:04d}"
 
 
@@ -114,6 +120,12 @@ def chunk_text(
 def plan_chunks(docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every chunk of ``docs`` as an index document without its vector, in order."""
     settings = get_settings()
+    total = sum(len(doc.get("text") or "") for doc in docs if isinstance(doc, dict))
+    if total > MAX_CORPUS_CHARS:
+        raise InvalidInput(
+            f"docs hold {total:,} characters of text; one index_texts call takes at most "
+            f"{MAX_CORPUS_CHARS:,}: send the corpus in several calls"
+        )
     chunks = []
     seen: set[str] = set()
     for position, raw in enumerate(docs):
@@ -167,7 +179,7 @@ def index_chunk_batch(
     """Embed ``chunks`` (one embeddings request, inside the quota) and upload them with their
     vectors: ``{"indexed": n, "failed": [{"key", "error"}]}``."""
     if not chunks:
-        return {"indexed": 0, "failed": []}
+        return {"batch": None, "indexed": 0, "failed": []}
     settings = get_settings()
     vectors = create_embedding_batch(
         [chunk["content"] for chunk in chunks],
@@ -186,15 +198,24 @@ def index_chunk_batch(
         for result in results
         if not result["succeeded"]
     ]
-    return {"indexed": len(results) - len(failed), "failed": failed}
+    return {
+        "batch": chunks[0][search.KEY_FIELD],
+        "indexed": len(results) - len(failed),
+        "failed": failed,
+    }
 
 
 def summarize(
     batch_results: Sequence[dict[str, Any]], index: str, documents: int
 ) -> dict[str, Any]:
-    """The workflow's answer: how many chunks went in, and which did not (and why)."""
-    failed = [item for result in batch_results for item in result.get("failed", [])]
-    indexed = sum(result.get("indexed", 0) for result in batch_results)
+    """The workflow's answer: how many chunks went in, and which did not (and why).
+
+    A batch's result can arrive twice (its worker was killed after reporting it, before
+    acknowledging it, and the batch ran again from its stored result): each batch, named by its
+    first key, counts once."""
+    unique = {result.get("batch"): result for result in batch_results}
+    failed = [item for result in unique.values() for item in result.get("failed", [])]
+    indexed = sum(result.get("indexed", 0) for result in unique.values())
     return {
         "index": index,
         "documents": documents,

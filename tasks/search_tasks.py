@@ -32,6 +32,7 @@ def _batch_failure(
 ) -> dict[str, Any]:
     reason = f"{type(error).__name__}: {error}"
     return {
+        "batch": chunks[0].get(search.KEY_FIELD) if chunks else None,
         "indexed": 0,
         "failed": [{"key": chunk.get(search.KEY_FIELD), "error": reason} for chunk in chunks],
     }

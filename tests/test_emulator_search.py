@@ -3,6 +3,8 @@ every call Conduit makes, Azure's status codes and error bodies, rankings with k
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from azure.core.credentials import AzureKeyCredential
@@ -237,6 +239,28 @@ def test_index_actions_and_per_document_failures(emulator):
         assert keys(client.search("replaced", select=["id"])) == []
     finally:
         indexes.delete_index("actions")
+        client.close()
+        indexes.close()
+
+
+def test_a_request_over_sixteen_megabytes_is_413_and_the_sdk_splits_it(emulator):
+    indexes = SearchIndexClient(emulator.search_endpoint, credential(emulator))
+    indexes.create_or_update_index(corpus_index("large"))
+    client = SearchClient(emulator.search_endpoint, "large", credential(emulator))
+    try:
+        big = [{"id": str(n), "content": "word " * 1_200_000} for n in range(3)]  # 6 MB each
+        assert all(result.succeeded for result in client.upload_documents(big))
+        assert client.get_document_count() == 3
+        response = httpx.post(
+            f"{emulator.search_endpoint}/indexes('large')/docs/search.index",
+            params={"api-version": "2026-04-01"},
+            headers={"api-key": emulator.api_key, "content-type": "application/json"},
+            content=json.dumps({"value": big}),
+        )
+        assert response.status_code == 413
+        assert "16777216 byte limit" in response.json()["error"]["message"]
+    finally:
+        indexes.delete_index("large")
         client.close()
         indexes.close()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from emulators.search.odata import compile_filter, parse_order_by, split_clauses
-from emulators.search.query import fuse
-from emulators.search.schema import SearchRequestError, check_update, parse_index
-from emulators.search.store import fts_query
+from emulators.search.query import fuse, parse_request, run_search
+from emulators.search.schema import SearchRequestError, check_update, check_value, parse_index
+from emulators.search.store import IndexStore, fts_query
 
 INDEX = {
     "name": "hotels",
@@ -75,6 +75,7 @@ def matching(expression: str) -> list[str]:
         ("open eq false", ["b"]),
         ("name eq 'O''Brien''s'", ["c"]),
         ("opened gt 2018-01-01T00:00:00Z", ["a"]),
+        ("opened lt 2016-01-01T00:00:00", ["b"]),  # no offset: UTC
         ("search.in(id, 'a, c')", ["a", "c"]),
         ("search.in(name, 'Budget Inn|Alpine Lodge', '|')", ["a", "b"]),
         ("tags/any(t: t eq 'spa')", ["a"]),
@@ -153,6 +154,8 @@ def test_reciprocal_rank_fusion_sums_one_over_sixty_plus_rank():
     assert fused["a"] == pytest.approx(1 / 61)
     assert fused["d"] == pytest.approx(1 / 63)
     assert max(fused, key=fused.__getitem__) == "c"
+    weighted = dict(fuse([[("a", 9.0)], [("b", 0.9)]], [1.0, 2.0]))
+    assert weighted == {"a": pytest.approx(1 / 61), "b": pytest.approx(2 / 61)}
 
 
 def test_an_index_update_may_add_fields_but_not_change_them():
@@ -196,3 +199,46 @@ def test_an_index_update_may_add_fields_but_not_change_them():
 def test_index_definitions_are_checked_as_azure_checks_them(change, named):
     with pytest.raises(SearchRequestError, match=named):
         parse_index({**INDEX, **change})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fits"),
+    [
+        ("rating", 5, True),
+        ("rating", "five", False),
+        ("rating", True, False),
+        ("price", 2, True),
+        ("price", 2.5, True),
+        ("open", 1, False),
+        ("opened", "2024-01-02T03:04:05Z", True),
+        ("opened", "yesterday", False),
+        ("tags", ["a", "b"], True),
+        ("tags", "a", False),
+        ("tags", ["a", 1], False),
+        ("name", None, True),
+    ],
+)
+def test_document_values_must_have_their_fields_type(name, value, fits):
+    field = SCHEMA.field(name)
+    if fits:
+        check_value(field, value)
+    else:
+        with pytest.raises(SearchRequestError, match="Cannot convert the literal"):
+            check_value(field, value)
+
+
+def test_order_by_sorts_instants_by_time_and_strings_as_text(tmp_path):
+    store = IndexStore(tmp_path / "hotels.sqlite3", SCHEMA)
+    store.index(
+        [
+            {"id": "a", "name": "2021-01-01T00:00:00Z", "opened": "2021-01-01T05:00:00+06:00"},
+            {"id": "b", "name": "zebra", "opened": "2021-01-01T00:00:00Z"},
+            {"id": "c", "name": "apple", "opened": None},
+        ]
+    )
+    by_time = run_search(store, parse_request({"orderby": "opened asc", "select": "id"}))
+    # 05:00 at +06:00 is 23:00 the day before in UTC: earlier than b; null sorts first.
+    assert [doc["id"] for doc in by_time["value"]] == ["c", "a", "b"]
+    by_name = run_search(store, parse_request({"orderby": "name desc", "select": "id"}))
+    assert [doc["id"] for doc in by_name["value"]] == ["b", "c", "a"]
+    store.close()

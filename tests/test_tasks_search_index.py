@@ -78,3 +78,33 @@ def test_a_thousand_chunks_survive_a_worker_killed_midway(
     hit = search.search_documents(INDEX, "subject 517", top=1, select=["id"])
     assert hit["results"][0]["id"] == "doc-103-0002"
     assert second.process.poll() is None
+
+
+def test_the_search_tasks_through_a_worker(start_emulator, start_worker, celery_app, monkeypatch):
+    emulator = start_emulator()
+    for name, value in emulator.client_env().items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    search.ensure_index("task-calls", vector_dimensions=2)
+    search.upload_documents(
+        "task-calls",
+        [
+            {"id": "x", "content": "apples and pears", "content_vector": [1, 0]},
+            {"id": "y", "content": "pears only", "content_vector": [0, 1]},
+        ],
+    )
+    start_worker(concurrency=2, **emulator.client_env())
+
+    def run(name, *args, **kwargs):
+        return celery_app.send_task(name, args=args, kwargs=kwargs).get(timeout=RESULT_TIMEOUT_SECS)
+
+    text = run("ai.search", "task-calls", "apples", select=["id"], include_total_count=True)
+    assert ([r["id"] for r in text["results"]], text["count"]) == (["x"], 1)
+    vector = run("ai.vector_search", "task-calls", [0.1, 1.0], k=1, select=["id"])
+    assert [r["id"] for r in vector["results"]] == ["y"]
+    hybrid = run("ai.hybrid_search", "task-calls", "pears only", [0.1, 1.0], select=["id"])
+    assert [r["id"] for r in hybrid["results"]] == ["y", "x"]  # first in both rankings
+    failed = celery_app.send_task("ai.search", args=["no-such-index", "x"])
+    with pytest.raises(Exception, match="not found"):
+        failed.get(timeout=RESULT_TIMEOUT_SECS)
+    assert failed.state == "FAILURE"

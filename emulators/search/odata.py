@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from emulators.search.schema import Field, IndexSchema, SearchRequestError
@@ -312,17 +312,23 @@ class _Predicate:
     predicate: Predicate
 
 
+def _aware(moment: datetime) -> datetime:
+    # A time without an offset is UTC, so it compares with ones that have one.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _datetime(text: str) -> datetime:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return _aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         raise _invalid(f"'{text}' is not a valid DateTimeOffset literal.") from None
 
 
-def _comparable(value: Any) -> Any:
+def comparable(value: Any) -> Any:
+    """A value as filters and sorting compare it: ISO date-time strings as UTC-aware instants."""
     if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and "T" in value:
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return _aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
         except ValueError:
             return value
     return value
@@ -333,7 +339,7 @@ def _ordered(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
         # OData: an ordering comparison with null is false.
         if left is None or right is None:
             return False
-        left, right = _comparable(left), _comparable(right)
+        left, right = comparable(left), comparable(right)
         if isinstance(left, datetime) != isinstance(right, datetime):
             return False
         return test(left, right)
@@ -342,7 +348,7 @@ def _ordered(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
 
 
 def _equal(left: Any, right: Any) -> bool:
-    return _comparable(left) == _comparable(right)
+    return comparable(left) == comparable(right)
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {

@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from emulators.search.odata import OrderClause, compile_filter, parse_order_by, split_clauses
+from emulators.search.odata import (
+    OrderClause,
+    comparable,
+    compile_filter,
+    parse_order_by,
+    split_clauses,
+)
 from emulators.search.schema import SearchRequestError
 from emulators.search.store import MAX_TEXT_RECALL, IndexStore
 
@@ -103,6 +109,9 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
             f"vectorFilterMode '{filter_mode}' is not supported by the Conduit Search emulator "
             "(supported: preFilter, postFilter)."
         )
+    filter_text = body.get("filter")
+    if filter_text is not None and not isinstance(filter_text, str):
+        raise SearchRequestError("The parameter 'filter' must be a string.")
     count = body.get("count", False)
     if isinstance(count, str):
         count = count.lower() == "true"
@@ -110,7 +119,7 @@ def parse_request(body: dict[str, Any]) -> SearchRequest:
         search=search,
         search_mode=mode,
         search_fields=_names(body.get("searchFields"), "searchFields"),
-        filter=body.get("filter"),
+        filter=filter_text,
         order_by=_order_by(body.get("orderby")),
         select=_names(body.get("select"), "$select"),
         top=_integer(body.get("top"), "$top", 0, MAX_TOP),
@@ -155,18 +164,32 @@ def _vector_ranking(
     return fuse(rankings)[:k]
 
 
-def fuse(rankings: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
-    """Reciprocal Rank Fusion of several rankings (best first), as Azure's hybrid search does."""
+def _weight(query: dict[str, Any]) -> float:
+    weight = query.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise SearchRequestError("A vector query's 'weight' must be a positive number.")
+    return float(weight)
+
+
+def fuse(
+    rankings: list[list[tuple[str, float]]], weights: list[float] | None = None
+) -> list[tuple[str, float]]:
+    """Reciprocal Rank Fusion of several rankings (best first), as Azure's hybrid search does;
+    a vector query's ``weight`` (default 1) multiplies its rankings' terms."""
     scores: dict[str, float] = {}
-    for ranking in rankings:
+    for position, ranking in enumerate(rankings):
+        weight = weights[position] if weights else 1.0
         for rank, (key, _score) in enumerate(ranking, start=1):
-            scores[key] = scores.get(key, 0.0) + 1.0 / (RRF_K + rank)
+            scores[key] = scores.get(key, 0.0) + weight / (RRF_K + rank)
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    # Nulls sort first ascending, as Azure sorts them; mixed types never meet in one field.
-    return (0, 0) if value is None else (1, value)
+def _sort_key(value: Any, is_datetime: bool) -> tuple[int, Any]:
+    # Nulls sort first ascending, as Azure sorts them; values are checked against their field's
+    # type on upload, so mixed types never meet in one field; date-times sort as instants.
+    if value is None:
+        return (0, 0)
+    return (1, comparable(value) if is_datetime else value)
 
 
 def _ordered(
@@ -180,8 +203,11 @@ def _ordered(
             ordered.sort(key=lambda item: item[1], reverse=clause.descending)
         else:
             name = clause.field
+            field = store.schema.field(name)
+            is_datetime = field is not None and field.type == "Edm.DateTimeOffset"
             ordered.sort(
-                key=lambda item: _sort_key(store.documents[item[0]].get(name)),
+                # .get: a document deleted by another request meanwhile sorts as null.
+                key=lambda item: _sort_key(store.documents.get(item[0], {}).get(name), is_datetime),
                 reverse=clause.descending,
             )
     return ordered
@@ -220,18 +246,21 @@ def run_search(store: IndexStore, request: SearchRequest) -> dict[str, Any]:
         )
     has_text = request.search is not None and request.search.strip() not in {"", "*"}
     rankings: list[list[tuple[str, float]]] = []
+    weights: list[float] = []
     if has_text or not request.vector_queries:
         text = store.text_matches(request.search or "*", request.search_mode, request.search_fields)
         if allowed is not None:
             text = [item for item in text if item[0] in allowed]
         rankings.append(text[:MAX_TEXT_RECALL] if request.vector_queries else text)
+        weights.append(1.0)
     pre = allowed if request.vector_filter_mode == "preFilter" else None
     for query in request.vector_queries:
         ranking = _vector_ranking(store, query, pre)
         if allowed is not None:
             ranking = [item for item in ranking if item[0] in allowed]
         rankings.append(ranking)
-    matches = rankings[0] if len(rankings) == 1 else fuse(rankings)
+        weights.append(_weight(query))
+    matches = rankings[0] if len(rankings) == 1 else fuse(rankings, weights)
     matches = _ordered(store, matches, clauses)
     top = request.top if request.top is not None else DEFAULT_PAGE_SIZE
     page = matches[request.skip : request.skip + top]

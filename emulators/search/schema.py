@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from emulators.errors import EmulatorError
@@ -24,7 +25,7 @@ SCALAR_TYPES = {
 }
 VECTOR_ELEMENT_TYPES = {"Edm.Single", "Edm.Half", "Edm.Int16", "Edm.SByte", "Edm.Byte"}
 # Azure's rules for names: an index name is lower-case letters, digits and dashes, up to 128.
-INDEX_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?$")
+INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,126}[a-z0-9]$")
 FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 # Azure's limit on a vector field's dimensions.
 MAX_VECTOR_DIMENSIONS = 4096
@@ -215,3 +216,58 @@ def check_update(existing: IndexSchema, updated: IndexSchema) -> None:
             raise SearchRequestError(
                 f"Existing field '{field.name}' cannot be changed. (Index '{existing.name}'.)"
             )
+
+
+def _is_datetime(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_FITS = {
+    "Edm.String": lambda value: isinstance(value, str),
+    "Edm.Int32": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "Edm.Int64": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "Edm.Double": _is_number,
+    "Edm.Single": _is_number,
+    "Edm.Boolean": lambda value: isinstance(value, bool),
+    "Edm.DateTimeOffset": _is_datetime,
+}
+
+
+def _fits(edm_type: str, value: Any) -> bool:
+    return _FITS.get(edm_type, lambda _value: True)(value)
+
+
+def check_value(field: Field, value: Any) -> None:
+    """A document's value for ``field`` has the field's type (null is always allowed), or
+    SearchRequestError in the service's words; vectors must have the field's dimensions."""
+    if value is None:
+        return
+    if field.is_vector:
+        if not isinstance(value, list) or len(value) != field.dimensions:
+            length = len(value) if isinstance(value, list) else "no"
+            raise SearchRequestError(
+                f"The vector field '{field.name}' must have {field.dimensions} dimensions; "
+                f"this document's has {length}."
+            )
+        if not all(_fits("Edm.Single", item) for item in value):
+            raise SearchRequestError(f"The vector field '{field.name}' must hold only numbers.")
+        return
+    items = value if field.is_collection else [value]
+    if (field.is_collection and not isinstance(value, list)) or not all(
+        _fits(field.element_type, item) for item in items
+    ):
+        shown = str(value)[:100]
+        raise SearchRequestError(
+            f"The request is invalid. Details: Cannot convert the literal '{shown}' to the "
+            f"expected type '{field.type}' of field '{field.name}'."
+        )

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from emulators.search.schema import IndexSchema, SearchRequestError, check_update, parse_index
+from emulators.search.schema import (
+    IndexSchema,
+    SearchRequestError,
+    check_update,
+    check_value,
+    parse_index,
+)
 
 # Azure: a key holds letters, digits, underscore, dash and equal sign, up to 1,024 characters.
 DOCUMENT_KEY = re.compile(r"^[A-Za-z0-9_\-=]{1,1024}$")
@@ -165,13 +171,7 @@ class IndexStore:
                     f"The property '{name}' does not exist on type 'search.documentFields'. "
                     "Make sure to only use property names that are defined by the type."
                 )
-            if field.is_vector and value is not None:
-                if not isinstance(value, list) or len(value) != field.dimensions:
-                    length = len(value) if isinstance(value, list) else "no"
-                    raise SearchRequestError(
-                        f"The vector field '{name}' must have {field.dimensions} dimensions; "
-                        f"this document's has {length}."
-                    )
+            check_value(field, value)
 
     def index(self, actions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Apply ``docs/index`` actions in one transaction; one result per action, as Azure."""
