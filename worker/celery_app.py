@@ -14,6 +14,11 @@ from celery.signals import setup_logging
 from kombu import Queue
 
 from settings import Settings, configure_logging, get_settings
+from tasks.processors import PROCESSORS
+from worker.kombu_patches import patch_restore_unacked
+
+# Before any connection exists: a worker must outlive a broker outage (see kombu_patches.py).
+patch_restore_unacked()
 
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"
@@ -24,13 +29,13 @@ TASK_MODULES = ["worker.diagnostics", "tasks.processors", "tasks.ai_tasks"]
 def queue_names(settings: Settings) -> list[str]:
     """Every queue a worker consumes: the default one and one per processor (see
     tasks/processors/registry.py: a processor's queue is its name)."""
-    from tasks.processors import PROCESSORS
-
     return [DEFAULT_QUEUE, *sorted(set(PROCESSORS) | {r.processor for r in settings.routes})]
 
 
 def create_celery(settings: Settings) -> Celery:
     visibility = settings.broker_visibility_timeout_s
+    if visibility is None:  # settings fill it in (task time limit + 5 min); this tells mypy so
+        raise ValueError("BROKER_VISIBILITY_TIMEOUT_SECONDS is unset after validation")
     transport_options = {
         "visibility_timeout": visibility,
         # kombu sweeps for abandoned messages every 10 s but scans only every 10th sweep; one
