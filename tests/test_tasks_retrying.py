@@ -1,0 +1,112 @@
+"""The one retry policy of every task (tasks/retrying.py, tasks/task_base.py): quota waits and
+upstream failures are counted apart, each kind gives up at its own cap, every retry is logged
+with its reason."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+
+import httpx2
+import openai
+
+from tasks.ai_tasks import ai_task
+from tasks.errors import QuotaExhausted, TransientError
+from tasks.retrying import (
+    MAX_QUOTA_RETRIES,
+    MAX_TRANSIENT_RETRIES,
+    describe_cause,
+    plan_retry,
+)
+
+
+def test_quota_waits_do_not_spend_the_transient_cap():
+    upstream = TransientError("completion deployment 'x' answered 503")
+    # Eleven quota waits (a calm chat task's share) and no upstream failure yet.
+    plan = plan_retry(upstream, total_retries=11, transient_retries=0)
+    assert plan is not None and plan.kind == "transient" and plan.number == 1
+    assert plan_retry(upstream, total_retries=40, transient_retries=MAX_TRANSIENT_RETRIES) is None
+
+
+def test_quota_waits_have_their_own_cap():
+    refusal = QuotaExhausted("no room", retry_after_s=3.0)
+    plan = plan_retry(refusal, total_retries=10, transient_retries=4)
+    assert plan is not None and plan.kind == "quota" and plan.number == 7
+    assert 3.0 <= plan.countdown_s <= 4.0  # the limiter's hint plus jitter, no backoff
+    spent = MAX_QUOTA_RETRIES + 2
+    assert plan_retry(refusal, total_retries=spent, transient_retries=2) is None
+
+
+def test_transient_backoff_grows_with_the_transient_count_not_the_total():
+    error = TransientError("timeout")
+    first = plan_retry(error, total_retries=30, transient_retries=0)
+    assert first is not None and first.countdown_s < 4.0  # 2 s base + jitter, not 2**30 capped
+
+
+def test_the_retry_reason_names_the_upstream_status_or_the_unreachable_url():
+    request = httpx2.Request("POST", "http://127.0.0.1:9/openai/deployments/x/chat?api-version=1")
+    refused = openai.InternalServerError(
+        "boom", response=httpx2.Response(503, request=request), body=None
+    )
+    try:
+        raise TransientError("answered 503") from refused
+    except TransientError as error:
+        assert describe_cause(error) == "InternalServerError status=503"
+    try:
+        raise TransientError("cannot reach") from openai.APIConnectionError(request=request)
+    except TransientError as error:
+        reason = describe_cause(error)
+    assert reason == "APIConnectionError url=http://127.0.0.1:9/openai/deployments/x/chat"
+
+
+def _eager_task(behaviour):
+    """A real ConduitTask around ``behaviour`` (raising what it is told), run eagerly: Celery
+    runs each retry at once in this process, so every give-up path is reached in milliseconds."""
+    return ai_task(f"test.retrying.{uuid.uuid4().hex}")(behaviour)
+
+
+def test_an_upstream_failure_after_many_quota_waits_still_gets_every_transient_retry(
+    redis_url, celery_app, caplog
+):
+    calls = itertools.count(1)
+    quota_waits = 11
+    transient_failures = []
+
+    def flaky() -> str:
+        call = next(calls)
+        if call <= quota_waits:
+            raise QuotaExhausted("no room in the completion pool", retry_after_s=0.5)
+        transient_failures.append(call)
+        raise TransientError("completion deployment 'gpt' answered 503")
+
+    task = _eager_task(flaky)
+    with caplog.at_level(logging.WARNING, logger="tasks.task_base"):
+        result = task.apply(task_id=str(uuid.uuid4()))
+    assert result.failed() and isinstance(result.result, TransientError)
+    # The first failure plus MAX_TRANSIENT_RETRIES retries: the quota waits did not count.
+    assert len(transient_failures) == MAX_TRANSIENT_RETRIES + 1
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert sum(line.startswith("quota retry") for line in retries) == quota_waits
+    assert any("retry_after=0.5 s" in line for line in retries)
+    assert sum(line.startswith("transient retry") for line in retries) == MAX_TRANSIENT_RETRIES
+    assert any(
+        "giving up after 6 upstream failure(s) and 11 quota wait(s)" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_a_task_that_recovers_before_the_cap_succeeds_and_stores_its_result(redis_url, celery_app):
+    calls = itertools.count(1)
+
+    def recovers() -> str:
+        if next(calls) <= MAX_TRANSIENT_RETRIES:
+            raise TransientError("timeout")
+        return "answer"
+
+    task = _eager_task(recovers)
+    task_id = str(uuid.uuid4())
+    assert task.apply(task_id=task_id).get() == "answer"
+    # Sent again with the same id: the stored answer, the function is not called again.
+    assert task.apply(task_id=task_id).get() == "answer"
+    assert next(calls) == MAX_TRANSIENT_RETRIES + 2
