@@ -11,6 +11,7 @@ import pytest
 from emulators.recognizer import DEFAULT_PHRASES_FILE, read_phrases
 from emulators.speech import synthesize, wav_bytes
 from quota import QuotaLimiter
+from tasks.ai_tasks import transcribe_audio
 from tasks.connections import redis_client
 from tasks.errors import InvalidInput
 from tasks.processors import get_processor, task_id_for
@@ -19,7 +20,6 @@ from tasks.transcription import (
     merge_chunk_results,
     prepare_transcription,
     set_rate_limit,
-    transcribe_audio,
     transcribe_chunk,
 )
 from tests.support.audio import compressed
