@@ -6,7 +6,11 @@
 - Context: ``with log_context(task_id=..., app_id=...):`` adds those fields to every line logged
   inside the block, threads and asyncio tasks included (contextvars).
 - Secrets: every line passes :class:`SecretFilter`, which masks the configured secret values and
-  anything shaped like a key, bearer token, password or connection-string credential.
+  anything shaped like a key, bearer token, password or connection-string credential, in the
+  message, the traceback and every extra field of the record (nested values included).
+- Bodies: message bodies are not logged. Celery's task lines carry a task's arguments and its
+  return value (a message, a transcript) in their format arguments and in their ``data`` field;
+  :class:`BodyFilter` replaces each with its size, so a line keeps the task's name and id.
 
     >>> configure_logging(get_settings())
     >>> log = get_logger(__name__)
@@ -22,7 +26,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from logging.handlers import TimedRotatingFileHandler
 
 import colorlog
@@ -46,6 +50,15 @@ _SECRET_PATTERNS = [
     ),
     re.compile(r"(?i)(redis://[^:/@\s]*:)[^@\s]+(?=@)"),
 ]
+# Attributes every LogRecord has; anything else on a record came from ``extra`` or a filter.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+# How deep the secret filter follows nested extra values (Celery's are one or two levels).
+MAX_REDACT_DEPTH = 6
+# The fields of Celery's task log lines that hold a task's arguments or result.
+BODY_FIELDS = frozenset({"args", "kwargs", "return_value"})
 
 
 @contextlib.contextmanager
@@ -86,17 +99,60 @@ class SecretFilter(logging.Filter):
             text = pattern.sub(lambda m: m.group(1) + MASK, text)
         return text
 
+    def redact_value(self, value: object, depth: int = 0) -> object:
+        """``value`` with every string in it redacted (mappings, lists and tuples followed);
+        an exception becomes its redacted text, since its arguments may quote a secret."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, BaseException):
+            return self.redact(f"{type(value).__name__}: {value}")
+        if depth >= MAX_REDACT_DEPTH:
+            return value
+        if isinstance(value, Mapping):
+            return {key: self.redact_value(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.redact_value(item, depth + 1) for item in value)
+        return value
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        for name, value in list(vars(record).items()):
+            if name not in _STANDARD_ATTRS:
+                setattr(record, name, self.redact_value(value))
         if record.exc_info:
             # Render the traceback now, masked; formatters print exc_text when exc_info is gone.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+def size_of(value: object) -> str:
+    """What a log line says instead of a body: how big it is."""
+    text = value if isinstance(value, str) else repr(value)
+    return f"<{len(text)} chars>"
+
+
+class BodyFilter(logging.Filter):
+    """Replaces the arguments and return value on Celery's task lines ("Task ... received",
+    "... succeeded in ...: <result>", failures, retries) with their sizes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("celery") or not isinstance(record.args, Mapping):
+            return True
+        if BODY_FIELDS.isdisjoint(record.args):
+            return True
+        summary = {
+            key: size_of(value) if key in BODY_FIELDS else value
+            for key, value in record.args.items()
+        }
+        record.args = summary
+        if isinstance(getattr(record, "data", None), Mapping):
+            record.data = summary  # Celery passes the same fields again as the `data` extra
         return True
 
 
@@ -170,6 +226,7 @@ def configure_logging(settings: Settings, stream=None) -> None:
     filters: list[logging.Filter] = [
         ContextFilter(),
         _ContextSuffix(),
+        BodyFilter(),
         SecretFilter(secret_values(settings)),
     ]
 

@@ -124,3 +124,64 @@ def test_console_format_shows_context_in_brackets(log_to_buffer):
         get_logger("conduit.test").info("working")
     assert "INFO" in stream.getvalue()
     assert "conduit.test [task_id=t-7]: working" in stream.getvalue()
+
+
+def test_every_extra_field_is_masked_nested_ones_too(json_stream):
+    log = get_logger("conduit.test")
+    sas = "https://a.blob.core.windows.net/c/x.wav?sv=1&sig=c2VjcmV0c2ln"
+    log.info(
+        "fetching",
+        extra={"data": {"url": sas, "nested": [("token=abc123def", 1)]}, "key": "sk-topsecret-123"},
+    )
+    text = json_stream.getvalue()
+    assert "c2VjcmV0c2ln" not in text and "abc123def" not in text
+    assert "sk-topsecret-123" not in text
+    [line] = lines(json_stream)
+    assert line["data"]["url"].startswith("https://a.blob.core.windows.net/c/x.wav?sv=1&sig=")
+
+
+def test_celery_task_lines_carry_ids_and_sizes_not_bodies(json_stream):
+    # The shapes celery.worker.strategy and celery.app.trace log, arguments and all.
+    body = "{'id': '1', 'text': 'my private feedback', 'audio_url': '...&sig=c2VjcmV0'}"
+    received = {"id": "t-1", "name": "processors.echo", "args": f"({body},)", "kwargs": "{}"}
+    logging.getLogger("celery.worker.strategy").info(
+        "Task %(name)s[%(id)s] received", received, extra={"data": received}
+    )
+    succeeded = {"id": "t-1", "name": "processors.echo", "runtime": 0.01, "return_value": body}
+    logging.getLogger("celery.app.trace").info(
+        "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
+        succeeded,
+        extra={"data": succeeded},
+    )
+    text = json_stream.getvalue()
+    assert "my private feedback" not in text and "c2VjcmV0" not in text
+    first, second = lines(json_stream)
+    assert first["message"] == "Task processors.echo[t-1] received"
+    assert first["data"]["args"] == f"<{len(body) + 3} chars>"
+    assert second["message"] == f"Task processors.echo[t-1] succeeded in 0.01s: <{len(body)} chars>"
+
+
+@pytest.mark.slow
+def test_a_real_worker_logs_no_message_body_or_sas_signature(celery_app, start_worker, tmp_path):
+    from tasks.processors import get_processor, task_id_for
+
+    log_dir = tmp_path / "logs"
+    worker = start_worker(LOG_DIR=str(log_dir))
+    processor = get_processor("echo")
+    body = {
+        "id": "m-1",
+        "text": "a private complaint about order 77",
+        "audio_url": "https://a.blob.core.windows.net/c/x.wav?sv=2024&sig=c2VjcmV0c2ln",
+    }
+    task_id = task_id_for("echo_iq", "m-1")
+    celery_app.send_task(
+        processor.task_name,
+        args=[body],
+        kwargs={"out_queue": "echo_oq", "message_id": "m-1"},
+        task_id=task_id,
+        queue=processor.queue,
+    ).get(timeout=60)
+    worker.stop()
+    for text in [worker.output(), *(path.read_text() for path in log_dir.glob("*.log"))]:
+        assert task_id in text
+        assert "private complaint" not in text and "c2VjcmV0c2ln" not in text
