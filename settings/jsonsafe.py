@@ -15,7 +15,7 @@ No I/O and no Conduit imports: the bridge (bridge/routing.py) and the web API us
     >>> loads_bounded("[" * 100 + "]" * 100, max_bytes=1024)
     Traceback (most recent call last):
     ...
-    settings.jsonsafe.JsonRejected: JSON nested deeper than 64 levels
+    settings.jsonsafe.JsonRejected: body is nested deeper than 64 levels
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ RejectionKind = Literal["too_large", "too_deep", "invalid"]
 
 class JsonRejected(ValueError):
     """The body is not JSON we accept; ``kind`` says why (``too_large``, ``too_deep`` or
-    ``invalid``) and the message is one line, fit to show to the sender."""
+    ``invalid``) and the message is one line starting "body ...", fit to show to the sender."""
 
     def __init__(self, kind: RejectionKind, message: str) -> None:
         super().__init__(message)
@@ -56,7 +56,7 @@ def nesting_depth(text: str) -> int:
 
 
 def _reject_constant(name: str) -> Any:
-    raise JsonRejected("invalid", f"{name} is not valid JSON (only finite numbers are)")
+    raise JsonRejected("invalid", f"body holds {name}, which is not JSON (only finite numbers are)")
 
 
 def check_bounds(text: str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
@@ -65,10 +65,10 @@ def check_bounds(text: str, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPT
     # A character is at least one UTF-8 byte: the length alone rejects most oversized bodies
     # before anything is copied.
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise JsonRejected("too_large", f"JSON body over the limit of {max_bytes} bytes")
+        raise JsonRejected("too_large", f"body is over the limit of {max_bytes} bytes")
     # Fewer opening brackets than the limit cannot nest deeper than it: skip the scan.
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
-        raise JsonRejected("too_deep", f"JSON nested deeper than {max_depth} levels")
+        raise JsonRejected("too_deep", f"body is nested deeper than {max_depth} levels")
 
 
 def loads_bounded(data: str | bytes, *, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
@@ -76,17 +76,17 @@ def loads_bounded(data: str | bytes, *, max_bytes: int, max_depth: int = DEFAULT
     Raises :class:`JsonRejected` (a ``ValueError``) for every body it does not return."""
     if isinstance(data, bytes):
         if len(data) > max_bytes:
-            raise JsonRejected("too_large", f"JSON body over the limit of {max_bytes} bytes")
+            raise JsonRejected("too_large", f"body is over the limit of {max_bytes} bytes")
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise JsonRejected("invalid", f"body is not UTF-8: {error}") from error
+            raise JsonRejected("invalid", f"body is not valid JSON: not UTF-8: {error}") from error
     check_bounds(data, max_bytes=max_bytes, max_depth=max_depth)
     try:
         return json.loads(data, parse_constant=_reject_constant)
     except JsonRejected:
         raise
     except RecursionError as error:  # unreachable after the depth check; kept as a backstop
-        raise JsonRejected("too_deep", "JSON nested too deeply to parse") from error
+        raise JsonRejected("too_deep", "body is nested too deeply to parse") from error
     except ValueError as error:
-        raise JsonRejected("invalid", f"not valid JSON: {error}") from error
+        raise JsonRejected("invalid", f"body is not valid JSON: {error}") from error

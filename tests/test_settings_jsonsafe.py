@@ -58,7 +58,7 @@ def test_a_kilobyte_of_nesting_is_rejected_before_anything_recurses():
     with pytest.raises(JsonRejected) as raised:
         loads_bounded(body, max_bytes=256 * 1024)
     assert raised.value.kind == "too_deep"
-    assert str(raised.value) == f"JSON nested deeper than {DEFAULT_MAX_DEPTH} levels"
+    assert str(raised.value) == f"body is nested deeper than {DEFAULT_MAX_DEPTH} levels"
 
 
 def test_nesting_deeper_than_python_can_recurse_is_still_measured():
@@ -84,7 +84,7 @@ def test_size_is_counted_in_utf8_bytes(body):
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_are_not_json(constant):
-    with pytest.raises(JsonRejected, match=f"{constant} is not valid JSON") as raised:
+    with pytest.raises(JsonRejected, match=f"body holds {constant}, which is not JSON") as raised:
         loads_bounded(f'{{"x": {constant}}}', max_bytes=100)
     assert raised.value.kind == "invalid"
 
