@@ -12,7 +12,8 @@ What it holds, once for all of them:
   Retry by tasks/retrying.py's policy, counting quota waits and upstream failures apart, and
   logs every retry with its reason; when the retries of that kind are spent it returns and the
   caller fails the task;
-* failure: a :class:`PermanentError` is an expected outcome (``throws``), so Celery records
+* failure: our own errors (a :class:`PermanentError`, or a transient one whose retries are
+  spent, already logged with its reason) are expected outcomes (``throws``): Celery records
   FAILURE and logs one line without a traceback.
 """
 
@@ -25,7 +26,7 @@ from celery import Task
 
 from settings import get_logger, get_settings
 from tasks.connections import redis_client
-from tasks.errors import PermanentError, TransientError
+from tasks.errors import ConduitError, TransientError
 from tasks.retrying import MAX_QUOTA_RETRIES, MAX_TRANSIENT_RETRIES, describe_cause, plan_retry
 
 log = get_logger(__name__)
@@ -93,7 +94,7 @@ class ConduitTask(Task):
     acks_late = True
     reject_on_worker_lost = True
     # Expected failures: Celery records FAILURE and logs them at INFO, without a traceback.
-    throws = (PermanentError,)
+    throws = (ConduitError,)
     # Celery's own cap is a backstop only; retry_transient applies the real one per kind.
     max_retries = MAX_QUOTA_RETRIES + MAX_TRANSIENT_RETRIES
 
@@ -132,6 +133,7 @@ class ConduitTask(Task):
         raise self.retry(countdown=plan.countdown_s, exc=error)
 
     def after_return(self, status: str, *args: Any, **kwargs: Any) -> None:
-        # Finished one way or the other (not a retry): its transient count has served.
-        if status in ("SUCCESS", "FAILURE"):
+        # Finished one way or the other (not a retry): its transient count has served. A task
+        # that never retried has none, so the common case costs no round trip.
+        if status in ("SUCCESS", "FAILURE") and self.request.retries:
             RETRY_COUNTS.forget(self.request.id)
