@@ -13,6 +13,7 @@ import openai
 
 from tasks.ai_tasks import ai_task
 from tasks.errors import QuotaExhausted, TransientError
+from tasks.task_base import TRANSIENT_COUNT_PREFIX
 from tasks.retrying import (
     MAX_QUOTA_RETRIES,
     MAX_TRANSIENT_RETRIES,
@@ -96,7 +97,9 @@ def test_an_upstream_failure_after_many_quota_waits_still_gets_every_transient_r
     )
 
 
-def test_a_task_that_recovers_before_the_cap_succeeds_and_stores_its_result(redis_url, celery_app):
+def test_a_task_that_recovers_before_the_cap_succeeds_and_stores_its_result(
+    redis_client, celery_app
+):
     calls = itertools.count(1)
 
     def recovers() -> str:
@@ -107,6 +110,7 @@ def test_a_task_that_recovers_before_the_cap_succeeds_and_stores_its_result(redi
     task = _eager_task(recovers)
     task_id = str(uuid.uuid4())
     assert task.apply(task_id=task_id).get() == "answer"
+    assert not redis_client.exists(f"{TRANSIENT_COUNT_PREFIX}:{task_id}")  # its count is gone
     # Sent again with the same id: the stored answer, the function is not called again.
     assert task.apply(task_id=task_id).get() == "answer"
     assert next(calls) == MAX_TRANSIENT_RETRIES + 2
