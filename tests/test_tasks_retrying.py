@@ -13,13 +13,13 @@ import openai
 
 from tasks.ai_tasks import ai_task
 from tasks.errors import QuotaExhausted, TransientError
-from tasks.task_base import TRANSIENT_COUNT_PREFIX
 from tasks.retrying import (
     MAX_QUOTA_RETRIES,
     MAX_TRANSIENT_RETRIES,
     describe_cause,
     plan_retry,
 )
+from tasks.task_base import TRANSIENT_COUNT_PREFIX
 
 
 def test_quota_waits_do_not_spend_the_transient_cap():
