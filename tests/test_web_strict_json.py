@@ -40,6 +40,12 @@ def test_nan_and_infinity_are_refused_in(client, constant: str) -> None:
     assert "not JSON" in answer.json["detail"]
 
 
+def test_a_number_too_long_to_parse_is_400_not_500(client) -> None:
+    # Python refuses integers of more than 4,300 digits with a ValueError, not a JSON one.
+    answer = post(client, '{"app_id": "a", "token_count": ' + "9" * 5000 + "}")
+    assert answer.status_code == 400 and "detail" in answer.json
+
+
 def test_a_body_over_the_limit_is_413_json(client) -> None:
     answer = post(client, json.dumps({"app_id": "a", "token_count": 1, "pad": "x" * 70_000}))
     assert answer.status_code == 413 and "detail" in answer.json
