@@ -10,7 +10,9 @@ import uuid
 
 import httpx2
 import openai
+import pytest
 
+from settings import get_settings
 from tasks.ai_tasks import ai_task
 from tasks.errors import QuotaExhausted, TransientError
 from tasks.retrying import (
@@ -114,3 +116,47 @@ def test_a_task_that_recovers_before_the_cap_succeeds_and_stores_its_result(
     # Sent again with the same id: the stored answer, the function is not called again.
     assert task.apply(task_id=task_id).get() == "answer"
     assert next(calls) == MAX_TRANSIENT_RETRIES + 2
+
+
+def _retry_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "tasks.task_base"]
+
+
+def test_an_unreachable_upstream_is_retried_with_its_url_in_the_log(
+    redis_url, tiktoken_cache, celery_app, monkeypatch, caplog
+):
+    from settings.redis_server import free_port
+    from tasks.ai_tasks import send_prompt_task
+
+    port = free_port()  # nothing listens here
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache))
+    monkeypatch.setenv("EMULATOR_PORT", str(port))
+    get_settings.cache_clear()  # the celery_app fixture read them before
+    with caplog.at_level(logging.WARNING, logger="tasks.task_base"):
+        result = send_prompt_task.apply(args=["Be terse.", "Hi."], task_id=str(uuid.uuid4()))
+    assert result.failed() and isinstance(result.result, TransientError)
+    lines = _retry_lines(caplog)
+    assert sum(line.startswith("transient retry") for line in lines) == MAX_TRANSIENT_RETRIES
+    assert all(f"APIConnectionError url=http://127.0.0.1:{port}/" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_an_upstream_5xx_is_retried_with_its_status_in_the_log(
+    redis_url, tiktoken_cache, start_emulator, celery_app, monkeypatch, caplog
+):
+    from tasks.ai_tasks import send_prompt_task
+
+    emulator = start_emulator(limits={"gpt-4o": {"tpm": 100_000, "rpm": 6000}})
+    emulator.configure(error_rate=1.0, error_status=503)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tiktoken_cache))
+    for name, value in emulator.client_env().items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()  # the celery_app fixture read them before
+    with caplog.at_level(logging.WARNING, logger="tasks.task_base"):
+        result = send_prompt_task.apply(args=["Be terse.", "Hi."], task_id=str(uuid.uuid4()))
+    assert result.failed()
+    lines = _retry_lines(caplog)
+    assert sum("InternalServerError status=503" in line for line in lines) == (
+        MAX_TRANSIENT_RETRIES + 1  # six retries and the give-up
+    )
+    assert emulator.stats()["deployments"]["gpt-4o"]["faults"] == MAX_TRANSIENT_RETRIES + 1
