@@ -141,8 +141,9 @@ def test_an_unreachable_upstream_is_retried_with_its_url_in_the_log(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("redis_url", "celery_app")
 def test_an_upstream_5xx_is_retried_with_its_status_in_the_log(
-    redis_url, tiktoken_cache, start_emulator, celery_app, monkeypatch, caplog
+    tiktoken_cache, start_emulator, monkeypatch, caplog
 ):
     from tasks.ai_tasks import send_prompt_task
 
