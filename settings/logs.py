@@ -8,9 +8,9 @@
 - Secrets: every line passes :class:`SecretFilter`, which masks the configured secret values and
   anything shaped like a key, bearer token, password or connection-string credential, in the
   message, the traceback and every extra field of the record (nested values included).
-- Bodies: message bodies are not logged. Celery's task lines carry a task's arguments and its
-  return value (a message, a transcript) in their format arguments and in their ``data`` field;
-  :class:`BodyFilter` replaces each with its size, so a line keeps the task's name and id.
+- Bodies: message bodies are not logged. A process whose libraries log them (a Celery worker:
+  see worker/log_bodies.py) passes a filter that replaces them with their sizes as
+  ``extra_filters``; it runs before the secret filter.
 
     >>> configure_logging(get_settings())
     >>> log = get_logger(__name__)
@@ -57,8 +57,6 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 # How deep the secret filter follows nested extra values (Celery's are one or two levels).
 MAX_REDACT_DEPTH = 6
-# The fields of Celery's task log lines that hold a task's arguments or result.
-BODY_FIELDS = frozenset({"args", "kwargs", "return_value"})
 
 
 @contextlib.contextmanager
@@ -131,31 +129,6 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def size_of(value: object) -> str:
-    """What a log line says instead of a body: how big it is."""
-    text = value if isinstance(value, str) else repr(value)
-    return f"<{len(text)} chars>"
-
-
-class BodyFilter(logging.Filter):
-    """Replaces the arguments and return value on Celery's task lines ("Task ... received",
-    "... succeeded in ...: <result>", failures, retries) with their sizes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("celery") or not isinstance(record.args, Mapping):
-            return True
-        if BODY_FIELDS.isdisjoint(record.args):
-            return True
-        summary = {
-            key: size_of(value) if key in BODY_FIELDS else value
-            for key, value in record.args.items()
-        }
-        record.args = summary
-        if isinstance(getattr(record, "data", None), Mapping):
-            record.data = summary  # Celery passes the same fields again as the `data` extra
-        return True
-
-
 def secret_values(settings: Settings) -> list[str]:
     """Every SecretStr value in settings (plus the password inside REDIS_URL, if any)."""
     values = [
@@ -218,15 +191,18 @@ def file_handler(path: str, retention_days: int) -> TimedRotatingFileHandler:
     return handler
 
 
-def configure_logging(settings: Settings, stream=None) -> None:
-    """Replace the root logger's handlers with Conduit's; safe to call more than once."""
+def configure_logging(
+    settings: Settings, stream=None, extra_filters: Iterable[logging.Filter] = ()
+) -> None:
+    """Replace the root logger's handlers with Conduit's; safe to call more than once.
+    ``extra_filters`` run on every record before the secret filter."""
     stream = stream or sys.stderr
     is_tty = hasattr(stream, "isatty") and stream.isatty()
     use_json = settings.log_format == "json" or (settings.log_format == "auto" and not is_tty)
     filters: list[logging.Filter] = [
         ContextFilter(),
         _ContextSuffix(),
-        BodyFilter(),
+        *extra_filters,
         SecretFilter(secret_values(settings)),
     ]
 

@@ -16,6 +16,7 @@ from kombu import Queue
 from settings import Settings, configure_logging, get_settings
 from tasks.processors import PROCESSORS
 from worker.kombu_patches import patch_restore_unacked
+from worker.log_bodies import CeleryBodyFilter
 
 # Before any connection exists: a worker must outlive a broker outage (see kombu_patches.py).
 patch_restore_unacked()
@@ -76,7 +77,8 @@ def create_celery(settings: Settings) -> Celery:
 @setup_logging.connect
 def _use_conduit_logging(**_: object) -> None:
     # Connecting this signal stops Celery from installing its own handlers on the root logger.
-    configure_logging(get_settings())
+    # Celery's lines quote message bodies; the worker logs their sizes instead.
+    configure_logging(get_settings(), extra_filters=[CeleryBodyFilter()])
 
 
 app = create_celery(get_settings())
