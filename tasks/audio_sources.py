@@ -14,7 +14,8 @@ from another service, so what it may make a worker touch is bounded:
   (``user@``), whitespace or control characters, or when Python's ``urlparse`` reads a
   different host from it (``https://127.0.0.1:1\\@x.blob.core.windows.net/`` names an Azure
   host to one parser and 127.0.0.1 to the other). The blob client is then built from that
-  parse, and the host it will connect to is checked again before the first request.
+  parse, the host it will connect to is checked again before the first request, and redirects
+  are not followed (a redirect would take the request, and our account's signature, elsewhere).
 
 Errors name the URL with its SAS signature redacted: they end in logs and in the failure
 payload on the output queue.
@@ -183,7 +184,11 @@ def download_blob(url: str, destination: Path) -> Path:
     credential = _blob_credential(parsed, _connection_string())
     shown = _redacted(parsed.url)
     try:
-        with BlobClient.from_blob_url(parsed.url, credential=credential) as blob:
+        # No redirects: the host checked is the only one the request (and, on our account, its
+        # signed credential) goes to.
+        with BlobClient.from_blob_url(
+            parsed.url, credential=credential, permit_redirects=False
+        ) as blob:
             # What the client will connect to, read back from it: the host that was checked.
             connects_to = parse_url(blob.url)
             if (connects_to.host, connects_to.port or DEFAULT_PORTS[parsed.scheme]) != (

@@ -3,12 +3,15 @@ our credentials, SAS URLs on Azure blob hosts with their own token; nothing else
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from settings import get_settings
 from tasks.ai_tasks import transcription_work
-from tasks.audio_sources import _blob_credential, local_audio, parse_blob_url
-from tasks.errors import InvalidInput
+from tasks.audio_sources import _blob_credential, download_blob, local_audio, parse_blob_url
+from tasks.errors import InvalidInput, PermanentError
 from tests.support.azurite import connection_string
 
 
@@ -115,3 +118,56 @@ def test_the_host_checked_is_the_host_the_sdk_connects_to():
 def test_a_local_audio_url_download_never_leaves_for_the_bypass_host(tmp_path):
     with pytest.raises(InvalidInput, match="backslash"):
         local_audio(tmp_path, url=BACKSLASH_BYPASS)
+
+
+def test_a_redirect_from_the_account_is_not_followed(monkeypatch, tmp_path):
+    """Our own account's endpoint answering 307 must not send the signed request elsewhere."""
+    elsewhere_hits: list[str] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            elsewhere_hits.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    account = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threads = [
+        threading.Thread(target=server.serve_forever, daemon=True)
+        for server in (elsewhere, account)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        monkeypatch.setenv(
+            "AZURE_STORAGE_CONNECTION_STRING", connection_string(port=account.server_port)
+        )
+        get_settings.cache_clear()
+        url = f"http://127.0.0.1:{account.server_port}/devstoreaccount1/audio/a.wav"
+        with pytest.raises(PermanentError, match="307"):
+            download_blob(url, tmp_path / "a.wav")
+    finally:
+        for server in (elsewhere, account):
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join()
+    assert elsewhere_hits == []
