@@ -15,11 +15,11 @@ from kombu import Queue
 
 from settings import Settings, configure_logging, get_settings
 from tasks.processors import PROCESSORS
-from worker.kombu_patches import patch_restore_unacked
+from worker.kombu_patches import patch_closed_channel_connparams
 from worker.log_bodies import CeleryBodyFilter
 
 # Before any connection exists: a worker must outlive a broker outage (see kombu_patches.py).
-patch_restore_unacked()
+patch_closed_channel_connparams()
 
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"

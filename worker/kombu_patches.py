@@ -4,57 +4,57 @@ What happens (reproduced by tests/test_worker_broker_outage.py): with a task run
 message delivered and not yet acknowledged, as ``acks_late`` wants) the broker connection
 drops. Celery closes the consumer's channel; kombu's Redis channel first drops its connection
 pools and forgets its connection, then ``virtual.Channel.close`` asks the QoS to put the unacked
-messages back (``restore_unacked``). That needs a Redis client, so kombu builds a new pool from
-``self.connection.client``, which is None by now:
+messages back (``restore_unacked``). That needs a Redis client, so the channel builds a new pool
+from ``self.connection.client``, and its connection is None by now:
 
     AttributeError: 'NoneType' object has no attribute 'hostname'
 
-Celery takes it for an "Unrecoverable error" and the worker shuts down. Without a supervisor it
-stays gone. kombu 5.7.0 is the newest release, so no pin avoids it.
+Celery takes it for an "Unrecoverable error" and the worker shuts down; without a supervisor it
+stays gone. The task that was running meets the same when it finishes: its ack goes to the
+closed channel (``'NoneType' object has no attribute 'client'``). kombu 5.7.0 is the newest
+release, so no pin avoids it.
 
-The patch: when the channel has no connection left to restore with, skip the restore instead
-of crashing. Nothing is lost: each unacked message is still in the transport's unacked index in
-Redis (written when it was delivered), and kombu's visibility-timeout sweep
-(``unacked_restore_interval`` in worker/celery_app.py) puts it back in its queue once Redis is
-reachable again; our tasks are idempotent by task id, so a task that had finished meanwhile
-answers from its stored outcome. Every other call goes to kombu's own method unchanged.
+The patch: a channel whose connection is gone raises redis's ``ConnectionError`` where it would
+build connection parameters, instead of an AttributeError. That is an error kombu and Celery
+already handle as a lost connection: closing the channel ignores it, and a failed ack is logged
+("Couldn't ack") and left to redelivery. Nothing is lost: each unacked message is still in the
+transport's unacked index in Redis (written when it was delivered), and kombu's
+visibility-timeout sweep (``unacked_restore_interval`` in worker/celery_app.py) puts it back in
+its queue once Redis is reachable again; our tasks are idempotent by task id, so a task that
+had finished meanwhile answers from its stored outcome. A channel with a connection is
+untouched.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
+import redis
 from kombu.transport import redis as redis_transport
-
-log = logging.getLogger(__name__)
 
 _PATCHED_MARK = "_conduit_patched"
 
 
-def _connection_gone(qos: Any) -> bool:
-    """Whether the QoS's channel has no connection parameters left to open a client with."""
-    connection = getattr(qos.channel, "connection", None)
-    return connection is None or getattr(connection, "client", None) is None
+class ChannelClosed(redis.exceptions.ConnectionError):
+    """The channel's broker connection is closed; kombu treats it as a lost connection."""
 
 
-def patch_restore_unacked() -> None:
+def patch_closed_channel_connparams() -> None:
     """Install the patch (idempotent)."""
-    original = redis_transport.QoS.restore_unacked
+    original = redis_transport.Channel._connparams
     if getattr(original, _PATCHED_MARK, False):
         return
 
     @functools.wraps(original)
-    def restore_unacked(self: Any, client: Any = None) -> Any:
-        if client is None and _connection_gone(self):
-            log.warning(
-                "broker connection closed before %d unacked message(s) could be restored; "
-                "they stay in Redis and come back after the visibility timeout",
-                len(self._delivered),
+    def connparams(self: Any, *args: Any, **kwargs: Any) -> Any:
+        connection = getattr(self, "connection", None)
+        if connection is None or getattr(connection, "client", None) is None:
+            raise ChannelClosed(
+                "the broker connection of this channel is closed; unacked messages stay in "
+                "Redis and come back after the visibility timeout"
             )
-            return None
-        return original(self, client)
+        return original(self, *args, **kwargs)
 
-    setattr(restore_unacked, _PATCHED_MARK, True)
-    redis_transport.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]  # the patch
+    setattr(connparams, _PATCHED_MARK, True)
+    redis_transport.Channel._connparams = connparams  # type: ignore[method-assign]  # the patch
