@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from settings.jsonsafe import DEFAULT_MAX_DEPTH, JsonRejected, loads_bounded, nesting_depth
@@ -34,12 +35,16 @@ def depth(value: Any) -> int:
     return 0
 
 
+# No per-example deadline: a loaded 2-core CI machine makes wall-clock limits flaky.
+@hypothesis_settings(deadline=None)
 @given(json_values)
 def test_nesting_depth_is_the_depth_of_the_parsed_value(value):
     text = json.dumps(value, ensure_ascii=False)
     assert nesting_depth(text) == depth(value)
 
 
+# No per-example deadline: a loaded 2-core CI machine makes wall-clock limits flaky.
+@hypothesis_settings(deadline=None)
 @given(json_values)
 def test_what_is_within_bounds_parses_as_json_loads_does(value):
     text = json.dumps(value)
