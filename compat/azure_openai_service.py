@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from compat.retrying import with_retries
 from compat.threads import run_blocking
 from settings import get_settings
-from tasks import completion, transcription
+from tasks import ai_tasks, completion, transcription
 from tasks.completion import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from tasks.prompts import Message
 
@@ -163,7 +163,7 @@ class AzureOpenAIServiceWhisper:
         """The recording's transcript in ``response_format`` (validated first; a recording longer
         than APP_WHISPER_CHUNK_MAX_SECONDS is cut at silences and its chunks sent at once)."""
         return await run_blocking(
-            transcription.transcribe_audio,
+            ai_tasks.transcribe_audio,
             audio_file_path,
             language,
             response_format,

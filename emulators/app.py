@@ -14,6 +14,7 @@ controls held by :class:`Emulator` are shared by every request.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -154,7 +155,7 @@ def _admit(
     emulator = _emulator()
     tokens = estimate(parsed)
     decision = emulator.limiter.charge(deployment, tokens)
-    emulator.stats.record_charge(deployment, decision.admitted, tokens)
+    emulator.stats.record_charge(deployment, decision.admitted, tokens, _body_digest())
     g.rate_limit_headers = decision.headers()
     if not decision.admitted:
         api_version = request.args.get("api-version", "v1")
@@ -165,6 +166,24 @@ def _admit(
         raise problem
     _inject_faults(deployment, g.setdefault("controls", emulator.controls))
     return parsed
+
+
+def _body_digest() -> bytes:
+    """What identifies a request's content: its route and JSON body, or for an upload its form
+    fields and file bytes (a multipart body's boundary differs on every send)."""
+    digest = hashlib.sha256(request.path.encode())
+    if request.files or request.form:
+        for name, value in sorted(request.form.items(multi=True)):
+            digest.update(f"\x00{name}={value}".encode())
+        for name, upload in sorted(request.files.items(multi=True)):
+            digest.update(f"\x00{name}:{upload.filename}:".encode())
+            position = upload.stream.tell()
+            upload.stream.seek(0)
+            digest.update(upload.stream.read())
+            upload.stream.seek(position)
+    else:
+        digest.update(request.get_data(cache=True))
+    return digest.digest()
 
 
 def _inject_faults(deployment: str, controls: Controls) -> None:

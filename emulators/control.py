@@ -50,6 +50,9 @@ class DeploymentStats:
     throttled: int = 0  # 429s served
     tokens_charged: int = 0
     faults: int = 0  # injected errors and stalls
+    # Admitted requests whose body had been admitted before (same route, same bytes): work a
+    # client paid for twice. Benchmarks report it; a client that never re-sends keeps it at 0.
+    repeated_requests: int = 0
 
 
 class Stats:
@@ -58,17 +61,28 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._deployments: dict[str, DeploymentStats] = {}
+        # Digests of admitted request bodies (32 bytes each; a benchmark's tens of thousands of
+        # requests are a few MB), forgotten on reset.
+        self._admitted_digests: set[bytes] = set()
 
     def _entry(self, deployment: str) -> DeploymentStats:
         return self._deployments.setdefault(deployment, DeploymentStats())
 
-    def record_charge(self, deployment: str, admitted: bool, tokens: int) -> None:
+    def record_charge(
+        self, deployment: str, admitted: bool, tokens: int, body_digest: bytes | None = None
+    ) -> None:
+        """Count one request; ``body_digest`` (of route and body) detects repeats."""
         with self._lock:
             entry = self._entry(deployment)
             entry.requests += 1
             if admitted:
                 entry.admitted += 1
                 entry.tokens_charged += tokens
+                if body_digest is not None:
+                    if body_digest in self._admitted_digests:
+                        entry.repeated_requests += 1
+                    else:
+                        self._admitted_digests.add(body_digest)
             else:
                 entry.throttled += 1
 
@@ -83,3 +97,4 @@ class Stats:
     def reset(self) -> None:
         with self._lock:
             self._deployments.clear()
+            self._admitted_digests.clear()

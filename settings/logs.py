@@ -6,7 +6,11 @@
 - Context: ``with log_context(task_id=..., app_id=...):`` adds those fields to every line logged
   inside the block, threads and asyncio tasks included (contextvars).
 - Secrets: every line passes :class:`SecretFilter`, which masks the configured secret values and
-  anything shaped like a key, bearer token, password or connection-string credential.
+  anything shaped like a key, bearer token, password or connection-string credential, in the
+  message, the traceback and every extra field of the record (nested values included).
+- Bodies: message bodies are not logged. A process whose libraries log them (a Celery worker:
+  see worker/log_bodies.py) passes a filter that replaces them with their sizes as
+  ``extra_filters``; it runs before the secret filter.
 
     >>> configure_logging(get_settings())
     >>> log = get_logger(__name__)
@@ -22,7 +26,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from logging.handlers import TimedRotatingFileHandler
 
 import colorlog
@@ -47,6 +51,13 @@ _SECRET_PATTERNS = [
     ),
     re.compile(r"(?i)(redis://[^:/@\s]*:)[^@\s]+(?=@)"),
 ]
+# Attributes every LogRecord has; anything else on a record came from ``extra`` or a filter.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+# How deep the secret filter follows nested extra values (Celery's are one or two levels).
+MAX_REDACT_DEPTH = 6
 
 
 @contextlib.contextmanager
@@ -87,11 +98,29 @@ class SecretFilter(logging.Filter):
             text = pattern.sub(lambda m: m.group(1) + MASK, text)
         return text
 
+    def redact_value(self, value: object, depth: int = 0) -> object:
+        """``value`` with every string in it redacted (mappings, lists and tuples followed);
+        an exception becomes its redacted text, since its arguments may quote a secret."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, BaseException):
+            return self.redact(f"{type(value).__name__}: {value}")
+        if depth >= MAX_REDACT_DEPTH:
+            return value
+        if isinstance(value, Mapping):
+            return {key: self.redact_value(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.redact_value(item, depth + 1) for item in value)
+        return value
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        for name, value in list(vars(record).items()):
+            if name not in _STANDARD_ATTRS:
+                setattr(record, name, self.redact_value(value))
         if record.exc_info:
             # Render the traceback now, masked; formatters print exc_text when exc_info is gone.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -163,14 +192,18 @@ def file_handler(path: str, retention_days: int) -> TimedRotatingFileHandler:
     return handler
 
 
-def configure_logging(settings: Settings, stream=None) -> None:
-    """Replace the root logger's handlers with Conduit's; safe to call more than once."""
+def configure_logging(
+    settings: Settings, stream=None, extra_filters: Iterable[logging.Filter] = ()
+) -> None:
+    """Replace the root logger's handlers with Conduit's; safe to call more than once.
+    ``extra_filters`` run on every record before the secret filter."""
     stream = stream or sys.stderr
     is_tty = hasattr(stream, "isatty") and stream.isatty()
     use_json = settings.log_format == "json" or (settings.log_format == "auto" and not is_tty)
     filters: list[logging.Filter] = [
         ContextFilter(),
         _ContextSuffix(),
+        *extra_filters,
         SecretFilter(secret_values(settings)),
     ]
 

@@ -48,8 +48,8 @@ class AudioChunk:
 def duration_s(path: str | Path) -> float:
     """The recording's length: from its header, or by decoding it when the header does not say
     (a WEBM recorded in a browser, written as it streamed, has no duration)."""
-    import av
-    import soundfile
+    import av  # noqa: PLC0415 - heavy, long audio only
+    import soundfile  # noqa: PLC0415 - heavy, long audio only
 
     try:
         return soundfile.info(str(path)).duration
@@ -64,15 +64,15 @@ def duration_s(path: str | Path) -> float:
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """The recording's float32 samples (channels × frames) and their rate."""
-    import numpy as np
-    import soundfile
+    import numpy as np  # noqa: PLC0415 - heavy, long audio only
+    import soundfile  # noqa: PLC0415 - heavy, long audio only
 
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         return samples.T, rate
     except soundfile.LibsndfileError:
         pass
-    import av
+    import av  # noqa: PLC0415 - heavy, long audio only
 
     with _opened_with_av(path) as (container, stream):
         # Each decoder answers in its own sample format (AAC and Opus planar float, ALAC
@@ -93,7 +93,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 def _opened_with_av(path: str | Path) -> Iterator[tuple[InputContainer, AudioStream]]:
     """The file's container and its first audio stream; FFmpeg refusing the file (its first
     bytes passed the sniff, the rest is not what they promised) is the caller's bad input."""
-    import av
+    import av  # noqa: PLC0415 - heavy, long audio only
 
     try:
         with av.open(str(path)) as container:
@@ -128,8 +128,8 @@ def plan_cuts(
 
 def split_at_silences(path: str | Path, max_chunk_s: float) -> list[AudioChunk]:
     """The recording at ``path`` as WAV chunks of at most ``max_chunk_s`` seconds."""
-    import librosa
-    import soundfile
+    import librosa  # noqa: PLC0415 - heavy, long audio only
+    import soundfile  # noqa: PLC0415 - heavy, long audio only
 
     recording, recording_rate = read_audio(path)
     rate = CHUNK_SAMPLE_RATE

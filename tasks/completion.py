@@ -64,12 +64,8 @@ def _create(
                 model=deployment, messages=list(messages), max_tokens=max_tokens, **options
             )
     else:
-        from openai.lib._parsing._completions import type_to_response_format_param
-
         # The schema travels with the request and is charged as prompt.
-        estimate += text_tokens(
-            [json.dumps(type_to_response_format_param(response_model))], deployment
-        )[0]
+        estimate += text_tokens([json.dumps(response_format_param(response_model))], deployment)[0]
 
         def send() -> Any:
             return completions.parse(
@@ -88,6 +84,19 @@ def _create(
         send=send,
         usage_of=_usage,
     )
+
+
+def response_format_param(response_model: type[BaseModel]) -> dict[str, Any]:
+    """The ``response_format`` the SDK sends for ``response_model`` (a strict JSON schema named
+    after the model), built with the SDK's public API: ``pydantic_function_tool`` makes the
+    same strict schema ``completions.parse`` sends, so the estimate charges what goes out."""
+    from openai import pydantic_function_tool  # noqa: PLC0415 - openai is heavy; bridge stays light
+
+    schema = pydantic_function_tool(response_model)["function"]["parameters"]
+    return {
+        "type": "json_schema",
+        "json_schema": {"schema": schema, "name": response_model.__name__, "strict": True},
+    }
 
 
 def chat_completion(  # noqa: PLR0917 - the older service's positional order

@@ -9,7 +9,7 @@ each inside the quota, and returns the vectors in the order of the texts.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from settings import get_settings
 from settings.tiktoken_offline import encoding_for_model
@@ -27,6 +27,15 @@ MAX_REQUEST_TOKENS = 300_000
 CHARS_PER_TOKEN = 4
 
 Vector = list[float]
+
+
+class BatchCheckpoint(Protocol):
+    """Answered batches kept between attempts (tasks/embedding_checkpoint.py keeps them in
+    Redis by task id): a batch found here is not sent again."""
+
+    def get(self, start: int, texts: Sequence[str]) -> list[Vector] | None: ...
+
+    def put(self, start: int, texts: Sequence[str], vectors: Sequence[Vector]) -> None: ...
 
 
 def _checked_tokens(
@@ -56,7 +65,7 @@ def _checked_tokens(
 def _send(
     texts: list[str], charge: int, deployment: str, app_id: str, dimensions: int | None = None
 ) -> list[Vector]:
-    from openai import omit
+    from openai import omit  # noqa: PLC0415 - openai is heavy; the bridge stays light
 
     embeddings = embedding_client().embeddings.with_raw_response
     # text-embedding-3 models shorten their vectors on request; others refuse the parameter,
@@ -121,9 +130,13 @@ def create_embedding_batch(
     truncate: bool = False,
     app_id: str | None = None,
     dimensions: int | None = None,
+    checkpoint: BatchCheckpoint | None = None,
 ) -> list[Vector]:
     """Vectors for any number of texts, in their order, sent ``batch_size`` texts at most (and
-    never more tokens than one request or the embedding TPM allow) at a time."""
+    never more tokens than one request or the embedding TPM allow) at a time.
+
+    With a ``checkpoint``, each answered batch is kept there and a batch already kept is not
+    sent again: a call interrupted by a quota refusal, called again, resumes where it stopped."""
     if not 1 <= batch_size <= MAX_INPUTS_PER_REQUEST:
         raise InvalidInput(
             f"batch_size must be from 1 to {MAX_INPUTS_PER_REQUEST}, got {batch_size}"
@@ -134,11 +147,17 @@ def create_embedding_batch(
     max_tokens = min(MAX_REQUEST_TOKENS, settings.embedding_tpm_quota)
     vectors: list[Vector] = []
     for batch in plan_batches(charges, batch_size, max_tokens):
-        vectors += _send(
-            texts[batch.start : batch.stop],
-            sum(charges[batch.start : batch.stop]),
-            deployment,
-            app_id or settings.app_name,
-            dimensions,
-        )
+        batch_texts = texts[batch.start : batch.stop]
+        kept = checkpoint.get(batch.start, batch_texts) if checkpoint is not None else None
+        if kept is None:
+            kept = _send(
+                batch_texts,
+                sum(charges[batch.start : batch.stop]),
+                deployment,
+                app_id or settings.app_name,
+                dimensions,
+            )
+            if checkpoint is not None:
+                checkpoint.put(batch.start, batch_texts, kept)
+        vectors += kept
     return vectors

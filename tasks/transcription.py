@@ -8,6 +8,10 @@ at once by a Celery group (tasks/ai_tasks.py) and merged with their offsets
 (tasks/transcripts.py). Every upload asks Whisper for ``verbose_json``, so times are always
 known and the requested format is rendered here, identically for whole and chunked recordings.
 
+The Celery side (chunk tasks, the chord that merges them, and ``transcribe_audio``, which reads
+a recording inside AUDIO_LOCAL_ROOT and waits for its chunks) is tasks/ai_tasks.py; this module
+knows nothing of Celery.
+
 Rate limiting is quota/'s ``whisper`` pool (requests per minute, shared by every worker):
 :func:`get_rate_limit_stats` reads it and :func:`set_rate_limit` changes it for all of them.
 """
@@ -18,7 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from settings import get_settings
 from tasks.audio_chunks import duration_s, split_at_silences
@@ -120,7 +124,7 @@ def transcribe_chunk(
     app_id: str | None = None,
 ) -> dict[str, Any]:
     """One parked chunk transcribed: ``{key, offset_s, transcript}`` (times within the chunk)."""
-    audio = redis_bytes_client().get(key)
+    audio = cast(bytes | None, redis_bytes_client().get(key))
     if audio is None:
         raise PermanentError(f"audio chunk {key} is gone from Redis (expired or already merged)")
     transcript = transcribe_upload(
@@ -174,32 +178,6 @@ def transcribe_whole(
         path.name, path.read_bytes(), language, timestamp_granularities, app_id=app_id
     )
     return render(merge_transcripts([(0.0, transcript)]), response_format)
-
-
-def transcribe_audio(
-    path: str | Path,
-    language: str | None = None,
-    response_format: ResponseFormat = "json",
-    timestamp_granularities: Sequence[Granularity] = (),
-    *,
-    app_id: str | None = None,
-) -> Transcript | str:
-    """Transcribe the recording at ``path`` (validated first) in ``response_format``.
-
-    A long recording's chunks are transcribed by the Celery workers at once, and this waits for
-    them: call it from a client process. A task uses ``tasks.ai_tasks.transcribe_audio_task``,
-    which hands the chunks to the workers without holding its own slot.
-    """
-    from celery.canvas import Signature
-
-    from tasks.ai_tasks import transcription_work
-
-    outcome = transcription_work(
-        str(path), language, response_format, timestamp_granularities, app_id=app_id
-    )
-    if isinstance(outcome, Signature):
-        return outcome.apply_async().get(timeout=get_settings().task_time_limit_s)
-    return outcome
 
 
 def get_rate_limit_stats() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import redis
@@ -22,7 +23,7 @@ os.environ["CONDUIT_ENV_FILE"] = os.devnull
 os.environ.setdefault("LOG_FORMAT", "json")
 
 from settings import get_settings
-from settings.redis_server import RedisServer
+from settings.redis_server import RedisServer, free_port
 from tests.support.azurite import AzuriteServer, require_node, running_azurite
 from tests.support.emulator import EmulatorStarter, RunningEmulator
 from tests.support.processes import ManagedProcess, python_args
@@ -147,6 +148,29 @@ def start_worker(
         )
         started.append(process)
         return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_web(conduit_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start the web app under gunicorn (as the Procfile does) on a free port; yields its URL."""
+    started: list[ManagedProcess] = []
+
+    def start(**env: str) -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = ManagedProcess(
+            python_args("-m", "gunicorn", "-c", "python:web.gunicorn_conf", "web.app:create_app()"),
+            {**conduit_env, "WEB_PORT": str(port), "AUTH_DISABLED": "true", **env},
+            tmp_path / f"web-{port}.log",
+            ready=lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200,
+            name="gunicorn web",
+        )
+        started.append(process.start())
+        return url
 
     yield start
     for process in started:

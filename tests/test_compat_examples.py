@@ -496,4 +496,5 @@ def test_chunks_go_up_at_once_but_never_faster_than_the_whisper_quota(
         "throttled": 0,  # our quota made them wait; Azure never had to refuse one
         "tokens_charged": 0,
         "faults": 0,
+        "repeated_requests": 0,
     }

@@ -124,3 +124,17 @@ def test_console_format_shows_context_in_brackets(log_to_buffer):
         get_logger("conduit.test").info("working")
     assert "INFO" in stream.getvalue()
     assert "conduit.test [task_id=t-7]: working" in stream.getvalue()
+
+
+def test_every_extra_field_is_masked_nested_ones_too(json_stream):
+    log = get_logger("conduit.test")
+    sas = "https://a.blob.core.windows.net/c/x.wav?sv=1&sig=c2VjcmV0c2ln"
+    log.info(
+        "fetching",
+        extra={"data": {"url": sas, "nested": [("token=abc123def", 1)]}, "key": "sk-topsecret-123"},
+    )
+    text = json_stream.getvalue()
+    assert "c2VjcmV0c2ln" not in text and "abc123def" not in text
+    assert "sk-topsecret-123" not in text
+    [line] = lines(json_stream)
+    assert line["data"]["url"].startswith("https://a.blob.core.windows.net/c/x.wav?sv=1&sig=")

@@ -9,7 +9,7 @@ import pytest
 from tasks.errors import InvalidInput, QuotaExhausted, TransientError
 from tasks.outbox import stream_key, write_result, written_result
 from tasks.processors import get_processor, task_id_for
-from tasks.processors.base import backoff_delay, failure_payload
+from tasks.processors.base import ProcessorFailed, backoff_delay, failure_payload
 from tasks.processors.registry import UnknownProcessor
 
 
@@ -70,16 +70,27 @@ def test_echo_through_a_real_worker_answers_once_even_when_sent_twice(
 
 
 @pytest.mark.slow
-def test_invalid_body_answers_with_the_failure_payload(celery_app, start_worker, redis_client):
+def test_a_failed_message_is_a_failed_task_with_one_failure_payload(
+    celery_app, start_worker, redis_client
+):
     start_worker()
     processor = get_processor("echo")
-    outcome = celery_app.send_task(
-        processor.task_name,
-        args=[{"taskId": "t-1"}],
-        kwargs={"out_queue": "echo_oq", "message_id": "m-bad"},
-        task_id=task_id_for("echo_iq", "m-bad"),
-        queue=processor.queue,
-    ).get(timeout=30)
-    assert outcome["message"] == "failed"
+    task_id = task_id_for("echo_iq", "m-bad")
+    for _ in range(2):  # delivered twice: still one payload, still a failed task
+        result = celery_app.send_task(
+            processor.task_name,
+            args=[{"taskId": "t-1"}],
+            kwargs={"out_queue": "echo_oq", "message_id": "m-bad"},
+            task_id=task_id,
+            queue=processor.queue,
+        )
+        with pytest.raises(ProcessorFailed, match="PermanentError: invalid field 'id'"):
+            result.get(timeout=30)
+        # What Flower and `celery inspect` read: the result backend's state.
+        assert result.state == "FAILURE"
+    entries = redis_client.xrange(stream_key("echo_oq"))
+    assert len(entries) == 1
+    outcome = json.loads(entries[0][1]["body"])
+    assert outcome["message"] == "failed" and outcome["taskId"] == "t-1"
     assert outcome["error"]["type"] == "PermanentError"
     assert "'id'" in outcome["error"]["detail"]

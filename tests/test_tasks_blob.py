@@ -11,9 +11,10 @@ from azure.storage.blob import BlobServiceClient
 
 from emulators.speech import synthesize, wav_bytes
 from tasks.audio_sources import download_blob
+from tasks.connections import redis_client
 from tasks.errors import InvalidInput
-from tasks.processors import get_processor, task_id_for
 from tests.support.azurite import ACCOUNT_KEY, connection_string
+from tests.support.processors import run_message
 
 RESULT_TIMEOUT_SECS = 120
 # One of the phrases the emulator's recognizer knows (emulators/phrases.txt).
@@ -44,15 +45,16 @@ def worker(azurite, emulator, start_worker):
 
 def transcribe(celery_app, audio_url: str) -> dict:
     """Send a ``transcribe`` message as the bridge would, and wait for its outcome."""
-    processor = get_processor("transcribe")
-    message_id = f"m-{uuid.uuid4().hex[:8]}"
-    return celery_app.send_task(
-        processor.task_name,
-        args=[{"id": "a-1", "taskId": "t-1", "audio_url": audio_url}],
-        kwargs={"out_queue": "whisper_oq", "message_id": message_id},
-        task_id=task_id_for("whisper_iq", message_id),
-        queue=processor.queue,
-    ).get(timeout=RESULT_TIMEOUT_SECS)
+    return run_message(
+        celery_app,
+        redis_client(),
+        "transcribe",
+        {"id": "a-1", "taskId": "t-1", "audio_url": audio_url},
+        in_queue="whisper_iq",
+        out_queue="whisper_oq",
+        message_id=f"m-{uuid.uuid4().hex[:8]}",
+        timeout=RESULT_TIMEOUT_SECS,
+    )
 
 
 def test_a_blob_url_is_downloaded_with_the_account_key_and_transcribed(

@@ -11,18 +11,18 @@ import pytest
 from emulators.recognizer import DEFAULT_PHRASES_FILE, read_phrases
 from emulators.speech import synthesize, wav_bytes
 from quota import QuotaLimiter
+from tasks.ai_tasks import transcribe_audio
 from tasks.connections import redis_client
 from tasks.errors import InvalidInput
-from tasks.processors import get_processor, task_id_for
 from tasks.transcription import (
     get_rate_limit_stats,
     merge_chunk_results,
     prepare_transcription,
     set_rate_limit,
-    transcribe_audio,
     transcribe_chunk,
 )
 from tests.support.audio import compressed
+from tests.support.processors import run_message
 
 WHISPER = "whisper"
 LIMITS = {WHISPER: {"tpm": 0, "rpm": 600}}
@@ -179,21 +179,21 @@ def test_three_minutes_are_chunked_transcribed_at_once_and_merged(
     assert not redis_client().keys("conduit:audio-chunk:*")  # parked chunks are dropped
 
     # The same recording as a `transcribe` message: an SRT counted from the recording's start.
-    processor = get_processor("transcribe")
-    outcome = celery_app.send_task(
-        processor.task_name,
-        args=[
-            {
-                "id": "a-1",
-                "taskId": "t-1",
-                "audio_path": str(three_minutes_wav),
-                "response_format": "srt",
-            }
-        ],
-        kwargs={"out_queue": "whisper_oq", "message_id": "m-1"},
-        task_id=task_id_for("whisper_iq", "m-1"),
-        queue=processor.queue,
-    ).get(timeout=RESULT_TIMEOUT_SECS)
+    outcome = run_message(
+        celery_app,
+        redis_client(),
+        "transcribe",
+        {
+            "id": "a-1",
+            "taskId": "t-1",
+            "audio_path": str(three_minutes_wav),
+            "response_format": "srt",
+        },
+        in_queue="whisper_iq",
+        out_queue="whisper_oq",
+        message_id="m-1",
+        timeout=RESULT_TIMEOUT_SECS,
+    )
     assert outcome["message"] == "SUCCESS", outcome
     cues = outcome["transcript"].strip().split("\n\n")
     assert len(cues) == len(merged["segments"])
@@ -208,16 +208,18 @@ def test_a_base64_message_is_transcribed_and_bad_audio_answers_failed(
     import base64
 
     start_worker(concurrency=2, **env)
-    processor = get_processor("transcribe")
 
     def send(body, message_id):
-        return celery_app.send_task(
-            processor.task_name,
-            args=[body],
-            kwargs={"out_queue": "whisper_oq", "message_id": message_id},
-            task_id=task_id_for("whisper_iq", message_id),
-            queue=processor.queue,
-        ).get(timeout=RESULT_TIMEOUT_SECS)
+        return run_message(
+            celery_app,
+            redis_client(),
+            "transcribe",
+            body,
+            in_queue="whisper_iq",
+            out_queue="whisper_oq",
+            message_id=message_id,
+            timeout=RESULT_TIMEOUT_SECS,
+        )
 
     audio = base64.b64encode(short_wav.read_bytes()).decode()
     outcome = send(

@@ -199,3 +199,15 @@ def test_auth_disabled_opens_everything_and_warns(redis_url, caplog) -> None:
 def test_auth_on_without_configuration_refuses_to_start(redis_url) -> None:
     with pytest.raises(AuthConfigError, match="AUTH_JWKS_URL"):
         create_app(load_settings())
+
+
+def test_jwt_auth_without_an_issuer_warns_loudly_at_start(redis_url, jwks_url, caplog) -> None:
+    open_to_any_tenant = load_settings(auth_jwks_url=jwks_url, auth_audiences=[AUDIENCE])
+    with caplog.at_level(logging.WARNING, logger="web.app"):
+        create_app(open_to_any_tenant)
+    assert "AUTH_ISSUER is unset" in caplog.text and "ANY Entra ID tenant" in caplog.text
+    caplog.clear()
+    pinned = load_settings(auth_jwks_url=jwks_url, auth_audiences=[AUDIENCE], auth_issuer=ISSUER)
+    with caplog.at_level(logging.WARNING, logger="web.app"):
+        create_app(pinned)
+    assert "AUTH_ISSUER" not in caplog.text

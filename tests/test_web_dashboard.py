@@ -21,8 +21,7 @@ import websocket
 
 from bridge.metrics import Counters, Heartbeat, read_bridge_stats
 from settings import Route
-from settings.redis_server import free_port
-from tests.support.processes import REPO_ROOT, ManagedProcess, python_args
+from tests.support.processes import REPO_ROOT
 from web.broadcaster import StatusBroadcaster
 from web.history import ChartHistory
 
@@ -114,29 +113,6 @@ def test_recording_goes_on_with_nobody_watching_and_a_late_viewer_gets_it(redis_
 
 
 # --- gunicorn ------------------------------------------------------------------------------------
-@pytest.fixture
-def start_web(conduit_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start the web app under gunicorn (as the Procfile does) on a free port; yields its URL."""
-    started: list[ManagedProcess] = []
-
-    def start(**env: str) -> str:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        process = ManagedProcess(
-            python_args("-m", "gunicorn", "-c", "python:web.gunicorn_conf", "web.app:create_app()"),
-            {**conduit_env, "WEB_PORT": str(port), "AUTH_DISABLED": "true", **env},
-            tmp_path / f"web-{port}.log",
-            ready=lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200,
-            name="gunicorn web",
-        )
-        started.append(process.start())
-        return url
-
-    yield start
-    for process in started:
-        process.stop()
-
-
 def evalsha_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 

@@ -21,11 +21,10 @@ from web.auth import Authenticator
 from web.errors import register_error_handlers
 from web.extensions import sock
 from web.services import Services
+from web.strict_json import MAX_REQUEST_BYTES, StrictJSONProvider, StrictRequest
 
 log = get_logger(__name__)
 
-# The largest body any endpoint takes is a counter request of a few hundred bytes.
-MAX_REQUEST_BYTES = 64 * 1024
 # A WebSocket peer that stops answering pings is dropped after about this long.
 WEBSOCKET_PING_INTERVAL_SECS = 25
 
@@ -34,13 +33,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     # Static assets are inlined into the dashboard page, so no unauthenticated /static route.
     app = Flask(__name__, static_folder=None)
+    # Bounded, strict JSON both ways (web/strict_json.py), for every endpoint.
+    app.json = StrictJSONProvider(app)
+    app.request_class = StrictRequest
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         SOCK_SERVER_OPTIONS={"ping_interval": WEBSOCKET_PING_INTERVAL_SECS},
     )
-
-    # Keep the older counter's field order in answers.
-    app.json.sort_keys = False
 
     authenticator = Authenticator(settings)
     if authenticator.disabled:
@@ -50,6 +49,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings.web_host,
             settings.web_port,
         )
+    for warning in authenticator.config_warnings():
+        log.warning("%s", warning)
 
     @app.before_request
     def _require_credentials() -> None:

@@ -75,6 +75,18 @@ class Authenticator:
                 "tokens are issued for (e.g. api://conduit)."
             )
 
+    def config_warnings(self) -> list[str]:
+        """What is allowed by this configuration but should not be, one line each, for the log
+        at start-up."""
+        warnings = []
+        if not self.disabled and self._jwks is not None and not self._issuer:
+            warnings.append(
+                "AUTH_ISSUER is unset: bearer tokens from ANY Entra ID tenant whose audience "
+                "matches AUTH_AUDIENCES are accepted. Set AUTH_ISSUER to your tenant's issuer "
+                "(https://login.microsoftonline.com/<tenant-id>/v2.0)."
+            )
+        return warnings
+
     def authenticate(self, request: Request, endpoint: str | None) -> None:
         """Return when ``request`` may call ``endpoint``; raise :class:`AuthError` otherwise."""
         if self.disabled or endpoint in OPEN_ENDPOINTS:

@@ -15,6 +15,12 @@ from kombu import Queue
 
 from logship import start_log_shipping, stop_log_shipping
 from settings import Settings, configure_logging, get_settings, settings_or_exit
+from tasks.processors import PROCESSORS
+from worker.kombu_patches import patch_closed_channel_connparams
+from worker.log_bodies import CeleryBodyFilter
+
+# Before any connection exists: a worker must outlive a broker outage (see kombu_patches.py).
+patch_closed_channel_connparams()
 
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"
@@ -25,13 +31,13 @@ TASK_MODULES = ["worker.diagnostics", "tasks.processors", "tasks.ai_tasks", "tas
 def queue_names(settings: Settings) -> list[str]:
     """Every queue a worker consumes: the default one and one per processor (see
     tasks/processors/registry.py: a processor's queue is its name)."""
-    from tasks.processors import PROCESSORS
-
     return [DEFAULT_QUEUE, *sorted(set(PROCESSORS) | {r.processor for r in settings.routes})]
 
 
 def create_celery(settings: Settings) -> Celery:
     visibility = settings.broker_visibility_timeout_s
+    if visibility is None:  # settings fill it in (task time limit + 5 min); this tells mypy so
+        raise ValueError("BROKER_VISIBILITY_TIMEOUT_SECONDS is unset after validation")
     transport_options = {
         "visibility_timeout": visibility,
         # kombu sweeps for abandoned messages every 10 s but scans only every 10th sweep; one
@@ -72,7 +78,8 @@ def create_celery(settings: Settings) -> Celery:
 @setup_logging.connect
 def _use_conduit_logging(**_: object) -> None:
     # Connecting this signal stops Celery from installing its own handlers on the root logger.
-    configure_logging(get_settings())
+    # Celery's lines quote message bodies; the worker logs their sizes instead.
+    configure_logging(get_settings(), extra_filters=[CeleryBodyFilter()])
 
 
 # Rotated logs of LOG_DIR go to Blob Storage while the worker runs (logship/).

@@ -1,8 +1,9 @@
 """Turning a processor function into a Celery task that loses nothing and answers exactly once.
 
-The task the bridge publishes is ``task(body, out_queue=..., message_id=...)``. It:
+The task the bridge publishes is ``task(body, out_queue=..., message_id=...)``, a
+:class:`tasks.task_base.ConduitTask` (the retry and idempotency policy every task shares). It:
 
-1. returns the stored result if this task id already wrote one (a redelivered message),
+1. returns the stored outcome if this task id already wrote one (a redelivered message),
 2. validates ``body`` against the processor's input model,
 3. runs the processor inside a log context (task_id, message_id, app_id),
 4. retries what is worth retrying (tasks/retrying.py): a quota refusal after the limiter's
@@ -10,6 +11,10 @@ The task the bridge publishes is ``task(body, out_queue=..., message_id=...)``. 
    capped exponential backoff, a bounded number of times,
 5. writes exactly one outcome to the outbox of ``out_queue``: the processor's result, or the
    older services' failure payload ``{id, taskId, message: "failed", error: {type, detail}}``.
+
+A failure payload written, the task then raises :class:`ProcessorFailed`, so Celery records
+FAILURE and Flower and ``celery inspect`` show the message failed; the outbox (what the bridge
+sends on) still holds exactly one answer, and the bridge's sweeper sees it written.
 
 A processor whose work fans out (a long recording's chunks, transcribed in parallel) returns a
 Celery signature instead of a dict: the task replaces itself with that workflow followed by
@@ -20,9 +25,9 @@ return the outcome dict (success or failure payload), never raise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from celery import Signature, Task, shared_task
+from celery import Signature, shared_task
 from pydantic import BaseModel, ValidationError
 
 from settings import get_logger, log_context
@@ -30,11 +35,25 @@ from tasks.connections import redis_client
 from tasks.errors import PermanentError, TransientError
 from tasks.outbox import write_result, written_result
 from tasks.processors.registry import Processor, register
-from tasks.retrying import backoff_delay, schedule_retry
+from tasks.retrying import backoff_delay
+from tasks.task_base import ConduitTask
 
-__all__ = ["backoff_delay", "failure_payload", "processor_task", "write_outcome"]
+__all__ = [
+    "ProcessorFailed",
+    "backoff_delay",
+    "failure_payload",
+    "processor_task",
+    "write_outcome",
+]
 
 log = get_logger(__name__)
+
+Handle = TypeVar("Handle", bound=Callable[..., Any])
+
+
+class ProcessorFailed(PermanentError):
+    """The message failed and its failure payload is in the outbox; raised so that Celery
+    records the task as FAILURE. The text is the payload's ``type: detail``."""
 
 
 def failure_payload(body: dict[str, Any], error: BaseException) -> dict[str, Any]:
@@ -47,23 +66,46 @@ def failure_payload(body: dict[str, Any], error: BaseException) -> dict[str, Any
     }
 
 
+def _fail_if_failure(outcome: dict[str, Any]) -> dict[str, Any]:
+    """``outcome`` unchanged when it is a success; ProcessorFailed when it is a failure payload."""
+    if outcome.get("message") == "failed":
+        error = outcome.get("error") or {}
+        raise ProcessorFailed(f"{error.get('type')}: {error.get('detail')}")
+    return outcome
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "body"
     return f"invalid field {field!r}: {first['msg']} ({error.error_count()} error(s) in total)"
 
 
-@shared_task(name="processors.write_outcome", acks_late=True, reject_on_worker_lost=True)
+class Outbox:
+    """A processor's outcomes: the outbox of one output queue (see tasks/task_base.py)."""
+
+    def __init__(self, out_queue: str, message_id: str) -> None:
+        self.out_queue, self.message_id = out_queue, message_id
+
+    def get(self, task_id: str) -> tuple[bool, Any]:
+        outcome = written_result(redis_client(), self.out_queue, task_id)
+        return (outcome is not None, outcome)
+
+    def put(self, task_id: str, outcome: Any) -> None:
+        write_result(redis_client(), self.out_queue, task_id, self.message_id, outcome)
+
+
+@shared_task(name="processors.write_outcome", base=ConduitTask, bind=True)
 def write_outcome(
-    outcome: dict[str, Any], out_queue: str, message_id: str, task_id: str
+    self: ConduitTask, outcome: dict[str, Any], out_queue: str, message_id: str, task_id: str
 ) -> dict[str, Any]:
-    """The last step of a fanned-out processor: its outcome into the outbox, once per task id."""
-    write_result(redis_client(), out_queue, task_id, message_id, outcome)
-    return outcome
+    """The last step of a fanned-out processor: its outcome into the outbox, once per task id;
+    a failure payload fails this task too, so the workflow's state says what happened."""
+    Outbox(out_queue, message_id).put(task_id, outcome)
+    return _fail_if_failure(outcome)
 
 
 def run_processor(
-    task: Task,
+    task: ConduitTask,
     *,
     handle: Callable[[Any], dict[str, Any] | Signature],
     input_model: type[BaseModel],
@@ -72,19 +114,17 @@ def run_processor(
     message_id: str,
 ) -> dict[str, Any]:
     task_id = task.request.id
-    client = redis_client()
-    already = written_result(client, out_queue, task_id)
-    if already is not None:
+    outbox = Outbox(out_queue, message_id)
+    done, already = task.previous_outcome(outbox)
+    if done:
         log.info("result for task %s was already written; not running it again", task_id)
-        return already
+        return _fail_if_failure(already)
 
     with log_context(task_id=task_id, message_id=message_id, app_id=body.get("app_id")):
         try:
             outcome = handle(input_model.model_validate(body))
         except TransientError as error:
-            log.warning("transient failure, will retry if retries are left: %s", error)
-            schedule_retry(task, error)
-            log.error("giving up after %d retries: %s", task.request.retries, error)
+            task.retry_transient(error)  # raises Retry while retries of its kind are left
             outcome = failure_payload(body, error)
         except ValidationError as error:
             outcome = failure_payload(body, PermanentError(_describe(error)))
@@ -97,19 +137,21 @@ def run_processor(
 
         if isinstance(outcome, Signature):
             raise task.replace(outcome | write_outcome.s(out_queue, message_id, task_id))
-        write_result(client, out_queue, task_id, message_id, outcome)
-        return outcome
+        outbox.put(task_id, outcome)
+        return _fail_if_failure(outcome)
 
 
-def processor_task(name: str, input_model: type[BaseModel]):
+def processor_task(name: str, input_model: type[BaseModel]) -> Callable[[Handle], Handle]:
     """Register ``handle(model) -> dict | Signature`` as processor ``name`` with a Celery task
     around it."""
 
-    def decorate(handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def decorate(handle: Handle) -> Handle:
         task_name = f"processors.{name}"
 
-        @shared_task(name=task_name, bind=True, acks_late=True, reject_on_worker_lost=True)
-        def task(self: Task, body: dict[str, Any], out_queue: str, message_id: str):
+        @shared_task(name=task_name, base=ConduitTask, bind=True)
+        def task(
+            self: ConduitTask, body: dict[str, Any], out_queue: str, message_id: str
+        ) -> dict[str, Any]:
             return run_processor(
                 self,
                 handle=handle,
@@ -120,7 +162,7 @@ def processor_task(name: str, input_model: type[BaseModel]):
             )
 
         register(Processor(name=name, input_model=input_model, task_name=task_name))
-        handle.task = task
+        handle.task = task  # type: ignore[attr-defined]  # the Celery task, for callers and tests
         return handle
 
     return decorate

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.completion import structured_prompt
 from tasks.processors.base import processor_task
 
 SYSTEM_PROMPT = (
@@ -42,8 +43,6 @@ class FeedbackAnalysis(BaseModel):
 
 @processor_task("feedback", FeedbackInput)
 def feedback(message: FeedbackInput) -> dict[str, Any]:
-    from tasks.completion import structured_prompt
-
     analysis = structured_prompt(
         SYSTEM_PROMPT,
         USER_PROMPT,

@@ -15,11 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from celery import shared_task
+from celery import chord, shared_task
 from pydantic import BaseModel, model_validator
 
+from tasks.ai_tasks import chunk_group
+from tasks.audio_sources import local_audio
 from tasks.errors import PermanentError
 from tasks.processors.base import failure_payload, processor_task
+from tasks.task_base import ConduitTask
+from tasks.transcription import merge_chunk_results, prepare_transcription, transcribe_whole
+from tasks.transcripts import ResponseFormat
 
 
 class TranscribeInput(BaseModel):
@@ -57,13 +62,11 @@ def _answer(message: dict[str, Any], response_format: str, transcript: Any) -> d
     }
 
 
-@shared_task(name="processors.transcribe.finish", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name="processors.transcribe.finish", base=ConduitTask)
 def finish_transcription(
-    chunk_results: list[dict[str, Any]], message: dict[str, Any], response_format: str
+    chunk_results: list[dict[str, Any]], message: dict[str, Any], response_format: ResponseFormat
 ) -> dict[str, Any]:
     """The chord callback: merged transcript, or the failure payload; never raises."""
-    from tasks.transcription import merge_chunk_results
-
     try:
         return _answer(
             message, response_format, merge_chunk_results(chunk_results, response_format)
@@ -74,12 +77,6 @@ def finish_transcription(
 
 @processor_task("transcribe", TranscribeInput)
 def transcribe(message: TranscribeInput) -> Any:
-    from celery import chord
-
-    from tasks.ai_tasks import chunk_group
-    from tasks.audio_sources import local_audio
-    from tasks.transcription import prepare_transcription, transcribe_whole
-
     with tempfile.TemporaryDirectory(prefix="conduit-audio-") as work_dir:
         path = local_audio(
             Path(work_dir),
