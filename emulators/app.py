@@ -147,13 +147,22 @@ def _deployment(from_path: str | None, model: object) -> str:
 def _admit(
     deployment: str, operation: str, build: Callable[[], T], estimate: Callable[[T | None], int]
 ) -> T:
-    """Charge the arrival estimate, then return the validated request (or raise its 400)."""
+    """Charge the arrival estimate, then return the validated request (or raise its 400). An
+    invalid request is charged too, with what can be estimated without it, so a client over its
+    limit hears 429 before it hears what is wrong with the request."""
     try:
-        parsed, problem = build(), None
-    except EmulatorError as error:
-        parsed, problem = None, error
+        parsed = build()
+    except EmulatorError:
+        _charge(deployment, operation, estimate(None))
+        raise
+    _charge(deployment, operation, estimate(parsed))
+    _inject_faults(deployment, g.setdefault("controls", _emulator().controls))
+    return parsed
+
+
+def _charge(deployment: str, operation: str, tokens: int) -> None:
+    """Charge ``tokens`` to ``deployment``, recording the decision; RateLimited when refused."""
     emulator = _emulator()
-    tokens = estimate(parsed)
     decision = emulator.limiter.charge(deployment, tokens)
     emulator.stats.record_charge(deployment, decision.admitted, tokens, _body_digest())
     g.rate_limit_headers = decision.headers()
@@ -162,10 +171,6 @@ def _admit(
         raise RateLimited(
             operation, api_version, decision.reason, math.ceil(decision.retry_after_s)
         )
-    if problem is not None:
-        raise problem
-    _inject_faults(deployment, g.setdefault("controls", emulator.controls))
-    return parsed
 
 
 def _body_digest() -> bytes:
