@@ -8,8 +8,10 @@ Every chunk's key is derived from its document id and position, and the upload i
 merge-or-upload, so a batch run twice (its worker was killed after uploading, before
 acknowledging) writes the same documents again: each chunk is indexed exactly once.
 
-    >>> workflow = index_texts("docs", [{"id": "guide", "title": "Guide", "text": long_text}])
-    >>> app.send_task("ai.index_texts", args=["docs", docs]).get()   # through a worker
+With Azure AI Search and an embedding endpoint (or the emulators) configured::
+
+    workflow = index_texts("docs", [{"id": "guide", "title": "Guide", "text": long_text}])
+    app.send_task("ai.index_texts", args=["docs", docs]).get()   # through a worker
 
 An index made here has ``id`` (key), ``doc_id``, ``chunk``, ``title``, ``content``, ``source``
 and the vector field ``content_vector``.
