@@ -270,7 +270,7 @@ def test_redis_stopped_for_five_seconds_loses_nothing(conduit_env, tmp_path):
         stack.send(500)
         stack.wait_for_results(100, bridge)
         server.stop()
-        time.sleep(5)
+        time.sleep(5)  # the outage under test: five seconds without Redis
         server.start()
         # kombu 5.7 can crash the worker as it loses the broker (an AttributeError while it
         # restores unacked messages); deployments restart a worker that died or stopped

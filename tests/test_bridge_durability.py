@@ -33,6 +33,7 @@ from settings import Route, load_settings
 from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.redis_server import RedisServer
 from tasks.processors import task_id_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,10 +72,12 @@ class AofSizes:
 
     def wait_past(self, moment: float) -> None:
         """Until a sample later than ``moment`` exists (so what came before it can be kept)."""
-        deadline = time.monotonic() + 30
-        while not self.samples or self.samples[-1][0] <= moment:
-            assert time.monotonic() < deadline, "the AOF sampler stopped"
-            time.sleep(SAMPLE_SECS)
+        wait_until(
+            lambda: self.samples and self.samples[-1][0] > moment,
+            30,
+            "an AOF sample (the sampler stopped?)",
+            interval=SAMPLE_SECS,
+        )
 
     def size_at(self, moment: float) -> int:
         """The AOF's size at the last sample no later than ``moment`` (0 before the first)."""

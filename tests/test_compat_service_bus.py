@@ -70,17 +70,6 @@ async def run_until(handler: AsyncServiceBusHandler, done, timeout: float = WAIT
         await listening
 
 
-def wait_until(check, what: str, process: ManagedProcess | None = None) -> None:
-    deadline = time.monotonic() + WAIT_SECS
-    while time.monotonic() < deadline:
-        if process is not None and process.process is not None:
-            assert process.process.poll() is None, process.output()[-3000:]
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_200_messages_through_a_handler_killed_midway_give_200_results_once_each(
     bus: LocalBus, redis_client: redis.Redis, conduit_env: dict[str, str], tmp_path: Path
@@ -111,8 +100,10 @@ def test_200_messages_through_a_handler_killed_midway_give_200_results_once_each
     caught = sent_not_completed()  # frozen now: these will be processed and sent again
     assert caught, "the kill found no result sent for a message not yet completed"
 
-    with ManagedProcess(args, env, tmp_path / "second.log", name="compat service again"):
-        wait_until(lambda: len(results()) >= 200 and not bus.peek(in_queue, 1), "every result")
+    with ManagedProcess(args, env, tmp_path / "second.log", name="compat service again") as second:
+        second.wait_until(
+            lambda: len(results()) >= 200 and not bus.peek(in_queue, 1), WAIT_SECS, "every result"
+        )
 
     out = results()
     assert len(out) == 200

@@ -58,6 +58,7 @@ def test_a_spent_tpm_answers_429_with_azures_headers_until_retry_after(
     assert "exceeded token rate limit" in refused.value.message
     assert 0 < int(headers["retry-after-ms"]) <= 2000
 
+    # Under test: waiting what retry-after-ms says is enough for the request to be admitted.
     time.sleep(int(headers["retry-after-ms"]) / 1000)
     again = client.chat.completions.create(model=CHAT, messages=ask("hello"), max_tokens=150)
     assert again.choices[0].message.content

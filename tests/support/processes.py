@@ -11,9 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Long enough for a cold start of celery or librosa on a loaded 2-core CI machine.
@@ -50,28 +51,36 @@ class ManagedProcess:
             self.wait_until(self.ready, READY_TIMEOUT_SECS, f"{self.name} to become ready")
         return self
 
-    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited ({self.process.returncode}) waiting for "
-                    f"{what}:\n{self.output()[-3000:]}"
-                )
-            try:
-                if check():
-                    return
-            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"timed out waiting for {what}:\n{self.output()[-3000:]}")
+    def wait_until(self, check: Callable[[], object], timeout: float, what: str) -> None:
+        """:func:`tests.support.waiting.wait_until` while this process runs: its exit ends the
+        wait at once, and either failure shows the end of its log. Any exception from ``check``
+        means "not ready yet" (a starting server refuses connections, answers 503 ...)."""
+        wait_until(
+            check,
+            timeout,
+            what,
+            ignore=(Exception,),
+            abort=self._exited,
+            details=lambda: self.output()[-3000:],
+        )
+
+    def _exited(self) -> str | None:
+        code = self.running.poll()
+        return None if code is None else f"{self.name} exited ({code})"
+
+    @property
+    def running(self) -> subprocess.Popen[bytes]:
+        """The child process; a RuntimeError before start()."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started: call start() or use `with`")
+        return self.process
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.running.pid
 
     def signal(self, signum: int) -> None:
         if self.process and self.process.poll() is None:
