@@ -42,6 +42,7 @@ from emulators.ratelimit import RateLimiter, load_limits
 from emulators.recognizer import DEFAULT_PHRASES_FILE, Recognizer, read_phrases
 from emulators.search.routes import init_search
 from settings import Settings, get_settings
+from settings.validation import describe_invalid_fields, field_name
 
 # An upload may reach Whisper's file limit; the multipart framing and form fields need a little
 # more. Bodies beyond this are refused before they are read.
@@ -309,9 +310,8 @@ def update_config() -> Response:
     try:
         emulator.controls = emulator.controls.updated(_json_body())
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise BadRequest(f"{field}: {first['msg']}", field) from None
+        field = field_name(error.errors()[0]["loc"])
+        raise BadRequest(describe_invalid_fields(error), field) from None
     return jsonify(emulator.controls.model_dump())
 
 
