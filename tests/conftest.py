@@ -26,7 +26,7 @@ from settings import get_settings
 from settings.redis_server import RedisServer, free_port
 from tests.support.azurite import AzuriteServer, require_node, running_azurite
 from tests.support.emulator import EmulatorStarter, RunningEmulator
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 
 
 @pytest.fixture(autouse=True)
@@ -115,25 +115,7 @@ def start_worker(
 
     def start(concurrency: int = 4, queues: str | None = None, **env: str) -> ManagedProcess:
         name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        args = python_args(
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        )
-        if queues:
-            args += ["-Q", queues]
+        args = celery_worker_args(name, concurrency, *(["-Q", queues] if queues else []))
         hostname = name.replace("%h", __import__("socket").gethostname())
 
         def ready() -> bool:

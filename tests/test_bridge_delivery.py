@@ -22,7 +22,7 @@ from bridge.metrics import HEARTBEATS_KEY, read_bridge_stats
 from settings import load_settings
 from settings.redis_server import RedisServer, free_port
 from tasks.outbox import stream_key
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 
 pytestmark = pytest.mark.slow
 
@@ -59,23 +59,7 @@ class Stack:
 
         self.app = self.app or create_celery(load_settings(redis_url=self.env["REDIS_URL"]))
         name = f"bridge-test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        args = python_args(
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        )
+        args = celery_worker_args(name, concurrency)
         return self._start(
             args, name, lambda _: bool(self.app.control.ping(destination=[name], timeout=0.5))
         )

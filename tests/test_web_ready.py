@@ -12,7 +12,7 @@ import pytest
 
 from settings import load_settings
 from settings.redis_server import RedisServer, free_port
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 from web.app import create_app
 
 
@@ -41,21 +41,7 @@ def test_ready_follows_redis_bridge_and_workers(
         name = f"ready-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         processes.append(
             ManagedProcess(
-                python_args(
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker",
-                    "worker",
-                    "-P",
-                    "threads",
-                    "-c",
-                    "2",
-                    "-n",
-                    name,
-                    "--without-gossip",
-                    "--without-mingle",
-                ),
+                celery_worker_args(name, 2),
                 env,
                 tmp_path / "worker.log",
                 name="worker",

@@ -119,3 +119,16 @@ class ManagedProcess:
 def python_args(*args: str) -> list[str]:
     """Run a module with the same interpreter (and so the same virtualenv) as the tests."""
     return [sys.executable, *args]
+
+
+def celery_worker_args(
+    name: str, concurrency: int, *extra: str, loglevel: str = "INFO"
+) -> list[str]:
+    """``celery -A worker worker`` as tests and benchmarks run it: the Procfile's thread pool,
+    node ``name`` (``control.ping(destination=[name])`` tells when it is ready), and without
+    gossip and mingle, start-up exchanges between workers that only slow a test down."""
+    return python_args(
+        *("-m", "celery", "-A", "worker", "worker", "-P", "threads", "-c", str(concurrency)),
+        *("-n", name, "--without-gossip", "--without-mingle", "--loglevel", loglevel),
+        *extra,
+    )
