@@ -7,6 +7,7 @@ the session's redis-server), ``conduit_env`` (the environment a subprocess of ou
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -56,6 +57,20 @@ def no_leaks() -> Iterator[None]:
     ]
     assert not leaked_children, f"test leaked processes: {[p.cmdline() for p in leaked_children]}"
     assert not leaked_threads, f"test leaked threads: {leaked_threads}"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For a test that configures logging as a process does: pytest's own root handlers and
+    level are put back after it, whatever it configured."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved_handlers:
+        root.addHandler(handler)
+    root.setLevel(saved_level)
 
 
 @pytest.fixture(scope="session")
