@@ -340,10 +340,9 @@ def test_dead_letters_are_listed_and_resubmitted_as_copies(bus, namespace):
     assert namespace.completed == ["m-0"]  # the dead letter, completed after the copy was sent
 
 
-def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus, namespace):
-    put(namespace, "echo_iq", '{"id": "a"}', "not json", '{"no_id": true}', '{"id": "b"}')
-    publisher = FakePublisher()
-    ingress = Ingress(
+def echo_ingress(bus, publisher: FakePublisher) -> Ingress:
+    """The echo route's ingress over the Service Bus adapter, publishing to ``publisher``."""
+    return Ingress(
         Route.parse("echo_iq:echo:echo_oq"),
         bus.receiver("echo_iq"),
         publisher,
@@ -356,6 +355,12 @@ def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus,
         max_message_bytes=256 * 1024,
         max_json_depth=DEFAULT_MAX_DEPTH,
     )
+
+
+def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus, namespace):
+    put(namespace, "echo_iq", '{"id": "a"}', "not json", '{"no_id": true}', '{"id": "b"}')
+    publisher = FakePublisher()
+    ingress = echo_ingress(bus, publisher)
     assert ingress.run_once() == 4
     assert [r.message_id for r in publisher.published] == ["m-0", "m-3"]
     assert namespace.completed == ["m-0", "m-3"]
@@ -368,19 +373,7 @@ def test_ingress_abandons_the_batch_when_the_broker_fails(bus, namespace):
     put(namespace, "echo_iq", '{"id": "a"}', '{"id": "b"}')
     publisher = FakePublisher()
     publisher.fail = True
-    ingress = Ingress(
-        Route.parse("echo_iq:echo:echo_oq"),
-        bus.receiver("echo_iq"),
-        publisher,
-        FakeLedger(),
-        Counters(),
-        batch_size=32,
-        high_water=10,
-        max_idle_s=1.0,
-        celery_queue="echo",
-        max_message_bytes=256 * 1024,
-        max_json_depth=DEFAULT_MAX_DEPTH,
-    )
+    ingress = echo_ingress(bus, publisher)
     with pytest.raises(BrokerUnavailable):
         ingress.run_once()
     assert namespace.completed == [] and namespace.abandoned == ["m-0", "m-1"]
@@ -428,19 +421,7 @@ def test_an_amqp_value_too_deep_for_json_is_dead_lettered_alone(bus, namespace):
         FakeValueMessage(deep, "m-deep"),
     ]
     publisher = FakePublisher()
-    ingress = Ingress(
-        Route.parse("echo_iq:echo:echo_oq"),
-        bus.receiver("echo_iq"),
-        publisher,
-        FakeLedger(),
-        Counters(),
-        batch_size=32,
-        high_water=10,
-        max_idle_s=1.0,
-        celery_queue="echo",
-        max_message_bytes=256 * 1024,
-        max_json_depth=DEFAULT_MAX_DEPTH,
-    )
+    ingress = echo_ingress(bus, publisher)
     assert ingress.run_once() == 2
     assert [r.message_id for r in publisher.published] == ["m-value"]
     [dead] = namespace.dead["echo_iq"]
