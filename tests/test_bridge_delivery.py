@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 
 from bridge.bus import OutgoingMessage
 from bridge.ledger import ledger_key
@@ -51,17 +52,17 @@ class Stack:
         self.log_dir = log_dir
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
         self.bus = LocalBus(self.client)
-        self.app = None
+        self.app: Celery | None = None
         self.processes: list[ManagedProcess] = []
 
     def start_worker(self, concurrency: int = 4) -> ManagedProcess:
         from worker import create_celery
 
-        self.app = self.app or create_celery(load_settings(redis_url=self.env["REDIS_URL"]))
+        app = self.app = self.app or create_celery(load_settings(redis_url=self.env["REDIS_URL"]))
         name = f"bridge-test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         args = celery_worker_args(name, concurrency)
         return self._start(
-            args, name, lambda _: bool(self.app.control.ping(destination=[name], timeout=0.5))
+            args, name, lambda _: bool(app.control.ping(destination=[name], timeout=0.5))
         )
 
     def start_bridge(self) -> ManagedProcess:
@@ -261,12 +262,12 @@ def test_redis_stopped_for_five_seconds_loses_nothing(conduit_env, tmp_path):
         # answering (compose: restart: unless-stopped), so this test does too. What it checks
         # is that nothing is lost either way.
         try:
-            worker.wait_until(worker.ready, 20, "the worker to answer again")
+            worker.wait_ready(20)
         except (RuntimeError, TimeoutError):
             worker.kill()
             stack.start_worker()
         stack.assert_each_result_exactly_once(500, bridge)
-        assert bridge.process.poll() is None
+        assert bridge.running.poll() is None
     finally:
         stack.stop()
         server.stop()

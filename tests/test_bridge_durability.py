@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -136,7 +137,8 @@ def move_all(bus: LocalBus, broker_url: str, count: int) -> None:
 def lost(bus: LocalBus, broker: redis.Redis, ids: list[str]) -> list[str]:
     """Messages neither on the bus (waiting or locked) nor recorded as a task in the ledger."""
     on_bus = {m.message_id for m in bus.peek(ROUTE.in_queue, 10 * len(ids))}
-    recorded = set(broker.zrange(ledger_key(ROUTE.out_queue), 0, -1))
+    # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+    recorded = set(cast(list[str], broker.zrange(ledger_key(ROUTE.out_queue), 0, -1)))
     return [m for m in ids if m not in on_bus and task_id_for(ROUTE.in_queue, m) not in recorded]
 
 

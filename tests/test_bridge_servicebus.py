@@ -64,8 +64,9 @@ class FakeNamespace:
 
     queues: dict[str, list[FakeSdkMessage]] = field(default_factory=dict)
     dead: dict[str, list[FakeSdkMessage]] = field(default_factory=dict)
-    completed: list[str] = field(default_factory=list)
-    abandoned: list[str] = field(default_factory=list)
+    # Message ids as the SDK has them: None for a message sent without one.
+    completed: list[str | None] = field(default_factory=list)
+    abandoned: list[str | None] = field(default_factory=list)
     sent: dict[str, list[Any]] = field(default_factory=dict)
     lock_lost_ids: set[str] = field(default_factory=set)
     fail_next_receive: Exception | None = None
@@ -95,7 +96,7 @@ class FakeReceiver:
     def peek_messages(self, max_message_count: int):
         return self._source()[:max_message_count]
 
-    def _settle(self, message: FakeSdkMessage, into: list[str]) -> None:
+    def _settle(self, message: FakeSdkMessage, into: list[str | None]) -> None:
         if self.closed:
             raise ValueError("The handler has already been shutdown.")
         if message.message_id in self.namespace.lock_lost_ids:
@@ -204,7 +205,11 @@ def namespace() -> FakeNamespace:
 
 @pytest.fixture
 def bus(namespace):
-    bus = ServiceBus(FakeClient(namespace), prefetch=64, lock_renewer=FakeRenewer())
+    bus = ServiceBus(
+        FakeClient(namespace),  # type: ignore[arg-type]  # the SDK's client, faked: what the adapter calls
+        prefetch=64,
+        lock_renewer=FakeRenewer(),  # type: ignore[arg-type]  # the SDK's renewer, faked likewise
+    )
     yield bus
     bus.close()
 
@@ -345,8 +350,8 @@ def echo_ingress(bus, publisher: FakePublisher) -> Ingress:
     return Ingress(
         Route.parse("echo_iq:echo:echo_oq"),
         bus.receiver("echo_iq"),
-        publisher,
-        FakeLedger(),
+        publisher,  # type: ignore[arg-type]  # a fake publisher: records, or fails on demand
+        FakeLedger(),  # type: ignore[arg-type]  # a fake ledger: Redis is not the point here
         Counters(),
         batch_size=32,
         high_water=10,

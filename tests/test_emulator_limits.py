@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from emulators.jsonschema_fill import fill
 from emulators.ratelimit import Limit, RateLimiter
-from tests.support.emulator import RunningEmulator
+from tests.support.emulator import RunningEmulator, ask
 
 CHAT = "gpt-4o"
 RATE_LIMIT_HEADERS = (
@@ -26,10 +26,6 @@ RATE_LIMIT_HEADERS = (
     "x-ratelimit-reset-tokens",
     "x-ratelimit-reset-requests",
 )
-
-
-def ask(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 # --- over HTTP ------------------------------------------------------------------------------------

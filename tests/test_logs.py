@@ -103,7 +103,7 @@ def test_midnight_rotation_keeps_retention_days_of_files(tmp_path):
     day = 24 * 3600
     start = time.time() - 10 * day
     for offset in range(6):  # six days of logs, rolled over by hand instead of waiting a day
-        handler.rolloverAt = start + offset * day  # due: the next emit rolls over
+        handler.rolloverAt = int(start + offset * day)  # due: the next emit rolls over
         handler.emit(record)
     handler.close()
     rotated = sorted(p.name for p in tmp_path.iterdir() if p.name != "conduit.log")

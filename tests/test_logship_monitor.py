@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -44,17 +45,21 @@ def blobs(connection: str, container: str) -> dict[str, bytes]:
         }
 
 
-def make_monitor(connection: str, container: str, logs: Path, **options: object) -> LogMonitor:
+def make_monitor(connection: str, container: str, logs: Path, **options: Any) -> LogMonitor:
     uploader = BlobUploader(
         StorageAccount(connection_string=connection),
         container,
-        attempts=int(options.pop("attempts", 200)),  # type: ignore[call-overload]
+        attempts=int(options.pop("attempts", 200)),
         first_delay_s=0.05,
         max_delay_s=0.3,
     )
-    settings = {"retention_days": 7, "scan_interval_s": 0.2, "shutdown_timeout_s": 30.0}
+    settings: dict[str, Any] = {
+        "retention_days": 7,
+        "scan_interval_s": 0.2,
+        "shutdown_timeout_s": 30.0,
+    }
     settings.update(options)
-    return LogMonitor(logs, uploader, app_name=APP, host=HOST, **settings)  # type: ignore[arg-type]
+    return LogMonitor(logs, uploader, app_name=APP, host=HOST, **settings)
 
 
 @pytest.fixture

@@ -28,8 +28,12 @@ def test_an_ignored_exception_means_not_yet_and_any_other_fails_at_once() -> Non
         return True
 
     assert wait_until(starting, 10, "the server", interval=0, ignore=(ConnectionError,))
+
+    def broken() -> bool:
+        raise KeyError("a bug")
+
     with pytest.raises(KeyError):
-        wait_until(lambda: {}["missing"], 10, "a bug", interval=0, ignore=(ConnectionError,))
+        wait_until(broken, 10, "a bug", interval=0, ignore=(ConnectionError,))
 
 
 def test_abort_ends_the_wait_with_its_reason_before_the_check_runs_again() -> None:

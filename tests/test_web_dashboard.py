@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from bridge.metrics import Counters, Heartbeat, read_bridge_stats
 from settings import Route
 from tests.support.processes import REPO_ROOT
 from tests.support.waiting import wait_until
-from web.broadcaster import StatusBroadcaster
+from web.broadcaster import StatusBroadcaster, Subscription
 from web.history import ChartHistory
 
 SCREENSHOT_FOR_README = REPO_ROOT / "docs" / "dashboard.png"
@@ -34,8 +35,16 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 # --- the broadcaster, in process -----------------------------------------------------------------
 def redis_now(client: redis.Redis) -> float:
-    seconds, micros = client.time()
+    # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+    seconds, micros = cast(tuple[int, int], client.time())
     return int(seconds) + int(micros) / 1e6
+
+
+def next_json(viewer: Subscription) -> dict[str, Any]:
+    """The viewer's next frame, which comes within a second."""
+    frame = viewer.next_frame(timeout=1)
+    assert frame is not None, "no frame within a second"
+    return json.loads(frame)
 
 
 def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_client) -> None:
@@ -49,7 +58,7 @@ def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_cl
 
     broadcaster = StatusBroadcaster(read, ChartHistory(redis_client), tick_s=0.05)
     viewers = [broadcaster.subscribe() for _ in range(5)]
-    assert all(json.loads(v.next_frame(timeout=1))["type"] == "history" for v in viewers)
+    assert all(next_json(v)["type"] == "history" for v in viewers)
     seen: list[list[int]] = [[] for _ in viewers]
 
     def every_viewer_saw_five_frames() -> bool:
@@ -73,7 +82,7 @@ def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_cl
         "the broadcaster's thread to stop with no viewer left",
     )
     late = broadcaster.subscribe()
-    history = json.loads(late.next_frame(timeout=1))
+    history = next_json(late)
     broadcaster.unsubscribe(late)
     assert history["type"] == "history" and len(history["points"]) >= len(reads) - 1
 
@@ -107,7 +116,7 @@ def test_recording_goes_on_with_nobody_watching_and_a_late_viewer_gets_it(redis_
         # A broadcaster in another web process, never ticked, serves the same history.
         other = StatusBroadcaster(read, ChartHistory(redis_client))
         viewer = other.subscribe()
-        history = json.loads(viewer.next_frame(timeout=1))
+        history = next_json(viewer)
         other.stop()
         assert len(history["points"]) >= 5
         assert [p["t"] for p in history["points"]] == sorted(p["t"] for p in history["points"])
@@ -118,7 +127,8 @@ def test_recording_goes_on_with_nobody_watching_and_a_late_viewer_gets_it(redis_
 
 # --- gunicorn ------------------------------------------------------------------------------------
 def evalsha_calls(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    stats = cast(dict[str, Any], client.info("commandstats"))
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def frames(socket: websocket.WebSocket) -> Iterator[dict]:
@@ -198,7 +208,8 @@ def test_status_socket_pushes_one_shared_frame_a_second(start_web, redis_client)
 
 # --- the page in headless Chromium ---------------------------------------------------------------
 def chromium_driver(profile_dir: Path):
-    if not (shutil.which("chromium") and Path(CHROMEDRIVER).exists()):
+    chromium = shutil.which("chromium")
+    if not (chromium and Path(CHROMEDRIVER).exists()):
         pytest.fail(
             "Debian chromium and chromium-driver are needed: `make test` installs them "
             "(apt-get install -y chromium chromium-driver)"
@@ -207,7 +218,7 @@ def chromium_driver(profile_dir: Path):
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
+    options.binary_location = chromium
     for flag in (
         "--headless",
         "--no-sandbox",

@@ -48,8 +48,14 @@ class ManagedProcess:
             start_new_session=True,
         )
         if self.ready is not None:
-            self.wait_until(self.ready, READY_TIMEOUT_SECS, f"{self.name} to become ready")
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECS) -> None:
+        """Until the readiness check passes (again, after a restart of what it depends on)."""
+        if self.ready is None:
+            raise RuntimeError(f"{self.name} has no readiness check")
+        self.wait_until(self.ready, timeout, f"{self.name} to become ready")
 
     def wait_until(self, check: Callable[[], object], timeout: float, what: str) -> None:
         """:func:`tests.support.waiting.wait_until` while this process runs: its exit ends the
