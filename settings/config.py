@@ -60,6 +60,11 @@ class SettingsError(ValueError):
 AppendFsync = Literal["always", "everysec"]
 
 
+# The quota pools, one per kind of Azure OpenAI deployment: the one spelling of their names that
+# quota/, tasks/ and the settings share.
+PoolName = Literal["completion", "embedding", "whisper"]
+
+
 class Route(BaseModel):
     """One input queue, the processor that handles its messages, and where results go."""
 
@@ -73,11 +78,6 @@ class Route(BaseModel):
         if len(parts) != 3 or not all(parts):
             raise ValueError(f"route {text!r} must look like in_queue:processor:out_queue")
         return cls(in_queue=parts[0], processor=parts[1], out_queue=parts[2])
-
-
-# The quota pools, one per kind of Azure OpenAI deployment: the one spelling of their names that
-# quota/, tasks/ and the settings share.
-PoolName = Literal["completion", "embedding", "whisper"]
 
 
 class Pool(BaseModel):
