@@ -43,9 +43,21 @@ test: $(TEST_INSTALLED) test-tools checks
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$status
 
-# Static checks that run before the tests, and stop them when they fail: ruff check, ruff format
-# --check, lint-imports and mypy go here (one command per line).
+# Static checks that run before the tests and stop them at the first failure, naming it: lint,
+# formatting, the layering contracts (pyproject.toml's [tool.importlinter]) and types (mypy's
+# `files`, zero errors). Fast ones first. `make checks` runs them alone.
+CHECKS := \
+	"ruff check|$(BIN)/ruff check ." \
+	"ruff format --check|$(BIN)/ruff format --check ." \
+	"lint-imports|$(BIN)/lint-imports" \
+	"mypy|$(BIN)/mypy"
+
 checks: $(TEST_INSTALLED)
+	@for check in $(CHECKS); do \
+		name=$${check%%|*}; command=$${check#*|}; \
+		echo "make checks: $$name"; \
+		$$command || { echo "make checks: $$name failed; fix it (see above) before the tests run" >&2; exit 1; }; \
+	done
 
 # The dashboard's browser test needs Debian's Chromium and ChromeDriver, the compose test a compose
 # client. Installed once when missing (needs root, as CI has); later runs skip this. The blob tests

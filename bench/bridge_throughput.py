@@ -54,6 +54,7 @@ from bridge.routing import TaskRequest
 from settings import Route, load_settings
 from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.redis_server import RedisServer
+from tests.support.processes import celery_worker_args
 
 ROUTE = Route.parse("bench_iq:echo:bench_oq")
 ROUNDS = 3
@@ -151,24 +152,7 @@ def process(
 
 def measure_e2e(app, bus: LocalBus, env: dict[str, str], logs: Path, burst: int) -> dict:
     worker_name = f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-    worker_args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "-P",
-        "threads",
-        "-c",
-        "8",
-        "-n",
-        worker_name,
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "WARNING",
-    ]
+    worker_args = celery_worker_args(worker_name, 8, loglevel="WARNING")
     with (
         process(
             worker_args,

@@ -110,7 +110,7 @@ def run_way(way: str, app: Any, emulator: Any, redis_url: str) -> dict[str, floa
 def main() -> None:
     # Imported once the environment is set: importing worker builds its app from settings.
     from tests.support.emulator import EmulatorStarter
-    from tests.support.processes import ManagedProcess, python_args
+    from tests.support.processes import ManagedProcess, celery_worker_args
     from worker import create_celery
 
     load_before = os.getloadavg()
@@ -140,11 +140,11 @@ def main() -> None:
             app = create_celery(load_settings())
             worker_name = f"bench-{uuid.uuid4().hex[:6]}@%h"
             hostname = worker_name.replace("%h", socket.gethostname())
-            worker_args = python_args(
-                *("-m", "celery", "-A", "worker", "worker", "-P", "threads"),
-                *("-c", str(WORKER_CONCURRENCY), "-n", worker_name),
-                *("-I", "bench.embedding_batches", "--without-gossip", "--without-mingle"),
-                *("--loglevel", "WARNING"),
+            worker_args = celery_worker_args(
+                worker_name,
+                WORKER_CONCURRENCY,
+                *("-I", "bench.embedding_batches"),
+                loglevel="WARNING",
             )
             with ManagedProcess(
                 worker_args,

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from bridge.bus_api import ReceivedMessage
 from settings import Route
 from settings.jsonsafe import JsonRejected, loads_bounded
+from settings.validation import describe_invalid_fields
 from tasks.processors import UnknownProcessor, get_processor, task_id_for
 
 # Service Bus caps a dead-letter description at 4096 characters; a reader needs far fewer.
@@ -43,15 +44,6 @@ class Rejection:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())[:MAX_DESCRIPTION_CHARS]
-
-
-def describe_invalid_fields(error: ValidationError) -> str:
-    """``field 'id': Field required; field 'language': ...`` — every field at fault, one line."""
-    problems = [
-        f"field {'.'.join(str(p) for p in item['loc']) or 'body'!r}: {item['msg']}"
-        for item in error.errors()
-    ]
-    return one_line("; ".join(problems))
 
 
 # Which setting bounds what, for the dead-letter description.
@@ -86,7 +78,7 @@ def route_message(
     try:
         processor.input_model.model_validate(body)
     except ValidationError as error:
-        return Rejection("InvalidFields", describe_invalid_fields(error))
+        return Rejection("InvalidFields", one_line(describe_invalid_fields(error)))
     return TaskRequest(
         task_name=processor.task_name,
         queue=processor.queue,

@@ -42,6 +42,7 @@ from emulators.ratelimit import RateLimiter, load_limits
 from emulators.recognizer import DEFAULT_PHRASES_FILE, Recognizer, read_phrases
 from emulators.search.routes import init_search
 from settings import Settings, get_settings
+from settings.validation import describe_invalid_fields, field_name
 
 # An upload may reach Whisper's file limit; the multipart framing and form fields need a little
 # more. Bodies beyond this are refused before they are read.
@@ -147,13 +148,22 @@ def _deployment(from_path: str | None, model: object) -> str:
 def _admit(
     deployment: str, operation: str, build: Callable[[], T], estimate: Callable[[T | None], int]
 ) -> T:
-    """Charge the arrival estimate, then return the validated request (or raise its 400)."""
+    """Charge the arrival estimate, then return the validated request (or raise its 400). An
+    invalid request is charged too, with what can be estimated without it, so a client over its
+    limit hears 429 before it hears what is wrong with the request."""
     try:
-        parsed, problem = build(), None
-    except EmulatorError as error:
-        parsed, problem = None, error
+        parsed = build()
+    except EmulatorError:
+        _charge(deployment, operation, estimate(None))
+        raise
+    _charge(deployment, operation, estimate(parsed))
+    _inject_faults(deployment, g.setdefault("controls", _emulator().controls))
+    return parsed
+
+
+def _charge(deployment: str, operation: str, tokens: int) -> None:
+    """Charge ``tokens`` to ``deployment``, recording the decision; RateLimited when refused."""
     emulator = _emulator()
-    tokens = estimate(parsed)
     decision = emulator.limiter.charge(deployment, tokens)
     emulator.stats.record_charge(deployment, decision.admitted, tokens, _body_digest())
     g.rate_limit_headers = decision.headers()
@@ -162,10 +172,6 @@ def _admit(
         raise RateLimited(
             operation, api_version, decision.reason, math.ceil(decision.retry_after_s)
         )
-    if problem is not None:
-        raise problem
-    _inject_faults(deployment, g.setdefault("controls", emulator.controls))
-    return parsed
 
 
 def _body_digest() -> bytes:
@@ -304,9 +310,8 @@ def update_config() -> Response:
     try:
         emulator.controls = emulator.controls.updated(_json_body())
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise BadRequest(f"{field}: {first['msg']}", field) from None
+        field = field_name(error.errors()[0]["loc"])
+        raise BadRequest(describe_invalid_fields(error), field) from None
     return jsonify(emulator.controls.model_dump())
 
 

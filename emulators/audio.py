@@ -87,7 +87,7 @@ def decode_audio(data: bytes, filename: str) -> np.ndarray:
 def _decode_with_av(data: bytes, filename: str) -> tuple[np.ndarray, int]:
     """float32 samples (frames × channels, as soundfile gives them) and their rate."""
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.audio[0]
             # Each decoder answers in its own sample format (AAC and Opus planar float, ALAC
             # integers ...): convert to one. Rate and channels are kept; soxr and the mix-down

@@ -150,7 +150,7 @@ class _Filler:
         high = schema.get("maxLength", max(low, 40))
         if low > high:
             raise SchemaFillError(f"minLength {low} exceeds maxLength {high}")
-        words = []
+        words: list[str] = []
         target = self.rng.randint(max(low, 1), max(low, min(high, 24)))
         while len(" ".join(words)) < target:
             words.append(self.rng.choice(_WORDS))

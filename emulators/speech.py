@@ -5,7 +5,10 @@ is needed; the library is driven through ctypes in its synchronous mode, where `
 calls our callback with each block of samples before it returns.
 
     >>> pcm = synthesize("what is the weather today")      # int16, 16 kHz mono
-    >>> open("weather.wav", "wb").write(wav_bytes(pcm, 16000))
+    >>> pcm.dtype.name, len(pcm) > 16000 // 2                # more than half a second
+    ('int16', True)
+    >>> wav_bytes(pcm, 16000)[:4]                             # a WAV file, to save or send
+    b'RIFF'
 
 libespeak-ng keeps global state (one voice, one callback), so one lock serialises every call.
 """

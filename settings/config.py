@@ -8,8 +8,13 @@ Names the older services used (``APP_TPM_QUOTA``, ``WHISPER_REQUESTS_PER_MINUTE`
 each field lists them as ``AliasChoices``, the newer name first. A wrong value stops start-up with
 one line naming the variable and what was expected (:class:`SettingsError`).
 
-    >>> settings = get_settings()
-    >>> settings.completion.tpm          # from APP_TPM_QUOTA, default 128000
+    >>> settings = get_settings()    # the process's Settings; tests build their own:
+    >>> load_settings(tpm_quota=450000).tpm_quota   # else APP_TPM_QUOTA, default 128000
+    450000
+    >>> load_settings(tpm_quota=0)
+    Traceback (most recent call last):
+    ...
+    settings.config.SettingsError: APP_TPM_QUOTA=0 is not valid: Input should be greater than ...
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import os
 import sys
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -55,6 +60,11 @@ class SettingsError(ValueError):
 AppendFsync = Literal["always", "everysec"]
 
 
+# The quota pools, one per kind of Azure OpenAI deployment: the one spelling of their names that
+# quota/, tasks/ and the settings share.
+PoolName = Literal["completion", "embedding", "whisper"]
+
+
 class Route(BaseModel):
     """One input queue, the processor that handles its messages, and where results go."""
 
@@ -73,7 +83,7 @@ class Route(BaseModel):
 class Pool(BaseModel):
     """What a quota pool needs to know about one Azure OpenAI deployment."""
 
-    name: Literal["completion", "embedding", "whisper"]
+    name: PoolName
     deployment: str
     tpm: int  # 0 for whisper: Azure limits Whisper by requests only
     rpm: int
@@ -437,8 +447,10 @@ def _explain(error: ValidationError) -> str:
     return f"{variable}={shown} is not valid: {first['msg']}"
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build Settings from the environment (and overrides), or raise one clear SettingsError."""
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment (and overrides), or raise one clear SettingsError.
+    ``overrides`` are field names and values of any type: pydantic checks them as it checks
+    the environment's strings."""
     try:
         settings = Settings(**overrides)
     except ValidationError as error:

@@ -12,10 +12,12 @@
   see worker/log_bodies.py) passes a filter that replaces them with their sizes as
   ``extra_filters``; it runs before the secret filter.
 
-    >>> configure_logging(get_settings())
-    >>> log = get_logger(__name__)
-    >>> with log_context(task_id="t-1"):
-    ...     log.info("started")
+In a process's entry point (it configures the process's root logger)::
+
+    configure_logging(get_settings())
+    log = get_logger(__name__)
+    with log_context(task_id="t-1"):
+        log.info("started")
 """
 
 from __future__ import annotations

@@ -11,8 +11,12 @@ nothing either way: every write is in the file before it is answered. A power lo
 crash loses what was not yet fsynced: nothing acknowledged with ``always``, up to about a second
 with ``everysec``. See bridge/README.md for what that second means for messages.
 
-    >>> with RedisServer(data_dir=tmp_path) as server:   # a free port
-    ...     redis.Redis.from_url(server.url).ping()
+    >>> import tempfile, redis
+    >>> with tempfile.TemporaryDirectory() as data_dir, RedisServer(Path(data_dir)) as server:
+    ...     client = redis.Redis.from_url(server.url)   # on a free port
+    ...     client.ping()
+    ...     client.close()
+    True
 
 ``python -m settings.redis_server`` runs one in the foreground on ``REDIS_PORT`` (6379), as the
 Procfile does.

@@ -11,8 +11,10 @@ Every task here is a :class:`tasks.task_base.ConduitTask`, so it:
 * **fails fast** on a permanent error (bad input, 400, content filter): the task's state is
   FAILURE and its message says what to fix.
 
-    >>> from worker import app    # or any Celery app on the same broker
-    >>> app.send_task("ai.send_prompt", args=["You are terse.", "Name a colour."]).get()
+With a worker running (``make run``)::
+
+    from worker import app    # or any Celery app on the same broker
+    app.send_task("ai.send_prompt", args=["You are terse.", "Name a colour."]).get()
 
 A long recording's chunks are transcribed by a group and merged by a chord callback, so no task
 ever waits for other tasks inside a worker slot. A batch of embeddings keeps each request's

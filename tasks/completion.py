@@ -5,15 +5,17 @@ Each call charges its estimate (prompt + ``max_tokens``, as Azure does) before i
 reports the usage the answer states; see tasks/upstream.py. Errors are tasks.errors: a Celery
 task (tasks/ai_tasks.py) turns them into retries or a clear failure.
 
-    >>> send_prompt("You are terse.", "Name a {thing}.", {"thing": "colour"}, max_tokens=20)
-    'Blue.'
+With a worker's settings (the emulator, or Azure), in a Python shell::
+
+    send_prompt("You are terse.", "Name a {thing}.", {"thing": "colour"}, max_tokens=20)
+    # 'Blue.'
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -23,6 +25,9 @@ from tasks.errors import PermanentError
 from tasks.prompts import Message, format_prompt
 from tasks.token_estimates import estimate_tokens, text_tokens
 from tasks.upstream import Usage, call_within_quota
+
+if TYPE_CHECKING:  # openai is heavy: imported where a request is sent, not by the bridge
+    from openai.types.chat import ChatCompletionMessageParam
 
 __all__ = [
     "chat_completion",
@@ -43,6 +48,13 @@ def _usage(completion: Any) -> Usage:
     return Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
 
 
+def _wire(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
+    """``messages`` as the SDK types them: a cast, not a conversion. format_prompt builds them
+    in that shape; those a caller sends as JSON go out as they are, and Azure answers a wrong
+    shape with a 400 (a PermanentError naming it)."""
+    return cast("list[ChatCompletionMessageParam]", list(messages))
+
+
 def _create(
     messages: Sequence[Message],
     *,
@@ -61,7 +73,7 @@ def _create(
 
         def send() -> Any:
             return completions.create(
-                model=deployment, messages=list(messages), max_tokens=max_tokens, **options
+                model=deployment, messages=_wire(messages), max_tokens=max_tokens, **options
             )
     else:
         # The schema travels with the request and is charged as prompt.
@@ -70,7 +82,7 @@ def _create(
         def send() -> Any:
             return completions.parse(
                 model=deployment,
-                messages=list(messages),
+                messages=_wire(messages),
                 max_tokens=max_tokens,
                 response_format=response_model,
                 **options,

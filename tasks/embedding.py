@@ -3,7 +3,9 @@ functions. ``create_embedding`` sends one request; ``create_embedding_batch`` cu
 of texts into requests Azure accepts (at most 2,048 inputs and a bounded number of tokens each),
 each inside the quota, and returns the vectors in the order of the texts.
 
-    >>> vectors = create_embedding_batch(["first text", "second text"], batch_size=100)
+With an embedding endpoint (the emulator, or Azure) configured::
+
+    vectors = create_embedding_batch(["first text", "second text"], batch_size=100)
 """
 
 from __future__ import annotations

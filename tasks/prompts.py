@@ -38,8 +38,17 @@ def format_prompt(
     """Chat messages: the system prompt, each example as a user/assistant pair, then the user
     prompt; variables are filled into both prompts.
 
-        >>> format_prompt("You sort mail.", "Sort: {subject}", {"subject": "Invoice {42}"},
-        ...               examples=[{"user": "Sort: Hi", "assistant": "personal"}])
+        >>> for message in format_prompt(
+        ...     "You sort mail.",
+        ...     "Sort: {subject}",
+        ...     {"subject": "Invoice {42}"},
+        ...     examples=[{"user": "Sort: Hi", "assistant": "personal"}],
+        ... ):
+        ...     print(message["role"], "|", message["content"])
+        system | You sort mail.
+        user | Sort: Hi
+        assistant | personal
+        user | Sort: Invoice {42}
     """
     variables = variables or {}
     messages: list[Message] = [

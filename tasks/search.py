@@ -13,9 +13,11 @@ azure-core's errors are mapped onto tasks.errors here and nowhere else: throttli
 other 5xx, timeouts and lost connections are transient; any other 4xx is permanent, with the
 setting or argument to check named.
 
-    >>> ensure_index("docs", text_fields=["title", "content"], vector_dimensions=1024)
-    >>> upload_documents("docs", [{"id": "1", "title": "AI", "content": "..."}])
-    >>> search_documents("docs", "machine learning", top=5)
+With Azure AI Search (or the emulator's ``/search``) configured::
+
+    ensure_index("docs", text_fields=["title", "content"], vector_dimensions=1024)
+    upload_documents("docs", [{"id": "1", "title": "AI", "content": "..."}])
+    search_documents("docs", "machine learning", top=5)
 """
 
 from __future__ import annotations

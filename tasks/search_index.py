@@ -8,8 +8,10 @@ Every chunk's key is derived from its document id and position, and the upload i
 merge-or-upload, so a batch run twice (its worker was killed after uploading, before
 acknowledging) writes the same documents again: each chunk is indexed exactly once.
 
-    >>> workflow = index_texts("docs", [{"id": "guide", "title": "Guide", "text": long_text}])
-    >>> app.send_task("ai.index_texts", args=["docs", docs]).get()   # through a worker
+With Azure AI Search and an embedding endpoint (or the emulators) configured::
+
+    workflow = index_texts("docs", [{"id": "guide", "title": "Guide", "text": long_text}])
+    app.send_task("ai.index_texts", args=["docs", docs]).get()   # through a worker
 
 An index made here has ``id`` (key), ``doc_id``, ``chunk``, ``title``, ``content``, ``source``
 and the vector field ``content_vector``.
@@ -27,6 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from settings import get_settings
 from settings.tiktoken_offline import encoding_for_model
+from settings.validation import describe_invalid_fields, field_name
 from tasks import search
 from tasks.embedding import create_embedding_batch
 from tasks.errors import InvalidInput
@@ -132,11 +135,10 @@ def plan_chunks(docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
             doc = TextDocument.model_validate(raw)
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
-            raise InvalidInput(f"docs[{position}].{field}: {first['msg']}") from None
+            raise InvalidInput(describe_invalid_fields(error, f"docs[{position}]")) from None
         if doc.id in seen:
-            raise InvalidInput(f"docs[{position}].id: {doc.id!r} appears twice")
+            field = field_name(["id"], f"docs[{position}]")
+            raise InvalidInput(f"field {field!r}: {doc.id!r} appears twice")
         seen.add(doc.id)
         texts = chunk_text(
             doc.text, settings.search_chunk_tokens, settings.search_chunk_overlap_tokens

@@ -1,10 +1,12 @@
 """The older library's ``AzureSearchService``: its async method names, arguments and return
 shapes, delegating to tasks/search.py, so older code runs with only its import changed.
 
-    >>> service = AzureSearchService(index_name="my-documents", app_id="my_app")
-    >>> await service.upload_documents([{"id": "1", "title": "AI Overview", "content": "..."}])
-    >>> results = await service.search_documents("machine learning", top=5)
-    >>> service.close()
+In a coroutine, with Azure AI Search (or the emulator's ``/search``) configured::
+
+    service = AzureSearchService(index_name="my-documents", app_id="my_app")
+    await service.upload_documents([{"id": "1", "title": "AI Overview", "content": "..."}])
+    results = await service.search_documents("machine learning", top=5)
+    service.close()
 
 The SDK is synchronous; each call runs in a worker thread (``asyncio.to_thread``) so the caller's
 event loop keeps serving while Azure answers. The SDK clients are the process's shared ones

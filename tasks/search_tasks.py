@@ -2,8 +2,10 @@
 with the policy of tasks/ai_tasks.py (idempotent by task id, transient errors retried, permanent
 ones failing with a clear message).
 
-    >>> app.send_task("ai.search", args=["docs", "machine learning"], kwargs={"top": 5}).get()
-    >>> app.send_task("ai.index_texts", args=["docs", [{"id": "a", "text": "..."}]]).get()
+With a worker running (``make run``)::
+
+    app.send_task("ai.search", args=["docs", "machine learning"], kwargs={"top": 5}).get()
+    app.send_task("ai.index_texts", args=["docs", [{"id": "a", "text": "..."}]]).get()
 
 ``ai.index_texts`` fans out: it replaces itself with a chord of ``ai.index_chunks`` tasks (one
 per batch of chunks, spread over the workers) and ``ai.index_summary``, whose result is the

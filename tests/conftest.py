@@ -7,6 +7,7 @@ the session's redis-server), ``conduit_env`` (the environment a subprocess of ou
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -26,7 +27,7 @@ from settings import get_settings
 from settings.redis_server import RedisServer, free_port
 from tests.support.azurite import AzuriteServer, require_node, running_azurite
 from tests.support.emulator import EmulatorStarter, RunningEmulator
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +57,20 @@ def no_leaks() -> Iterator[None]:
     ]
     assert not leaked_children, f"test leaked processes: {[p.cmdline() for p in leaked_children]}"
     assert not leaked_threads, f"test leaked threads: {leaked_threads}"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For a test that configures logging as a process does: pytest's own root handlers and
+    level are put back after it, whatever it configured."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in saved_handlers:
+        root.addHandler(handler)
+    root.setLevel(saved_level)
 
 
 @pytest.fixture(scope="session")
@@ -115,25 +130,7 @@ def start_worker(
 
     def start(concurrency: int = 4, queues: str | None = None, **env: str) -> ManagedProcess:
         name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        args = python_args(
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        )
-        if queues:
-            args += ["-Q", queues]
+        args = celery_worker_args(name, concurrency, *(["-Q", queues] if queues else []))
         hostname = name.replace("%h", __import__("socket").gethostname())
 
         def ready() -> bool:

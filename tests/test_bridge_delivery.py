@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 
 from bridge.bus import OutgoingMessage
 from bridge.ledger import ledger_key
@@ -22,7 +23,7 @@ from bridge.metrics import HEARTBEATS_KEY, read_bridge_stats
 from settings import load_settings
 from settings.redis_server import RedisServer, free_port
 from tasks.outbox import stream_key
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 
 pytestmark = pytest.mark.slow
 
@@ -51,33 +52,17 @@ class Stack:
         self.log_dir = log_dir
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
         self.bus = LocalBus(self.client)
-        self.app = None
+        self.app: Celery | None = None
         self.processes: list[ManagedProcess] = []
 
     def start_worker(self, concurrency: int = 4) -> ManagedProcess:
         from worker import create_celery
 
-        self.app = self.app or create_celery(load_settings(redis_url=self.env["REDIS_URL"]))
+        app = self.app = self.app or create_celery(load_settings(redis_url=self.env["REDIS_URL"]))
         name = f"bridge-test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
-        args = python_args(
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        )
+        args = celery_worker_args(name, concurrency)
         return self._start(
-            args, name, lambda _: bool(self.app.control.ping(destination=[name], timeout=0.5))
+            args, name, lambda _: bool(app.control.ping(destination=[name], timeout=0.5))
         )
 
     def start_bridge(self) -> ManagedProcess:
@@ -270,19 +255,19 @@ def test_redis_stopped_for_five_seconds_loses_nothing(conduit_env, tmp_path):
         stack.send(500)
         stack.wait_for_results(100, bridge)
         server.stop()
-        time.sleep(5)
+        time.sleep(5)  # the outage under test: five seconds without Redis
         server.start()
         # kombu 5.7 can crash the worker as it loses the broker (an AttributeError while it
         # restores unacked messages); deployments restart a worker that died or stopped
         # answering (compose: restart: unless-stopped), so this test does too. What it checks
         # is that nothing is lost either way.
         try:
-            worker.wait_until(worker.ready, 20, "the worker to answer again")
+            worker.wait_ready(20)
         except (RuntimeError, TimeoutError):
             worker.kill()
             stack.start_worker()
         stack.assert_each_result_exactly_once(500, bridge)
-        assert bridge.process.poll() is None
+        assert bridge.running.poll() is None
     finally:
         stack.stop()
         server.stop()

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -33,6 +34,7 @@ from settings import Route, load_settings
 from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.redis_server import RedisServer
 from tasks.processors import task_id_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,10 +73,12 @@ class AofSizes:
 
     def wait_past(self, moment: float) -> None:
         """Until a sample later than ``moment`` exists (so what came before it can be kept)."""
-        deadline = time.monotonic() + 30
-        while not self.samples or self.samples[-1][0] <= moment:
-            assert time.monotonic() < deadline, "the AOF sampler stopped"
-            time.sleep(SAMPLE_SECS)
+        wait_until(
+            lambda: self.samples and self.samples[-1][0] > moment,
+            30,
+            "an AOF sample (the sampler stopped?)",
+            interval=SAMPLE_SECS,
+        )
 
     def size_at(self, moment: float) -> int:
         """The AOF's size at the last sample no later than ``moment`` (0 before the first)."""
@@ -133,7 +137,8 @@ def move_all(bus: LocalBus, broker_url: str, count: int) -> None:
 def lost(bus: LocalBus, broker: redis.Redis, ids: list[str]) -> list[str]:
     """Messages neither on the bus (waiting or locked) nor recorded as a task in the ledger."""
     on_bus = {m.message_id for m in bus.peek(ROUTE.in_queue, 10 * len(ids))}
-    recorded = set(broker.zrange(ledger_key(ROUTE.out_queue), 0, -1))
+    # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+    recorded = set(cast(list[str], broker.zrange(ledger_key(ROUTE.out_queue), 0, -1)))
     return [m for m in ids if m not in on_bus and task_id_for(ROUTE.in_queue, m) not in recorded]
 
 

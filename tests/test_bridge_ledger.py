@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from celery import states
@@ -12,6 +11,7 @@ from bridge.celery_publisher import CeleryPublisher
 from bridge.ledger import Ledger, LostTaskSweeper, ledger_key, republished_key
 from bridge.routing import TaskRequest
 from tasks.outbox import stream_key, write_result
+from tests.support.waiting import wait_until
 
 
 def request(task_id: str) -> TaskRequest:
@@ -36,6 +36,16 @@ def sweeper(celery_app, redis_client):
     )
 
 
+def wait_overdue(sweeper, out_queue: str = "echo_oq") -> None:
+    """Until every recorded task is overdue (the sweeper's period is 0.2 s)."""
+
+    def all_overdue() -> bool:
+        recorded = sweeper.ledger.client.zcard(ledger_key(out_queue))
+        return len(sweeper.ledger.overdue(out_queue, sweeper.republish_after_s)) == recorded
+
+    wait_until(all_overdue, 30, "the ledger's tasks to become overdue", interval=0.05)
+
+
 def test_only_overdue_tasks_without_a_live_trace_are_published_again(
     sweeper, celery_app, redis_client
 ):
@@ -43,7 +53,7 @@ def test_only_overdue_tasks_without_a_live_trace_are_published_again(
     celery_app.backend.store_result("running", None, states.STARTED)
     celery_app.backend.store_result("crashed", {"exc_type": "ConnectionError"}, states.FAILURE)
     assert sweeper.sweep() == 0  # not overdue yet
-    time.sleep(0.3)
+    wait_overdue(sweeper)
     assert sweeper.sweep() == 2
     republished = {
         json.loads(message)["headers"]["id"] for message in redis_client.lrange("echo", 0, -1)
@@ -68,7 +78,7 @@ def test_a_task_whose_outcome_is_in_the_outbox_is_dropped_not_republished(
     write_result(redis_client, "echo_oq", "answered", "m-answered", {"id": "answered"})
     celery_app.backend.store_result("answered", {"id": "answered"}, states.SUCCESS)
     sweeper.ledger.record([request("answered"), request("lost")])
-    time.sleep(0.3)
+    wait_overdue(sweeper)
     assert sweeper.sweep() == 1  # only "lost"
     assert redis_client.zrange(ledger_key("echo_oq"), 0, -1) == ["lost"]
 
@@ -78,20 +88,9 @@ def test_a_task_still_waiting_in_its_queue_is_not_published_again(sweeper, redis
     # period would pile copies into the queue.
     sweeper.publisher.publish([request("waiting")])
     sweeper.ledger.record([request("waiting")])
-    time.sleep(0.3)
+    wait_overdue(sweeper)
     assert sweeper.sweep() == 0
     assert redis_client.llen("echo") == 1
-
-
-def wait_overdue(sweeper, out_queue: str = "echo_oq") -> None:
-    """Until every recorded task is overdue again (the sweeper's period is 0.2 s)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        recorded = sweeper.ledger.client.zcard(ledger_key(out_queue))
-        if len(sweeper.ledger.overdue(out_queue, sweeper.republish_after_s)) == recorded:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the ledger's tasks never became overdue")
 
 
 def test_a_task_that_never_writes_an_outcome_is_answered_after_the_republish_limit(

@@ -16,9 +16,12 @@ from bridge.bus import OutgoingMessage
 from bridge.errors import BusUnavailable, MessageTooLarge
 from bridge.local_bus import LocalBus
 from settings.redis_server import free_port
+from tests.support.waiting import wait_until
 
 # Short enough that a test waits for a lock to expire, long enough to settle within it.
 LOCK_S = 0.5
+# How long a test waits for what the bus does in its own time: far more than it needs.
+WAIT_SECS = 10
 
 
 @pytest.fixture
@@ -55,8 +58,7 @@ def test_a_locked_message_is_not_delivered_again_until_its_lock_expires(bus):
     receiver = bus.receiver("q")
     [first] = receiver.receive(10, 0)
     assert receiver.receive(10, 0) == []
-    time.sleep(LOCK_S + 0.2)
-    [again] = receiver.receive(10, 0)
+    [again] = wait_until(lambda: receiver.receive(10, 0), WAIT_SECS, "the lock to expire")
     assert again.message_id == "m-1" and again.delivery_count == 2
     # The first lock is gone: completing with it does nothing, the new holder still has it.
     assert receiver.complete([first]) == [first]
@@ -80,6 +82,8 @@ def test_after_max_deliveries_a_message_is_dead_lettered(bus):
         batch = receiver.receive(10, 0)
         assert {m.message_id for m in batch} == {"poison", "expires"}
         receiver.abandon([m for m in batch if m.message_id == "poison"])
+        # The lock running out is what is tested, and a receive to see it would take the
+        # message: wait past the lock, in Redis's own time as the bus counts it.
         time.sleep(LOCK_S + 0.2)
     assert receiver.receive(10, 0) == []
     dead = {m.message_id: m for m in bus.dead_letters("q", 10)}
@@ -110,8 +114,8 @@ def test_a_scheduled_message_waits_for_its_enqueue_time(bus):
     receiver = bus.receiver("q")
     assert receiver.receive(10, 0) == []
     assert [m.message_id for m in bus.peek("q", 10)] == ["later"]
-    time.sleep(0.7)
-    assert [m.message_id for m in receiver.receive(10, 0)] == ["later"]
+    arrived = wait_until(lambda: receiver.receive(10, 0), WAIT_SECS, "the enqueue time")
+    assert [m.message_id for m in arrived] == ["later"]
 
 
 def test_a_message_id_sent_twice_within_the_window_is_dropped(bus, redis_client):
@@ -119,8 +123,12 @@ def test_a_message_id_sent_twice_within_the_window_is_dropped(bus, redis_client)
     send(bus, "m-1")
     assert len(bus.peek("q", 10)) == 1
     short = LocalBus(redis_client, duplicate_window_s=0.2)
-    time.sleep(0.3)
-    send(short, "m-1")
+
+    def sent_again() -> bool:
+        send(short, "m-1")  # dropped while the window lasts (a drop does not extend it)
+        return len(bus.peek("q", 10)) == 2
+
+    wait_until(sent_again, WAIT_SECS, "the duplicate window to pass", interval=0.05)
     assert len(bus.peek("q", 10)) == 2
 
 
@@ -148,7 +156,11 @@ def test_a_waiting_receiver_wakes_when_a_message_is_sent(bus):
     received = []
     waiter = threading.Thread(target=lambda: received.extend(bus.receiver("q").receive(10, 30)))
     waiter.start()
-    time.sleep(0.2)
+    wait_until(
+        lambda: any(c["cmd"] == "blpop" for c in bus.client.client_list()),
+        WAIT_SECS,
+        "the receiver to wait in Redis",
+    )
     send(bus, "m-1")
     # Without the wake-up the receive would sit out its 30 s wait.
     waiter.join(20)

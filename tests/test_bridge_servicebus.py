@@ -64,8 +64,9 @@ class FakeNamespace:
 
     queues: dict[str, list[FakeSdkMessage]] = field(default_factory=dict)
     dead: dict[str, list[FakeSdkMessage]] = field(default_factory=dict)
-    completed: list[str] = field(default_factory=list)
-    abandoned: list[str] = field(default_factory=list)
+    # Message ids as the SDK has them: None for a message sent without one.
+    completed: list[str | None] = field(default_factory=list)
+    abandoned: list[str | None] = field(default_factory=list)
     sent: dict[str, list[Any]] = field(default_factory=dict)
     lock_lost_ids: set[str] = field(default_factory=set)
     fail_next_receive: Exception | None = None
@@ -95,7 +96,7 @@ class FakeReceiver:
     def peek_messages(self, max_message_count: int):
         return self._source()[:max_message_count]
 
-    def _settle(self, message: FakeSdkMessage, into: list[str]) -> None:
+    def _settle(self, message: FakeSdkMessage, into: list[str | None]) -> None:
         if self.closed:
             raise ValueError("The handler has already been shutdown.")
         if message.message_id in self.namespace.lock_lost_ids:
@@ -204,7 +205,11 @@ def namespace() -> FakeNamespace:
 
 @pytest.fixture
 def bus(namespace):
-    bus = ServiceBus(FakeClient(namespace), prefetch=64, lock_renewer=FakeRenewer())
+    bus = ServiceBus(
+        FakeClient(namespace),  # type: ignore[arg-type]  # the SDK's client, faked: what the adapter calls
+        prefetch=64,
+        lock_renewer=FakeRenewer(),  # type: ignore[arg-type]  # the SDK's renewer, faked likewise
+    )
     yield bus
     bus.close()
 
@@ -340,14 +345,13 @@ def test_dead_letters_are_listed_and_resubmitted_as_copies(bus, namespace):
     assert namespace.completed == ["m-0"]  # the dead letter, completed after the copy was sent
 
 
-def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus, namespace):
-    put(namespace, "echo_iq", '{"id": "a"}', "not json", '{"no_id": true}', '{"id": "b"}')
-    publisher = FakePublisher()
-    ingress = Ingress(
+def echo_ingress(bus, publisher: FakePublisher) -> Ingress:
+    """The echo route's ingress over the Service Bus adapter, publishing to ``publisher``."""
+    return Ingress(
         Route.parse("echo_iq:echo:echo_oq"),
         bus.receiver("echo_iq"),
-        publisher,
-        FakeLedger(),
+        publisher,  # type: ignore[arg-type]  # a fake publisher: records, or fails on demand
+        FakeLedger(),  # type: ignore[arg-type]  # a fake ledger: Redis is not the point here
         Counters(),
         batch_size=32,
         high_water=10,
@@ -356,6 +360,12 @@ def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus,
         max_message_bytes=256 * 1024,
         max_json_depth=DEFAULT_MAX_DEPTH,
     )
+
+
+def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus, namespace):
+    put(namespace, "echo_iq", '{"id": "a"}', "not json", '{"no_id": true}', '{"id": "b"}')
+    publisher = FakePublisher()
+    ingress = echo_ingress(bus, publisher)
     assert ingress.run_once() == 4
     assert [r.message_id for r in publisher.published] == ["m-0", "m-3"]
     assert namespace.completed == ["m-0", "m-3"]
@@ -368,19 +378,7 @@ def test_ingress_abandons_the_batch_when_the_broker_fails(bus, namespace):
     put(namespace, "echo_iq", '{"id": "a"}', '{"id": "b"}')
     publisher = FakePublisher()
     publisher.fail = True
-    ingress = Ingress(
-        Route.parse("echo_iq:echo:echo_oq"),
-        bus.receiver("echo_iq"),
-        publisher,
-        FakeLedger(),
-        Counters(),
-        batch_size=32,
-        high_water=10,
-        max_idle_s=1.0,
-        celery_queue="echo",
-        max_message_bytes=256 * 1024,
-        max_json_depth=DEFAULT_MAX_DEPTH,
-    )
+    ingress = echo_ingress(bus, publisher)
     with pytest.raises(BrokerUnavailable):
         ingress.run_once()
     assert namespace.completed == [] and namespace.abandoned == ["m-0", "m-1"]
@@ -428,19 +426,7 @@ def test_an_amqp_value_too_deep_for_json_is_dead_lettered_alone(bus, namespace):
         FakeValueMessage(deep, "m-deep"),
     ]
     publisher = FakePublisher()
-    ingress = Ingress(
-        Route.parse("echo_iq:echo:echo_oq"),
-        bus.receiver("echo_iq"),
-        publisher,
-        FakeLedger(),
-        Counters(),
-        batch_size=32,
-        high_water=10,
-        max_idle_s=1.0,
-        celery_queue="echo",
-        max_message_bytes=256 * 1024,
-        max_json_depth=DEFAULT_MAX_DEPTH,
-    )
+    ingress = echo_ingress(bus, publisher)
     assert ingress.run_once() == 2
     assert [r.message_id for r in publisher.published] == ["m-value"]
     [dead] = namespace.dead["echo_iq"]

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -161,7 +162,8 @@ def test_retry_helpers_example(conduit, monkeypatch):
                 raise RuntimeError(error)  # the older counter's wording, which retries match
             return request_id
 
-        args, kwargs = (), {}
+        args: tuple[()] = ()
+        kwargs: dict[str, Any] = {}
 
         # Use as a wrapper
         result = await with_token_limit_retry(my_async_function, token_client, *args, **kwargs)

@@ -16,12 +16,13 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageFunctionToolCall
 from pydantic import BaseModel, Field
 
 from emulators.speech import synthesize, wav_bytes
 from settings.tiktoken_offline import encoding_for_model
 from tests.support.audio import COMPRESSED_FORMATS, compressed
-from tests.support.emulator import EmulatorStarter, RunningEmulator
+from tests.support.emulator import EmulatorStarter, RunningEmulator, ask, present
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +48,6 @@ def emulator(
     starter.close()
 
 
-def ask(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
-
 def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
@@ -66,21 +63,24 @@ def test_chat_answers_deterministically_with_counted_usage(emulator: RunningEmul
     content = first.choices[0].message.content
     assert content and content == again.choices[0].message.content
     assert first.choices[0].finish_reason == "stop"
-    assert first.usage.completion_tokens == len(encoding_for_model(CHAT).encode(content))
-    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    usage = present(first.usage, "usage")
+    assert usage.completion_tokens == len(encoding_for_model(CHAT).encode(content))
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 def test_chat_honours_max_tokens_stop_n_and_temperature(emulator: RunningEmulator) -> None:
     client = emulator.openai_client()
     cut = client.chat.completions.create(model=CHAT, messages=ask("Describe it"), max_tokens=5)
-    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 5
+    assert cut.choices[0].finish_reason == "length"
+    assert present(cut.usage, "usage").completion_tokens == 5
 
     full = client.chat.completions.create(model=CHAT, messages=ask("Describe it")).choices[0]
-    stop_word = full.message.content.split()[3]
+    full_text = present(full.message.content, "content")
+    stop_word = full_text.split()[3]
     stopped = client.chat.completions.create(
         model=CHAT, messages=ask("Describe it"), stop=[f" {stop_word}"]
     )
-    assert stopped.choices[0].message.content == full.message.content.split(f" {stop_word}")[0]
+    assert stopped.choices[0].message.content == full_text.split(f" {stop_word}")[0]
 
     varied = client.chat.completions.create(model=CHAT, messages=ask("Hi"), n=3, temperature=1)
     greedy = client.chat.completions.create(model=CHAT, messages=ask("Hi"), n=3, temperature=0)
@@ -104,7 +104,8 @@ def test_streamed_chat_matches_the_plain_answer_and_reports_usage(
             finish = choice.finish_reason or finish
     assert "".join(pieces) == plain.choices[0].message.content
     assert finish == "stop"
-    assert usage is not None and usage.completion_tokens == plain.usage.completion_tokens
+    assert usage is not None
+    assert usage.completion_tokens == present(plain.usage, "usage").completion_tokens
 
 
 class Sentiment(enum.StrEnum):
@@ -156,7 +157,8 @@ def test_a_required_tool_call_has_schema_valid_arguments(emulator: RunningEmulat
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
-    call = choice.message.tool_calls[0]
+    call = present(choice.message.tool_calls, "tool calls")[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
     assert call.function.name == "get_weather"
     WeatherQuery.model_validate_json(call.function.arguments)
 
@@ -165,7 +167,7 @@ def test_json_object_mode_answers_a_json_object(emulator: RunningEmulator) -> No
     completion = emulator.azure_client().chat.completions.create(
         model=CHAT, messages=ask("Answer in JSON"), response_format={"type": "json_object"}
     )
-    assert completion.choices[0].message.content.startswith("{")
+    assert present(completion.choices[0].message.content, "content").startswith("{")
 
 
 # --- embeddings -----------------------------------------------------------------------------------
@@ -226,8 +228,9 @@ def test_transcription_returns_the_words_spoken(emulator: RunningEmulator) -> No
         timestamp_granularities=["word", "segment"],
     )
     assert words_of(result.text) == ["what", "is", "the", "weather", "today"]
-    assert [word.word for word in result.words] == words_of(result.text)
-    assert 0 <= result.segments[0].start < result.segments[0].end <= result.duration
+    assert [word.word for word in present(result.words, "words")] == words_of(result.text)
+    segment = present(result.segments, "segments")[0]
+    assert 0 <= segment.start < segment.end <= result.duration
 
 
 def test_srt_and_vtt_have_one_timed_cue_per_sentence(emulator: RunningEmulator) -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from emulators.jsonschema_fill import fill
 from emulators.ratelimit import Limit, RateLimiter
-from tests.support.emulator import RunningEmulator
+from tests.support.emulator import RunningEmulator, ask
 
 CHAT = "gpt-4o"
 RATE_LIMIT_HEADERS = (
@@ -26,10 +26,6 @@ RATE_LIMIT_HEADERS = (
     "x-ratelimit-reset-tokens",
     "x-ratelimit-reset-requests",
 )
-
-
-def ask(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 # --- over HTTP ------------------------------------------------------------------------------------
@@ -58,6 +54,7 @@ def test_a_spent_tpm_answers_429_with_azures_headers_until_retry_after(
     assert "exceeded token rate limit" in refused.value.message
     assert 0 < int(headers["retry-after-ms"]) <= 2000
 
+    # Under test: waiting what retry-after-ms says is enough for the request to be admitted.
     time.sleep(int(headers["retry-after-ms"]) / 1000)
     again = client.chat.completions.create(model=CHAT, messages=ask("hello"), max_tokens=150)
     assert again.choices[0].message.content

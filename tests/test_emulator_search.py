@@ -222,7 +222,7 @@ def test_index_actions_and_per_document_failures(emulator):
             ("1", True, 201),
             ("not a key!", False, 400),
         ]
-        assert "Invalid document key" in results[1].error_message
+        assert "Invalid document key" in (results[1].error_message or "")
         client.merge_documents([{"id": "1", "content": "merged"}])
         assert client.get_document("1", selected_fields=["title", "content"]) == {
             "title": "one",

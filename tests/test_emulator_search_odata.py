@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from emulators.search.odata import compile_filter, parse_order_by, split_clauses
@@ -9,7 +11,7 @@ from emulators.search.query import fuse, parse_request, run_search
 from emulators.search.schema import SearchRequestError, check_update, check_value, parse_index
 from emulators.search.store import IndexStore, fts_query
 
-INDEX = {
+INDEX: dict[str, Any] = {
     "name": "hotels",
     "fields": [
         {"name": "id", "type": "Edm.String", "key": True, "filterable": True},
@@ -23,7 +25,7 @@ INDEX = {
     ],
 }
 SCHEMA = parse_index(INDEX)
-DOCS = [
+DOCS: list[dict[str, Any]] = [
     {
         "id": "a",
         "name": "Alpine Lodge",
@@ -220,6 +222,7 @@ def test_index_definitions_are_checked_as_azure_checks_them(change, named):
 )
 def test_document_values_must_have_their_fields_type(name, value, fits):
     field = SCHEMA.field(name)
+    assert field is not None, name
     if fits:
         check_value(field, value)
     else:

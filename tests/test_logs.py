@@ -15,10 +15,8 @@ from settings.logs import MASK, SecretFilter, file_handler, rotated_name
 
 
 @pytest.fixture
-def log_to_buffer(monkeypatch):
-    """Configure logging as a process would, into a buffer; restore pytest's handlers after."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
+def log_to_buffer(monkeypatch, restore_logging):
+    """Configure logging as a process would, into a buffer."""
     monkeypatch.setenv("APP_OPENAI_API_KEY", "sk-topsecret-123")
 
     def configure(log_format: str) -> io.StringIO:
@@ -27,12 +25,7 @@ def log_to_buffer(monkeypatch):
         configure_logging(load_settings(), stream=stream)
         return stream
 
-    yield configure
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
+    return configure
 
 
 @pytest.fixture
@@ -110,7 +103,7 @@ def test_midnight_rotation_keeps_retention_days_of_files(tmp_path):
     day = 24 * 3600
     start = time.time() - 10 * day
     for offset in range(6):  # six days of logs, rolled over by hand instead of waiting a day
-        handler.rolloverAt = start + offset * day  # due: the next emit rolls over
+        handler.rolloverAt = int(start + offset * day)  # due: the next emit rolls over
         handler.emit(record)
     handler.close()
     rotated = sorted(p.name for p in tmp_path.iterdir() if p.name != "conduit.log")

@@ -16,12 +16,12 @@ from tests.support.azurite import ACCOUNT_KEY, connection_string
 
 def test_a_connection_string_wins_over_the_account_url(monkeypatch):
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_URL", "https://acct.blob.core.windows.net")
-    assert StorageAccount.from_settings(get_settings()).account_url == (
-        "https://acct.blob.core.windows.net"
-    )
+    by_url = StorageAccount.from_settings(get_settings())
+    assert by_url is not None and by_url.account_url == "https://acct.blob.core.windows.net"
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(10000))
     get_settings.cache_clear()
     account = StorageAccount.from_settings(get_settings())
+    assert account is not None
     assert account.connection_string and account.account_url is None
     assert ACCOUNT_KEY not in repr(account)
     assert account.credential_setting == "AZURE_STORAGE_CONNECTION_STRING"

@@ -8,8 +8,8 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -18,6 +18,7 @@ from logship import BlobUploader, LogMonitor, StorageAccount
 from settings.redis_server import free_port
 from tests.support.azurite import ACCOUNT_KEY, AzuriteServer, committed_writes, running_azurite
 from tests.support.processes import ManagedProcess, python_args
+from tests.support.waiting import wait_until
 
 HOST = "host-1"
 APP = "web"
@@ -34,15 +35,6 @@ def rotated(logs: Path, days_ago: int, app: str = APP) -> Path:
     return path
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT_SECS) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 def blobs(connection: str, container: str) -> dict[str, bytes]:
     with BlobServiceClient.from_connection_string(connection) as service:
         client = service.get_container_client(container)
@@ -53,17 +45,21 @@ def blobs(connection: str, container: str) -> dict[str, bytes]:
         }
 
 
-def make_monitor(connection: str, container: str, logs: Path, **options: object) -> LogMonitor:
+def make_monitor(connection: str, container: str, logs: Path, **options: Any) -> LogMonitor:
     uploader = BlobUploader(
         StorageAccount(connection_string=connection),
         container,
-        attempts=int(options.pop("attempts", 200)),  # type: ignore[call-overload]
+        attempts=int(options.pop("attempts", 200)),
         first_delay_s=0.05,
         max_delay_s=0.3,
     )
-    settings = {"retention_days": 7, "scan_interval_s": 0.2, "shutdown_timeout_s": 30.0}
+    settings: dict[str, Any] = {
+        "retention_days": 7,
+        "scan_interval_s": 0.2,
+        "shutdown_timeout_s": 30.0,
+    }
     settings.update(options)
-    return LogMonitor(logs, uploader, app_name=APP, host=HOST, **settings)  # type: ignore[arg-type]
+    return LogMonitor(logs, uploader, app_name=APP, host=HOST, **settings)
 
 
 @pytest.fixture
@@ -105,13 +101,13 @@ def test_a_restarted_monitor_uploads_nothing_twice(
 ):
     first_files = [rotated(logs, 2), rotated(logs, 1)]
     first = make_monitor(azurite_server.connection_string, container, logs).start()
-    wait_for(lambda: first.scans >= 2, "two scans")
+    wait_until(lambda: first.scans >= 2, WAIT_SECS, "two scans")
     assert first.stop() == []
 
     later = rotated(logs, 0, app="worker")  # a file rotated while the process was down
     log_before = len(azurite_server.log_path.read_text())
     second = make_monitor(azurite_server.connection_string, container, logs).start()
-    wait_for(lambda: second.scans >= 2, "two scans after the restart")
+    wait_until(lambda: second.scans >= 2, WAIT_SECS, "two scans after the restart")
     assert second.stop() == []
 
     # The state file, not just the uploader's MD5 check, kept it from even asking about them.
@@ -180,7 +176,7 @@ def test_stopping_makes_a_final_scan(azurite_server: AzuriteServer, logs: Path, 
     monitor = make_monitor(
         azurite_server.connection_string, container, logs, scan_interval_s=3600
     ).start()
-    wait_for(lambda: monitor.scans >= 1, "the first scan")
+    wait_until(lambda: monitor.scans >= 1, WAIT_SECS, "the first scan")
     last = rotated(logs, 1)  # rotated after the last scan, before the process stops
 
     assert monitor.stop() == []
@@ -201,13 +197,21 @@ def test_azurite_stopped_mid_run_and_restarted_every_file_arrives_once(
     with running_azurite(log_dir, port=port, location=data) as connection:
         # Few attempts per scan, so files that fail wait for the next scan, as in a long outage.
         monitor = make_monitor(connection, container, logs, attempts=4).start()
-        wait_for(lambda: len(blobs(connection, container)) == 3, "the first three files")
+        wait_until(
+            lambda: len(blobs(connection, container)) == 3, WAIT_SECS, "the first three files"
+        )
     # Azurite is down: these fail, are retried, and wait for the next scan.
     during = [rotated(logs, days) for days in (3, 2, 1)]
     scans_when_down = monitor.scans
-    wait_for(lambda: monitor.scans >= scans_when_down + 2, "scans while Azurite is down")
+    wait_until(
+        lambda: monitor.scans >= scans_when_down + 2, WAIT_SECS, "scans while Azurite is down"
+    )
     with running_azurite(log_dir, port=port, location=data) as connection:
-        wait_for(lambda: len(blobs(connection, container)) == 6, "every file after the restart")
+        wait_until(
+            lambda: len(blobs(connection, container)) == 6,
+            WAIT_SECS,
+            "every file after the restart",
+        )
         assert monitor.stop() == []
         stored = blobs(connection, container)
 

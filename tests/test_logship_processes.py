@@ -5,9 +5,7 @@ hook is tested in test_logship_monitor.py.)"""
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,6 +15,7 @@ from azure.storage.blob import BlobServiceClient
 from settings.redis_server import free_port
 from tests.support.azurite import AzuriteServer
 from tests.support.processes import ManagedProcess, python_args
+from tests.support.waiting import wait_until
 
 HOST = "host-1"
 WAIT_SECS = 120
@@ -33,15 +32,6 @@ def blob_names(connection: str, container: str) -> set[str]:
     with BlobServiceClient.from_connection_string(connection) as service:
         client = service.get_container_client(container)
         return {b.name for b in client.list_blobs()} if client.exists() else set()
-
-
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECS
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def shipping_env(azurite: AzuriteServer, logs: Path, app: str, container: str) -> dict[str, str]:
@@ -79,7 +69,11 @@ def test_gunicorn_workers_sharing_a_log_dir_upload_each_file_once(
     ).start()
     try:
         expected = {f"web/{HOST}/{f.name}" for f in files}
-        wait_for(lambda: blob_names(azurite_server.connection_string, container) == expected, "")
+        wait_until(
+            lambda: blob_names(azurite_server.connection_string, container) == expected,
+            WAIT_SECS,
+            "every rotated file shipped",
+        )
     finally:
         web.stop()
 
@@ -102,10 +96,11 @@ def test_a_celery_worker_ships_while_running_and_once_more_as_it_stops(
     env = shipping_env(azurite_server, logs, "worker", container)
     env["LOG_SHIPPING_SCAN_INTERVAL_SECONDS"] = "3600"  # one scan at start, one as it stops
     worker = start_worker(concurrency=1, **env)
-    wait_for(
+    wait_until(
         lambda: (
             f"worker/{HOST}/{first.name}" in blob_names(azurite_server.connection_string, container)
         ),
+        WAIT_SECS,
         "the first file",
     )
     last = rotated(logs, "worker", 1)

@@ -56,7 +56,9 @@ def test_a_file_is_uploaded_into_a_new_container_and_reads_back(azurite_server, 
     )
     with BlobServiceClient.from_connection_string(azurite_server.connection_string) as service:
         stored = service.get_blob_client(container, result.blob_name).get_blob_properties()
-    assert bytes(stored.content_settings.content_md5) == hashlib.md5(path.read_bytes()).digest()
+    stored_md5 = stored.content_settings.content_md5
+    assert stored_md5 is not None
+    assert bytes(stored_md5) == hashlib.md5(path.read_bytes()).digest()
 
 
 def test_the_same_file_is_never_written_twice(azurite_server, tmp_path):
@@ -101,7 +103,9 @@ def test_a_50_mb_file_goes_up_in_blocks_with_its_md5(azurite_server, tmp_path):
             digest.update(chunk)
     assert len(committed) == 13  # 50 MiB in 4 MiB blocks
     assert stored.size == path.stat().st_size == 50 * 1024 * 1024
-    assert digest.hexdigest() == result.md5_hex == bytes(stored.content_settings.content_md5).hex()
+    stored_md5 = stored.content_settings.content_md5
+    assert stored_md5 is not None
+    assert digest.hexdigest() == result.md5_hex == bytes(stored_md5).hex()
 
 
 def test_one_failed_file_does_not_stop_the_worker(azurite_server, tmp_path):

@@ -116,6 +116,7 @@ def test_secrets_never_show_in_repr_or_errors(monkeypatch):
     settings = load_settings()
     assert "sk-very-secret-value" not in repr(settings)
     assert "abc123" not in repr(settings) and "abc123" not in str(settings.model_dump())
+    assert settings.openai_api_key is not None
     assert settings.openai_api_key.get_secret_value() == "sk-very-secret-value"
 
 

@@ -56,7 +56,7 @@ def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
         assert output.count("     citations ") == 2, output
 
         stack.signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
-        assert stack.process.wait(60) == 0
+        assert stack.running.wait(60) == 0
         assert "Stopped." in stack.output()
         assert "(duplicate)" not in stack.output()
     finally:
@@ -134,7 +134,7 @@ def test_own_message_is_shown_and_kept_then_ctrl_c_stops_redis_last(conduit_env,
         assert bodies[0]["message"] == "SUCCESS"
 
         stack.signal(signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
-        assert stack.process.wait(90) == 0
+        assert stack.running.wait(90) == 0
     finally:
         stack.stop()
 

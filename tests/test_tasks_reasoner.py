@@ -78,7 +78,7 @@ def test_questions_through_the_bridge_are_answered_from_the_index(
     start_worker(**env)
     bridge = start_bridge(env, tmp_path, redis_client)
     try:
-        questions = [
+        questions: list[dict[str, object]] = [
             {"id": "q1", "question": "When does the bridge complete a message?",
              "index": "knowledge", "top": 2},
             {"id": "q2", "question": "When does the bridge complete a message?",
@@ -113,7 +113,7 @@ def test_questions_through_the_bridge_are_answered_from_the_index(
     assert (unanswerable["citations"], unanswerable["confidence"]) == ([], 0.0)
 
     # A message without a question never reaches a worker: the bridge dead-letters it.
-    assert refused.message_id == "m-q3" and "question" in refused.dead_letter_description
+    assert refused.message_id == "m-q3" and "question" in (refused.dead_letter_description or "")
 
     deployments = emulator.stats()["deployments"]
     # One completion (q1 only: q2 had no passages) and one question embedding each for q1, q2.
@@ -123,9 +123,8 @@ def test_questions_through_the_bridge_are_answered_from_the_index(
 
 def test_the_answer_schema_allows_only_retrieved_keys_as_citations():
     model = answer_model(["bridge-0000", "quota-0000"])
-    assert model.model_validate(
-        {"answer": "a", "citations": ["quota-0000"], "confidence": 0.5}
-    ).citations == ["quota-0000"]
+    answer = model.model_validate({"answer": "a", "citations": ["quota-0000"], "confidence": 0.5})
+    assert answer.model_dump()["citations"] == ["quota-0000"]
     schema = model.model_json_schema()
     assert schema["properties"]["citations"]["items"]["enum"] == ["bridge-0000", "quota-0000"]
     with pytest.raises(ValueError, match="citations"):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,7 @@ def test_every_call_against_the_emulator(search_env):
         filterable_fields=["kind", "lang"],
         int_fields=["year"],
     )
-    documents = [
+    documents: list[dict[str, Any]] = [
         {"id": "1", "title": "Rivers", "content": "the river flows to the sea", "kind": "geo",
          "year": 2001, "content_vector": [1, 0, 0]},
         {"id": "2", "title": "Mountains", "content": "a mountain above the river valley",

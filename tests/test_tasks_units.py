@@ -140,12 +140,14 @@ def test_chunks_merge_with_their_offsets():
     assert merged["duration"] == 19.25
     assert render(merged, "text") == merged["text"]
     assert render(merged, "json") == {"text": merged["text"]}
-    assert render(merged, "srt").splitlines()[:3] == [
+    srt, vtt_text = render(merged, "srt"), render(merged, "vtt")
+    assert isinstance(srt, str) and isinstance(vtt_text, str)
+    assert srt.splitlines()[:3] == [
         "1",
         "00:00:00,500 --> 00:00:02,000",
         "Hello world.",
     ]
-    vtt = render(merged, "vtt").splitlines()
+    vtt = vtt_text.splitlines()
     assert vtt[0] == "WEBVTT" and "00:00:12.250 --> 00:00:13.250" in vtt
 
 

@@ -137,7 +137,7 @@ def test_alg_none_is_refused(client) -> None:
     now = int(time.time())
     unsigned = jwt.encode(
         {"aud": AUDIENCE, "iss": ISSUER, "azp": CLIENT_ID, "exp": now + 600},
-        None,
+        "",  # no key: PyJWT's "none" algorithm takes only an empty one
         algorithm="none",
         headers={"kid": "k1"},
     )

@@ -11,8 +11,9 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -22,7 +23,8 @@ import websocket
 from bridge.metrics import Counters, Heartbeat, read_bridge_stats
 from settings import Route
 from tests.support.processes import REPO_ROOT
-from web.broadcaster import StatusBroadcaster
+from tests.support.waiting import wait_until
+from web.broadcaster import StatusBroadcaster, Subscription
 from web.history import ChartHistory
 
 SCREENSHOT_FOR_README = REPO_ROOT / "docs" / "dashboard.png"
@@ -33,8 +35,16 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 # --- the broadcaster, in process -----------------------------------------------------------------
 def redis_now(client: redis.Redis) -> float:
-    seconds, micros = client.time()
+    # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+    seconds, micros = cast(tuple[int, int], client.time())
     return int(seconds) + int(micros) / 1e6
+
+
+def next_json(viewer: Subscription) -> dict[str, Any]:
+    """The viewer's next frame, which comes within a second."""
+    frame = viewer.next_frame(timeout=1)
+    assert frame is not None, "no frame within a second"
+    return json.loads(frame)
 
 
 def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_client) -> None:
@@ -48,14 +58,17 @@ def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_cl
 
     broadcaster = StatusBroadcaster(read, ChartHistory(redis_client), tick_s=0.05)
     viewers = [broadcaster.subscribe() for _ in range(5)]
-    assert all(json.loads(v.next_frame(timeout=1))["type"] == "history" for v in viewers)
+    assert all(next_json(v)["type"] == "history" for v in viewers)
     seen: list[list[int]] = [[] for _ in viewers]
-    deadline = time.monotonic() + 0.6
-    while time.monotonic() < deadline:
+
+    def every_viewer_saw_five_frames() -> bool:
         for frames, viewer in zip(seen, viewers, strict=True):
-            frame = viewer.next_frame(timeout=0.01)
+            frame = viewer.next_frame(timeout=0.01)  # the wait between polls
             if frame:
                 frames.append(json.loads(frame)["n"])
+        return all(len(frames) >= 5 for frames in seen)
+
+    wait_until(every_viewer_saw_five_frames, 30, "five frames on every viewer", interval=0)
     for viewer in viewers:
         broadcaster.unsubscribe(viewer)
 
@@ -63,10 +76,13 @@ def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_cl
     assert 5 <= len(reads) <= 16
     assert all(frames and frames[-1] >= len(reads) - 1 for frames in seen)
     # With no viewers left the thread stops; a late viewer gets the history first.
-    time.sleep(0.2)
-    assert not any(t.name == "dashboard-broadcaster" for t in threading.enumerate())
+    wait_until(
+        lambda: not any(t.name == "dashboard-broadcaster" for t in threading.enumerate()),
+        10,
+        "the broadcaster's thread to stop with no viewer left",
+    )
     late = broadcaster.subscribe()
-    history = json.loads(late.next_frame(timeout=1))
+    history = next_json(late)
     broadcaster.unsubscribe(late)
     assert history["type"] == "history" and len(history["points"]) >= len(reads) - 1
 
@@ -96,14 +112,11 @@ def test_recording_goes_on_with_nobody_watching_and_a_late_viewer_gets_it(redis_
     broadcaster = StatusBroadcaster(read, ChartHistory(redis_client), tick_s=0.02)
     broadcaster.keep_recording()
     try:
-        deadline = time.monotonic() + 30
-        while len(reads) < 5:
-            assert time.monotonic() < deadline, "the recorder did not tick"
-            time.sleep(0.02)
+        wait_until(lambda: len(reads) >= 5, 30, "the recorder to tick five times", interval=0.02)
         # A broadcaster in another web process, never ticked, serves the same history.
         other = StatusBroadcaster(read, ChartHistory(redis_client))
         viewer = other.subscribe()
-        history = json.loads(viewer.next_frame(timeout=1))
+        history = next_json(viewer)
         other.stop()
         assert len(history["points"]) >= 5
         assert [p["t"] for p in history["points"]] == sorted(p["t"] for p in history["points"])
@@ -114,7 +127,8 @@ def test_recording_goes_on_with_nobody_watching_and_a_late_viewer_gets_it(redis_
 
 # --- gunicorn ------------------------------------------------------------------------------------
 def evalsha_calls(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    stats = cast(dict[str, Any], client.info("commandstats"))
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def frames(socket: websocket.WebSocket) -> Iterator[dict]:
@@ -127,10 +141,7 @@ def test_gunicorn_records_the_chart_with_nobody_watching(start_web, redis_client
     recorded from the start, not from the first viewer."""
     url = start_web()
     history = ChartHistory(redis_client)
-    deadline = time.monotonic() + 60
-    while len(history.recent()) < 3:
-        assert time.monotonic() < deadline, "gunicorn recorded no chart history"
-        time.sleep(0.2)
+    wait_until(lambda: len(history.recent()) >= 3, 60, "gunicorn to record three chart points")
     socket = websocket.create_connection(url.replace("http", "ws") + "/ws/status", timeout=10)
     try:
         first = next(frames(socket))
@@ -171,9 +182,12 @@ def test_status_socket_pushes_one_shared_frame_a_second(start_web, redis_client)
         assert {"feedback", "transcribe"} <= {q["name"] for q in first["queues"]}
         assert {"alive", "bridges", "routes"} <= first["bridge"].keys()
 
-        # Three viewers for three seconds: about three ticks of three pool reads, not nine ticks.
+        # Three viewers over three frames of one of them: about three ticks of three pool reads,
+        # not nine ticks. Counted in frames, not seconds, so a slow machine cannot skew it (one
+        # frame may have been queued before `before`, one tick may be under way after).
         before = evalsha_calls(redis_client)
-        time.sleep(3)
+        for _ in range(3):
+            assert next(streams[0])["type"] == "status"
         ticks = (evalsha_calls(redis_client) - before) / len(first["pools"])
         assert 2 <= ticks <= 5
 
@@ -194,7 +208,8 @@ def test_status_socket_pushes_one_shared_frame_a_second(start_web, redis_client)
 
 # --- the page in headless Chromium ---------------------------------------------------------------
 def chromium_driver(profile_dir: Path):
-    if not (shutil.which("chromium") and Path(CHROMEDRIVER).exists()):
+    chromium = shutil.which("chromium")
+    if not (chromium and Path(CHROMEDRIVER).exists()):
         pytest.fail(
             "Debian chromium and chromium-driver are needed: `make test` installs them "
             "(apt-get install -y chromium chromium-driver)"
@@ -203,7 +218,7 @@ def chromium_driver(profile_dir: Path):
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
+    options.binary_location = chromium
     for flag in (
         "--headless",
         "--no-sandbox",
@@ -227,16 +242,9 @@ def text_of(driver, selector: str) -> str:
     return str(driver.execute_script(script, selector)).strip()
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
-
-
 @pytest.mark.slow
 def test_dashboard_moves_in_chromium_when_tasks_spend_quota(
-    start_web, start_worker, start_emulator, celery_app, tmp_path
+    start_web, start_worker, start_emulator, celery_app, tmp_path, *, redis_client
 ) -> None:
     emulator = start_emulator()
     start_worker(concurrency=4, queues="feedback", **emulator.client_env())
@@ -244,7 +252,7 @@ def test_dashboard_moves_in_chromium_when_tasks_spend_quota(
     driver = chromium_driver(tmp_path / "chromium-profile")
     try:
         driver.get(f"{url}/dashboard")
-        wait_for(lambda: text_of(driver, "#connection") == "live", 30, "the socket to go live")
+        wait_until(lambda: text_of(driver, "#connection") == "live", 30, "the socket to go live")
         tokens_cell = 'tr[data-series="completion/gpt-4o"] td.tokens-used'
         assert text_of(driver, tokens_cell) == "0"
 
@@ -262,15 +270,19 @@ def test_dashboard_moves_in_chromium_when_tasks_spend_quota(
                 queue="feedback",
             )
 
-        wait_for(
+        wait_until(
             lambda: text_of(driver, tokens_cell) not in ("", "0"),
             90,
             "completion tokens to show up",
         )
-        wait_for(lambda: "dashboard-demo" in text_of(driver, "#apps"), 10, "the per-app share")
+        wait_until(lambda: "dashboard-demo" in text_of(driver, "#apps"), 10, "the per-app share")
         legend = text_of(driver, "#legend")
         assert "completion/gpt-4o" in legend
-        time.sleep(2)  # a couple more points on the chart for the picture
+        # A couple more points on the chart for the picture.
+        points = len(ChartHistory(redis_client).recent())
+        wait_until(
+            lambda: len(ChartHistory(redis_client).recent()) >= points + 2, 30, "two more points"
+        )
         screenshot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(screenshot))
         assert screenshot.stat().st_size > 10_000

@@ -7,17 +7,25 @@ from __future__ import annotations
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from werkzeug.test import TestResponse
 
 from settings import load_settings
 from settings.redis_server import RedisServer, free_port
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 from web.app import create_app
 
 
-def failing(answer) -> set[str]:
-    return {name for name, check in answer.json["checks"].items() if not check["ok"]}
+def checks(answer: TestResponse) -> dict[str, Any]:
+    """/ready's checks, by name."""
+    assert answer.json is not None, answer.text
+    return answer.json["checks"]
+
+
+def failing(answer: TestResponse) -> set[str]:
+    return {name for name, check in checks(answer).items() if not check["ok"]}
 
 
 @pytest.mark.slow
@@ -36,26 +44,12 @@ def test_ready_follows_redis_bridge_and_workers(
         alone = client.get("/ready")
         assert alone.status_code == 503
         assert failing(alone) == {"bridge", "workers"}
-        assert alone.json["checks"]["redis"]["ok"]
+        assert checks(alone)["redis"]["ok"]
 
         name = f"ready-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         processes.append(
             ManagedProcess(
-                python_args(
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker",
-                    "worker",
-                    "-P",
-                    "threads",
-                    "-c",
-                    "2",
-                    "-n",
-                    name,
-                    "--without-gossip",
-                    "--without-mingle",
-                ),
+                celery_worker_args(name, 2),
                 env,
                 tmp_path / "worker.log",
                 name="worker",
@@ -69,10 +63,10 @@ def test_ready_follows_redis_bridge_and_workers(
         processes[0].wait_until(
             lambda: client.get("/ready").status_code == 200, 60, "/ready to say ready"
         )
-        ready = client.get("/ready").json
-        assert ready["ready"] is True
-        assert set(ready["checks"]) == {"redis", "broker", "bridge", "workers", "upstream"}
-        assert emulator.url in ready["checks"]["upstream"]["detail"]
+        ready = client.get("/ready")
+        assert ready.json is not None and ready.json["ready"] is True
+        assert set(checks(ready)) == {"redis", "broker", "bridge", "workers", "upstream"}
+        assert emulator.url in checks(ready)["upstream"]["detail"]
 
         emulator.process.stop()
         upstream_gone = client.get("/ready")
@@ -80,14 +74,14 @@ def test_ready_follows_redis_bridge_and_workers(
         assert failing(upstream_gone) == {"upstream"}
         assert (
             f"{emulator.url} (EMULATOR_HOST/EMULATOR_PORT"
-            in (upstream_gone.json["checks"]["upstream"]["detail"])
+            in (checks(upstream_gone)["upstream"]["detail"])
         )
 
         redis_server.stop()
         gone = client.get("/ready")
         assert gone.status_code == 503
         assert {"redis", "broker"} <= failing(gone)
-        assert "ConnectionError" in gone.json["checks"]["redis"]["detail"]
+        assert "ConnectionError" in checks(gone)["redis"]["detail"]
     finally:
         for process in processes:
             process.stop()
@@ -109,8 +103,8 @@ def test_ready_names_an_unreachable_openai_endpoint_and_its_setting(redis_url) -
     )
     answer = app.test_client().get("/ready")
     assert answer.status_code == 503
-    check = answer.json["checks"]["upstream"]
+    check = checks(answer)["upstream"]
     assert not check["ok"]
     assert f"{wrong} (APP_OPENAI_API_BASE) unreachable: ConnectError" in check["detail"]
     assert f"{embedding} (APP_EMBEDDING_API_BASE) unreachable" in check["detail"]
-    assert answer.json["checks"]["redis"]["ok"]
+    assert checks(answer)["redis"]["ok"]

@@ -14,7 +14,7 @@ import pytest
 
 from settings import get_settings
 from settings.redis_server import RedisServer
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.processes import ManagedProcess, celery_worker_args
 
 # A cold celery start and a reconnect with kombu's backoff take a while on a loaded machine.
 RECOVERY_TIMEOUT_SECS = 90.0
@@ -49,10 +49,7 @@ def test_the_same_worker_runs_tasks_again_after_redis_comes_back(
     app = create_celery(get_settings())
     hostname = "outage@test"
     worker = ManagedProcess(
-        python_args(
-            *("-m", "celery", "-A", "worker", "worker", "-P", "threads", "-c", "2"),
-            *("-n", hostname, "--without-gossip", "--without-mingle", "--loglevel", "INFO"),
-        ),
+        celery_worker_args(hostname, 2),
         conduit_env,
         tmp_path / "worker.log",
         ready=lambda: bool(app.control.ping(destination=[hostname], timeout=0.5)),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,19 +18,12 @@ BODY = "{'id': '1', 'text': 'my private feedback', 'audio_url': '...&sig=c2VjcmV
 
 
 @pytest.fixture
-def worker_log(monkeypatch) -> Iterator[io.StringIO]:
-    """Logging as a worker sets it up (JSON lines), into a buffer; pytest's handlers after."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
+def worker_log(monkeypatch, restore_logging) -> io.StringIO:
+    """Logging as a worker sets it up (JSON lines), into a buffer."""
     monkeypatch.setenv("LOG_FORMAT", "json")
     stream = io.StringIO()
     configure_logging(load_settings(), stream=stream, extra_filters=[CeleryBodyFilter()])
-    yield stream
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
+    return stream
 
 
 def lines(stream: io.StringIO) -> list[dict]:

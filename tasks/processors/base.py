@@ -31,6 +31,7 @@ from celery import Signature, shared_task
 from pydantic import BaseModel, ValidationError
 
 from settings import get_logger, log_context
+from settings.validation import describe_invalid_fields
 from tasks.connections import redis_client
 from tasks.errors import PermanentError, TransientError
 from tasks.outbox import write_result, written_result
@@ -72,12 +73,6 @@ def _fail_if_failure(outcome: dict[str, Any]) -> dict[str, Any]:
         error = outcome.get("error") or {}
         raise ProcessorFailed(f"{error.get('type')}: {error.get('detail')}")
     return outcome
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "body"
-    return f"invalid field {field!r}: {first['msg']} ({error.error_count()} error(s) in total)"
 
 
 class Outbox:
@@ -127,7 +122,9 @@ def run_processor(
             task.retry_transient(error)  # raises Retry while retries of its kind are left
             outcome = failure_payload(body, error)
         except ValidationError as error:
-            outcome = failure_payload(body, PermanentError(_describe(error)))
+            outcome = failure_payload(
+                body, PermanentError(f"invalid {describe_invalid_fields(error)}")
+            )
         except PermanentError as error:
             log.warning("permanent failure: %s", error)
             outcome = failure_payload(body, error)

@@ -18,15 +18,30 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from openai import AzureOpenAI, OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from settings import EMULATOR_DEV_KEY
 from settings.redis_server import free_port
 from settings.search import SEARCH_EMULATOR_PATH
 from tests.support.processes import ManagedProcess, python_args
+
+T = TypeVar("T")
+
+
+def present(value: T | None, what: str) -> T:
+    """``value``, which the request made sure the answer has (the SDK types it optional)."""
+    assert value is not None, f"the answer has no {what}"
+    return value
+
+
+def ask(text: str) -> list[ChatCompletionMessageParam]:
+    """One user message, as a chat request's ``messages``."""
+    return [{"role": "user", "content": text}]
+
 
 API_VERSION = "2024-10-21"
 # Generous: a loaded CI machine may take seconds over an answer, and a test should fail on an

@@ -11,9 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Long enough for a cold start of celery or librosa on a loaded 2-core CI machine.
@@ -47,31 +48,45 @@ class ManagedProcess:
             start_new_session=True,
         )
         if self.ready is not None:
-            self.wait_until(self.ready, READY_TIMEOUT_SECS, f"{self.name} to become ready")
+            self.wait_ready()
         return self
 
-    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited ({self.process.returncode}) waiting for "
-                    f"{what}:\n{self.output()[-3000:]}"
-                )
-            try:
-                if check():
-                    return
-            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"timed out waiting for {what}:\n{self.output()[-3000:]}")
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECS) -> None:
+        """Until the readiness check passes (again, after a restart of what it depends on)."""
+        if self.ready is None:
+            raise RuntimeError(f"{self.name} has no readiness check")
+        self.wait_until(self.ready, timeout, f"{self.name} to become ready")
+
+    def wait_until(self, check: Callable[[], object], timeout: float, what: str) -> None:
+        """:func:`tests.support.waiting.wait_until` while this process runs: its exit ends the
+        wait at once, and either failure shows the end of its log. Any exception from ``check``
+        means "not ready yet" (a starting server refuses connections, answers 503 ...)."""
+        wait_until(
+            check,
+            timeout,
+            what,
+            ignore=(Exception,),
+            abort=self._exited,
+            details=lambda: self.output()[-3000:],
+        )
+
+    def _exited(self) -> str | None:
+        code = self.running.poll()
+        return None if code is None else f"{self.name} exited ({code})"
+
+    @property
+    def running(self) -> subprocess.Popen[bytes]:
+        """The child process; a RuntimeError before start()."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started: call start() or use `with`")
+        return self.process
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.running.pid
 
     def signal(self, signum: int) -> None:
         if self.process and self.process.poll() is None:
@@ -110,3 +125,16 @@ class ManagedProcess:
 def python_args(*args: str) -> list[str]:
     """Run a module with the same interpreter (and so the same virtualenv) as the tests."""
     return [sys.executable, *args]
+
+
+def celery_worker_args(
+    name: str, concurrency: int, *extra: str, loglevel: str = "INFO"
+) -> list[str]:
+    """``celery -A worker worker`` as tests and benchmarks run it: the Procfile's thread pool,
+    node ``name`` (``control.ping(destination=[name])`` tells when it is ready), and without
+    gossip and mingle, start-up exchanges between workers that only slow a test down."""
+    return python_args(
+        *("-m", "celery", "-A", "worker", "worker", "-P", "threads", "-c", str(concurrency)),
+        *("-n", name, "--without-gossip", "--without-mingle", "--loglevel", loglevel),
+        *extra,
+    )
