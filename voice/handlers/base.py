@@ -37,6 +37,10 @@ log = logging.getLogger("conduit.voice.handler")
 RECEIVE_POLL_SECS = 1.0
 # A peer that sends nothing (not even ACS's silent frames) this long is gone.
 IDLE_TIMEOUT_SECS = 60.0
+# The frame-rate bound is a token bucket holding this many seconds of the allowed rate: frames
+# that queued in the socket while this thread was busy (a call starting, a loaded machine) are
+# read in a burst and must not count as a flood; a peer that keeps sending faster still is cut.
+RATE_BURST_SECS = 3.0
 
 # WebSocket close codes (RFC 6455 §7.4.1).
 CLOSE_NORMAL = 1000
@@ -188,7 +192,9 @@ class CallHandler:
 
     def _read(self) -> None:
         settings = self.settings
-        window_start, in_window = time.monotonic(), 0
+        rate = settings.media_max_frames_per_second
+        capacity = rate * RATE_BURST_SECS
+        tokens, refilled = capacity, time.monotonic()
         last_message = time.monotonic()
         while True:
             try:
@@ -208,10 +214,9 @@ class CallHandler:
             if len(message) > settings.media_max_frame_bytes:
                 self._set_close(CLOSE_TOO_BIG, "frame too large")
                 return
-            if now - window_start >= 1.0:
-                window_start, in_window = now, 0
-            in_window += 1
-            if in_window > settings.media_max_frames_per_second:
+            tokens = min(capacity, tokens + (now - refilled) * rate) - 1
+            refilled = now
+            if tokens < 0:
                 self._set_close(CLOSE_POLICY, "too many frames per second")
                 return
             frame = self.parser.parse(message)
