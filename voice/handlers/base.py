@@ -103,6 +103,7 @@ class CallHandler:
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self.writer: PacedWriter | None = None
+        self.reply: ReplyStage | None = None
         self.pipeline: Pipeline | None = None
 
     # --- what a mode provides -------------------------------------------------------------------
@@ -113,8 +114,10 @@ class CallHandler:
         """Send an inbound frame where it belongs (the first stage, unless a mode says else)."""
         assert self.pipeline is not None
         if isinstance(frame, Dtmf):
+            # A key press interrupts like speech, then goes straight to the reply stage.
             self.on_speech_started(time.monotonic(), reason="dtmf")
-            self.pipeline.stages[1].queue.put(frame)
+            assert self.reply is not None
+            self.reply.queue.put(frame)
         else:
             self.pipeline.put(frame)
 
@@ -174,6 +177,7 @@ class CallHandler:
             on_turn_started=self.on_turn_started,
             call_id=self.call_id,
         )
+        self.reply = reply
         speech = SpeechStage(engines.synthesizer, self.latency, self.call_id)
         return Pipeline([self.first_stage(engines), reply, speech, self.writer])
 
