@@ -13,6 +13,11 @@ listens to every answer. Per level:
 - ``underruns``: gaps over 40 ms inside answers (a playback clock fed by arrivals);
 - ``cpu_s_per_call_minute``: CPU seconds of the gunicorn worker per minute of call.
 
+Beside them, ``server_*``: the agent's own LatencyTool figures from ``/api/v1/media/status``
+(end of speech → STT final, → LLM first token, → first frame written; barge-in detected →
+StopAudio written) and the underruns its writer counted. They tell the agent's time from the
+caller's (VAD onset delay, transport, the simulator's own scheduling on a loaded machine).
+
 ``max_calls_within_800ms``: the largest level measured with p95 ≤ 800 ms and no underruns. The
 simulator runs on the same machine (and so do other jobs); ``loadavg`` records how busy it was.
 At 1 call the level is repeated (:data:`SINGLE_CALL_REPEATS` calls one after another) so its
@@ -28,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from bench.report import write_result
@@ -95,9 +101,31 @@ def run_level(calls: int, base_env: dict[str, str], work_dir: Path) -> dict[str,
         call_secs = (time.monotonic() - started) * calls
         cpu_s = worker_cpu_seconds(master) - cpu_before
         load = os.getloadavg()
+        server = httpx.get(f"{url}/api/v1/media/status", timeout=30).json()
     finally:
         starter.close()
-    return {**figures(results, cpu_s, call_secs), "loadavg": [round(x, 2) for x in load]}
+    return {
+        **figures(results, cpu_s, call_secs),
+        **server_figures(server),
+        "loadavg": [round(x, 2) for x in load],
+    }
+
+
+def server_figures(status: dict[str, Any]) -> dict[str, Any]:
+    """The agent's own view (LatencyTool): where the time goes, and whether it sent late."""
+    latency = status["latency"]
+
+    def pair(metric: str) -> tuple[Any, Any]:
+        figures = latency.get(metric, {})
+        return figures.get("p50"), figures.get("p95")
+
+    figures: dict[str, Any] = {}
+    for metric in ("stt_final_ms", "llm_first_token_ms", "first_frame_ms", "barge_in_ms"):
+        p50, p95 = pair(metric)
+        name = metric.removesuffix("_ms")
+        figures[f"server_{name}_p50_ms"], figures[f"server_{name}_p95_ms"] = p50, p95
+    figures["server_underruns"] = sum(call["underruns"] for call in status["recent_calls"])
+    return figures
 
 
 def main() -> None:

@@ -378,3 +378,10 @@ def test_the_simulator_command_line_places_a_call(start_web, voice_env, conduit_
     *turns, summary = [json.loads(line) for line in done.stdout.splitlines()]
     assert [turn["phrase"] for turn in turns] == [QUESTION]
     assert summary["answered"] == 1 and summary["errors"] == []
+
+
+def test_a_call_without_usable_engines_is_closed_with_the_reason(start_web, voice_env) -> None:
+    url = start_web(**voice_env, VOICE_ENGINE="azure")  # no AZURE_SPEECH_* set
+    ws = open_socket(url, "no-engines")
+    assert close_code(ws) == (1011, "speech engines unavailable")
+    wait_for(lambda: status(url)["active_calls"] == 0, 30, "the call to end")

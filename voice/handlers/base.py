@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from settings import Settings
-from voice.engines.base import EngineProvider, Engines
+from voice.engines.base import EngineError, EngineProvider, Engines
 from voice.frames import AudioIn, AudioMetadata, Dtmf, Frame, Interruption, TranscriptionIn
 from voice.history import ConversationHistory, ConversationMemory
 from voice.latency import LatencyTool
@@ -182,11 +182,20 @@ class CallHandler:
         return Pipeline([self.first_stage(engines), reply, speech, self.writer])
 
     def run(self) -> None:
-        engines = self.provider.acquire()
+        try:
+            engines = self.provider.acquire()
+        except EngineError as error:
+            log.error("speech engines unavailable: %s", error, extra={"call_id": self.call_id})
+            self._set_close(CLOSE_ERROR, "speech engines unavailable")
+            self._close()
+            return
         try:
             self.pipeline = self.build(engines)
             self.pipeline.start(self.call_id)
             self._read()
+        except Exception:
+            log.exception("voice call failed", extra={"call_id": self.call_id})
+            self._set_close(CLOSE_ERROR, "internal error")
         finally:
             if self.pipeline is not None:
                 self.pipeline.stop()
