@@ -80,6 +80,7 @@ def figures(results: list[CallResult], cpu_s: float, call_secs: float) -> dict[s
         "barge_in_p50_ms": percentile(barge, 0.5),
         "barge_in_p95_ms": percentile(barge, 0.95),
         "underruns": sum(t.underruns for t in turns),
+        "longest_gap_ms": max((t.longest_gap_ms for t in turns), default=0.0),
         "cpu_s_per_call_minute": round(cpu_s / (call_secs / 60), 2) if call_secs else None,
         "turns": len(turns),
         "answered": len(eou),

@@ -76,6 +76,7 @@ class TurnResult:
     eou_to_first_audio_ms: float | None = None
     reply_secs: float = 0.0
     underruns: int = 0
+    longest_gap_ms: float = 0.0  # the longest silence inside the answer, as played
     barge_in_ms: float | None = None
     stale_frames: int = 0
     reply_audio: bytes = field(default=b"", repr=False)
@@ -249,8 +250,11 @@ class _Call:
                 if first_audio is None:
                     first_audio = at
                     turn.eou_to_first_audio_ms = round((at - ended) * 1000, 1)
-                elif at - playhead > UNDERRUN_SECS:
-                    turn.underruns += 1
+                else:
+                    gap = at - playhead
+                    turn.longest_gap_ms = max(turn.longest_gap_ms, round(gap * 1000, 1))
+                    if gap > UNDERRUN_SECS:
+                        turn.underruns += 1
                 playhead = max(playhead, at) + len(pcm) / (2 * self.sim.sample_rate)
                 last_audio = at
                 audio.append(pcm)
@@ -401,6 +405,7 @@ def summarize(results: list[CallResult]) -> dict[str, Any]:
         "barge_in_p50_ms": percentile(barge, 0.5),
         "barge_in_p95_ms": percentile(barge, 0.95),
         "underruns": sum(t.underruns for t in turns),
+        "longest_gap_ms": max((t.longest_gap_ms for t in turns), default=0.0),
         "stale_frames": sum(t.stale_frames for t in turns),
         "errors": [error for result in results for error in result.errors],
     }
