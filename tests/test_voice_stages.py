@@ -357,3 +357,16 @@ def test_transcription_stage_barges_in_on_intermediates_and_ends_turns_on_finals
     assert metadata == AudioMetadata(sample_rate=16000)
     assert isinstance(end, EndOfTurn) and end.text == QUESTION
     assert len(started) == 1  # once per utterance, on its first intermediate
+
+
+def test_speech_stage_renders_later_clauses_just_in_time(synthesizer) -> None:
+    buffered = [5.0]  # seconds of the reply still to play, as the writer would report
+    stage = SpeechStage(synthesizer, LatencyTool("t", None), buffered_secs=lambda: buffered[0])
+    with StageHarness(stage) as harness:
+        harness.feed(LLMText("First words.", 1, first=True), LLMText("Then more.", 1, last=True))
+        harness.wait_for(lambda frames: len(frames) == 1)  # the first clause at once
+        time.sleep(0.2)
+        assert len(harness.frames()) == 1  # the second waits while 5 s are left to play
+        buffered[0] = 0.5
+        out = harness.wait_for(lambda frames: any(f.last_of_turn for f in frames))
+    assert [f.text for f in out] == ["First words.", "Then more.", ""]

@@ -87,6 +87,10 @@ class PacedWriter(Stage):
         self.socket_closed = False
         self._cancelled_through = 0  # turns up to this one were interrupted
 
+    def buffered_secs(self) -> float:
+        """Reply audio not yet played: queued here, plus sent ahead of playback (any thread)."""
+        return len(self._pending) * FRAME_SECS + max(0.0, self.playhead - time.monotonic())
+
     # --- the loop: send when due, else wait for a frame until then -----------------------------
     def run(self) -> None:
         while True:

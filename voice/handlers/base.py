@@ -178,7 +178,12 @@ class CallHandler:
             call_id=self.call_id,
         )
         self.reply = reply
-        speech = SpeechStage(engines.synthesizer, self.latency, self.call_id)
+        speech = SpeechStage(
+            engines.synthesizer,
+            self.latency,
+            self.call_id,
+            buffered_secs=self.writer.buffered_secs,
+        )
         return Pipeline([self.first_stage(engines), reply, speech, self.writer])
 
     def run(self) -> None:
