@@ -65,6 +65,10 @@ DEV_DEFAULTS = {
     "APP_WHISPER_CHUNK_MAX_SECONDS": "15",
     # The sample clips are written here and sent as audio_path messages.
     "AUDIO_LOCAL_ROOT": str(DATA_DIR / "samples"),
+    # The voice agent hears the demo phrases (python -m voice.simulate) exactly; see voice/README.
+    "LOCAL_STT_PHRASES_FILE": str(
+        Path(__file__).resolve().parents[1] / "emulators" / "phrases.txt"
+    ),
 }
 
 

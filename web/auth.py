@@ -28,6 +28,8 @@ from settings import Settings
 
 # Endpoints anyone may call: the counter's banner and the liveness probe, as before.
 OPEN_ENDPOINTS = frozenset({"counter.root", "health.health"})
+# Endpoints that check a credential of their own instead: ACS signs the media socket's token.
+SELF_AUTHENTICATED_ENDPOINTS = frozenset({"media.stream"})
 # Endpoints a browser opens directly, which may carry the credential in the query string.
 BROWSER_ENDPOINTS = frozenset({"dashboard.page", "dashboard.status_socket"})
 QUERY_TOKEN_PARAM = "access_token"
@@ -89,7 +91,7 @@ class Authenticator:
 
     def authenticate(self, request: Request, endpoint: str | None) -> None:
         """Return when ``request`` may call ``endpoint``; raise :class:`AuthError` otherwise."""
-        if self.disabled or endpoint in OPEN_ENDPOINTS:
+        if self.disabled or endpoint in OPEN_ENDPOINTS or endpoint in SELF_AUTHENTICATED_ENDPOINTS:
             return
         api_key = request.headers.get("X-API-Key")
         bearer = _bearer_token(request.headers.get("Authorization", ""))
