@@ -23,6 +23,7 @@ os.environ.setdefault("LOG_FORMAT", "json")
 
 from settings import get_settings
 from settings.redis_server import RedisServer
+from tests.support.acs_emulator import AcsEmulatorStarter, RunningAcsEmulator
 from tests.support.azurite import node_missing, running_azurite
 from tests.support.emulator import EmulatorStarter, RunningEmulator
 from tests.support.processes import ManagedProcess, python_args
@@ -190,3 +191,12 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip(missing)
     with running_azurite(tmp_path_factory.mktemp("azurite")) as connection_string:
         yield connection_string
+
+
+@pytest.fixture
+def start_acs_emulator(tmp_path: Path) -> Iterator[Callable[..., RunningAcsEmulator]]:
+    """Start ``python -m emulators.acs`` on a free port (HTTPS, its own certificate and JWT key):
+    ``start_acs_emulator(**env)``. See tests/support/acs_emulator.py for the returned handle."""
+    starter = AcsEmulatorStarter(tmp_path, {})
+    yield starter
+    starter.close()
