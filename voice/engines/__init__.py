@@ -1,0 +1,1 @@
+"""Speech engines behind one small interface each (base.py): local (offline) and Azure."""
