@@ -20,7 +20,8 @@ DEFAULT_ACS_EMULATOR_PORT = 8710
 # The emulator's access key in dev; not a secret (it only opens the local stand-in). ACS keys are
 # base64, and the SDK base64-decodes the key before signing, so the dev key must be base64 too.
 ACS_EMULATOR_DEV_KEY = base64.b64encode(b"conduit-dev-acs-access-key").decode()
-# The audience ACS puts in its JWTs is the resource's immutable id; the emulator uses this one.
+# The audience ACS puts in its JWTs is the resource's immutable id; the emulator signs for this one
+# when ACS_RESOURCE_ID (settings/voice.py) is unset.
 ACS_EMULATOR_RESOURCE_ID = "00000000-0000-0000-0000-00000000acs0"
 
 
@@ -37,11 +38,6 @@ class CallSettings(BaseModel):
     )
     # With Entra ID instead of a key: the resource endpoint (DefaultAzureCredential signs).
     acs_endpoint: str | None = Field(None, validation_alias=_env("ACS_ENDPOINT"))
-    # The ACS resource's immutable id: the audience of the JWTs ACS signs for callbacks and the
-    # media socket. Unset: the emulator's.
-    acs_resource_id: str = Field(
-        ACS_EMULATOR_RESOURCE_ID, validation_alias=_env("ACS_RESOURCE_ID", "ACS_IMMUTABLE_ID")
-    )
     # A CA bundle to trust for the ACS endpoint; unset: the system's (the emulator's own
     # certificate is trusted automatically when the emulator is the endpoint).
     acs_ca_bundle: str | None = Field(None, validation_alias=_env("ACS_CA_BUNDLE"))

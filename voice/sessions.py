@@ -10,9 +10,10 @@ next media socket may land on any replica (or on a web process restarted mid-cal
 Appends and context changes are kept in memory until :meth:`MemoManager.persist`, which writes
 only what changed (RPUSH, HSET) in one transaction, so two replicas appending to one session add
 to it instead of overwriting each other. Every key gets the TTL again on each persist.
-Bounded: at most ``SESSION_MAX_MESSAGES`` messages and about ``SESSION_MAX_BYTES`` of history;
-the oldest messages go first. The in-memory :class:`voice.history` conversation history has the
-same methods, so either can be handed to a handler.
+Bounded: at most ``SESSION_MAX_MESSAGES`` messages and ``SESSION_MAX_BYTES`` of history in
+Redis, the oldest messages going first; what the LLM is sent is cut to ``VOICE_HISTORY_TOKENS``.
+It has the methods of :class:`voice.history.ConversationHistory` (``ConversationMemory``), so a
+handler takes either.
 
     memo = MemoManager.from_redis(session_id, redis_client, settings)
     memo.append_to_history("user", "Hello")
@@ -28,10 +29,11 @@ from typing import Any, cast
 import redis
 
 from settings import Settings
+from voice.history import ConversationHistory, Role
 
 SESSION_PREFIX = "session:"
 CALL_SESSION_MAP_PREFIX = "call_session_map:"
-ROLES = frozenset({"system", "user", "assistant", "tool"})
+ROLES = frozenset({"system", "user", "assistant"})
 
 
 class SessionError(ValueError):
@@ -58,7 +60,11 @@ def session_for_call(client: redis.Redis, call_id: str) -> str | None:
 
 
 class MemoManager:
-    """One session's history and context, loaded from and persisted to Redis."""
+    """One session's history and context, loaded from and persisted to Redis.
+
+    In memory it is a :class:`voice.history.ConversationHistory` (the same token-bounded
+    ``messages`` for the LLM); this class adds loading, persisting and the Redis bounds.
+    """
 
     def __init__(
         self,
@@ -68,12 +74,13 @@ class MemoManager:
         ttl_s: int,
         max_messages: int,
         max_bytes: int,
+        max_tokens: int = 2000,
     ) -> None:
         self.session_id = session_id
         self._client = client
         self._ttl_s, self._max_messages, self._max_bytes = ttl_s, max_messages, max_bytes
-        self._history: list[dict[str, str]] = []
-        self._context: dict[str, Any] = {}
+        self._max_tokens = max_tokens
+        self._memory = ConversationHistory(max_tokens=max_tokens)
         self._new_messages: list[dict[str, str]] = []
         self._changed_context: set[str] = set()
 
@@ -86,6 +93,7 @@ class MemoManager:
             ttl_s=settings.session_ttl_s,
             max_messages=settings.session_max_messages,
             max_bytes=settings.session_max_bytes,
+            max_tokens=settings.voice_history_tokens,
         )
         memo.refresh()
         return memo
@@ -96,46 +104,52 @@ class MemoManager:
             pipe.lrange(history_key(self.session_id), 0, -1)
             pipe.hgetall(context_key(self.session_id))
             raw_history, raw_context = pipe.execute()
-        self._history = [json.loads(item) for item in raw_history]
-        self._context = {_text(k): json.loads(v) for k, v in raw_context.items()}
+        self._memory = ConversationHistory(max_tokens=self._max_tokens)
+        for item in raw_history:
+            message = json.loads(item)
+            self._memory.append_to_history(message["role"], message["content"])
+        for key, value in raw_context.items():
+            self._memory.set_context(_text(key), json.loads(value))
         self._new_messages, self._changed_context = [], set()
 
-    # --- history (the same methods as voice.history) ---------------------------------------------
+    # --- the ConversationMemory interface (voice.history) ----------------------------------------
     @property
     def history(self) -> list[dict[str, str]]:
         """The messages, oldest first, as chat completion messages."""
-        return [dict(message) for message in self._history]
+        return self._memory.history
 
-    def append_to_history(self, role: str, text: str) -> None:
+    def messages(self, system_prompt: str) -> list[dict[str, str]]:
+        """What the LLM is sent: the system prompt and the latest turns that fit in the budget."""
+        return self._memory.messages(system_prompt)
+
+    def append_to_history(self, role: Role, text: str) -> None:
         if role not in ROLES:
             raise SessionError(f"role must be one of {sorted(ROLES)}, not {role!r}")
+        text = text.strip()
+        if not text:
+            return
         message = {"role": role, "content": text}
         if _size(message) > self._max_bytes:
             raise SessionError(
                 f"a {role} message of {len(text)} characters exceeds SESSION_MAX_BYTES"
             )
-        self._history.append(message)
+        self._memory.append_to_history(role, text)
         self._new_messages.append(message)
-        self._trim_local()
 
-    # --- context ---------------------------------------------------------------------------------
     def set_context(self, key: str, value: Any) -> None:
         encoded = json.dumps(value)  # refuses what JSON cannot hold, here rather than at persist
         if len(encoded) > self._max_bytes:
             raise SessionError(f"context {key!r} exceeds SESSION_MAX_BYTES")
-        self._context[key] = json.loads(encoded)
+        self._memory.set_context(key, json.loads(encoded))
         self._changed_context.add(key)
 
     def get_context(self, key: str, default: Any = None) -> Any:
-        return self._context.get(key, default)
-
-    @property
-    def context(self) -> dict[str, Any]:
-        return dict(self._context)
+        return self._memory.get_context(key, default)
 
     # --- Redis -----------------------------------------------------------------------------------
     def persist(self) -> None:
-        """Write what changed since the last load or persist, and renew the TTL."""
+        """Write what changed since the last load or persist, and renew the TTL. The stored
+        history keeps the newest SESSION_MAX_MESSAGES messages within SESSION_MAX_BYTES."""
         hkey, ckey = history_key(self.session_id), context_key(self.session_id)
         with self._client.pipeline(transaction=True) as pipe:
             if self._new_messages:
@@ -143,25 +157,22 @@ class MemoManager:
                 pipe.ltrim(hkey, -self._max_messages, -1)
             if self._changed_context:
                 pipe.hset(
-                    ckey, mapping={k: json.dumps(self._context[k]) for k in self._changed_context}
+                    ckey,
+                    mapping={
+                        k: json.dumps(self._memory.get_context(k)) for k in self._changed_context
+                    },
                 )
             pipe.expire(hkey, self._ttl_s)
             pipe.expire(ckey, self._ttl_s)
             pipe.execute()
+        trimmed = bool(self._new_messages) and self._trim_stored_bytes()
         self._new_messages, self._changed_context = [], set()
-        self._trim_stored_bytes()
+        if trimmed:
+            self.refresh()
 
-    def _trim_local(self) -> None:
-        while len(self._history) > self._max_messages or (
-            len(self._history) > 1 and sum(_size(m) for m in self._history) > self._max_bytes
-        ):
-            dropped = self._history.pop(0)
-            if self._new_messages and self._new_messages[0] is dropped:
-                self._new_messages.pop(0)
-
-    def _trim_stored_bytes(self) -> None:
-        """Another replica may have appended too: drop the oldest stored messages until the
-        stored history fits the byte bound again."""
+    def _trim_stored_bytes(self) -> bool:
+        """Drop the oldest stored messages until the history fits the byte bound (another
+        replica may have appended too). True when something was dropped."""
         key = history_key(self.session_id)
         stored = cast(list[bytes | str], self._client.lrange(key, 0, -1))
         total = sum(len(_text(item).encode()) for item in stored)
@@ -171,12 +182,11 @@ class MemoManager:
             drop += 1
         if drop:
             self._client.ltrim(key, drop, -1)
-            self._history = [json.loads(item) for item in stored[drop:]]
+        return drop > 0
 
     def delete(self) -> None:
         self._client.delete(history_key(self.session_id), context_key(self.session_id))
-        self._history, self._context = [], {}
-        self._new_messages, self._changed_context = [], set()
+        self.refresh()
 
 
 def _size(message: dict[str, str]) -> int:

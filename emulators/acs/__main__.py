@@ -49,7 +49,7 @@ def serve(settings: Settings) -> None:
         "ACS emulator serving %s (certificate %s, audience %s)",
         settings.acs_emulator_url,
         cert,
-        settings.acs_resource_id,
+        app.extensions["acs_emulator"].issuer.audience,
     )
     try:
         server.serve_forever()

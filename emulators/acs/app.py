@@ -21,7 +21,7 @@ from emulators.acs.network import CALL_WAIT_SECS, CallNotFound, CallStateError, 
 from emulators.acs.tokens import TokenIssuer
 from emulators.recognizer import DEFAULT_PHRASES_FILE, Recognizer, read_phrases
 from settings import Settings, get_settings
-from settings.calls import ACS_EMULATOR_DEV_KEY
+from settings.calls import ACS_EMULATOR_DEV_KEY, ACS_EMULATOR_RESOURCE_ID
 
 EXTENSION_KEY = "acs_emulator"
 # Call Automation bodies are small JSON documents; a play request with a long SSML is the largest.
@@ -40,7 +40,9 @@ class AcsEmulator:
         self.settings = settings
         self.directory = Path(settings.acs_emulator_dir)
         self.access_key = _access_key(settings)
-        self.issuer = TokenIssuer(self.directory, settings.acs_resource_id)
+        self.issuer = TokenIssuer(
+            self.directory, settings.acs_resource_id or ACS_EMULATOR_RESOURCE_ID
+        )
         self._recognizer: Recognizer | None = None
         self._recognizer_lock = threading.Lock()
         key = settings.acs_emulator_target_api_key
