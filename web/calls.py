@@ -1,0 +1,135 @@
+"""``/api/v1/calls``: call control over HTTP; the logic is :class:`voice.calls.CallControl`.
+
+- ``POST /api/v1/calls/incoming``: the Event Grid subscription's webhook (validation handshake,
+  IncomingCall). Auth as any endpoint: give the subscription an ``X-API-Key`` delivery header
+  (or Entra ID webhook auth, a bearer token this app checks).
+- ``POST /api/v1/calls/callbacks``: Call Automation's callbacks, which carry ACS's own JWT instead
+  (checked by :mod:`voice.acs_auth`), so the app's credential rule does not apply to them.
+- ``POST /api/v1/calls/initiate`` ``{"target": "+1555..."}``, ``POST /api/v1/calls/<id>/hangup``.
+- ``GET /api/v1/calls`` (active calls), ``GET /api/v1/calls/<id>``.
+- ``/ws/calls`` (WebSocket): live call events for the dashboard; ``?session_id=`` narrows it to
+  one call's session (its transcript).
+
+One :class:`CallControl` and one :class:`ConnectionManager` per process, made when the blueprint
+is registered.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+
+from voice.acs_auth import AcsTokenVerifier
+from voice.calls import CALLS_TOPIC, CallAuthError, CallControl, CallControlError
+from voice.connections import ConnectionManager
+from web.errors import json_error
+from web.extensions import sock
+from web.services import EXTENSION_KEY as SERVICES_KEY
+from web.services import Services
+
+blueprint = Blueprint("calls", __name__)
+EXTENSION_KEY = "conduit_calls"
+# A viewer socket with no event for this long sends a keep-alive frame, so a dead peer is noticed.
+IDLE_FRAME_SECS = 15.0
+
+
+def init_app(app: Flask) -> None:
+    conduit: Services = app.extensions[SERVICES_KEY]
+    connections = ConnectionManager(
+        conduit.redis, queue_size=conduit.settings.connection_queue_size
+    )
+    verifier = AcsTokenVerifier.from_settings(conduit.settings)
+    app.extensions[EXTENSION_KEY] = CallControl(
+        conduit.settings, conduit.redis, connections, verifier.verify
+    )
+    app.extensions["conduit_connections"] = connections
+
+
+@blueprint.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    init_app(cast(Flask, state.app))
+
+
+def control() -> CallControl:
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def _json() -> Any:
+    try:
+        return json.loads(request.get_data() or b"null")
+    except ValueError:
+        raise CallControlError("the body is not valid JSON") from None
+
+
+@blueprint.errorhandler(CallControlError)
+def _bad_request(error: CallControlError) -> tuple[Response, int]:
+    return json_error(400, str(error))
+
+
+@blueprint.errorhandler(CallAuthError)
+def _unauthorized(error: CallAuthError) -> tuple[Response, int, dict[str, str]]:
+    response, status = json_error(401, str(error))
+    return response, status, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+@blueprint.post("/api/v1/calls/incoming")
+def incoming() -> tuple[Response, int]:
+    answer = control().on_event_grid(_json())
+    return jsonify(answer.body), answer.status
+
+
+@blueprint.post("/api/v1/calls/callbacks")
+def callbacks() -> tuple[Response, int]:
+    applied = control().on_callbacks(request.headers.get("Authorization"), _json())
+    return jsonify({"applied": applied}), 200
+
+
+@blueprint.post("/api/v1/calls/initiate")
+def initiate() -> tuple[Response, int]:
+    body = _json()
+    if not isinstance(body, dict):
+        raise CallControlError("the body must be a JSON object with 'target'")
+    return jsonify(control().initiate(body.get("target"))), 201
+
+
+@blueprint.post("/api/v1/calls/<call_id>/hangup")
+def hang_up(call_id: str) -> tuple[Response, int]:
+    try:
+        control().hang_up(call_id)
+    except LookupError:
+        return json_error(404, f"call {call_id} is unknown")
+    return jsonify({"call_id": call_id, "hangup": "requested"}), 202
+
+
+@blueprint.get("/api/v1/calls")
+def active_calls() -> Response:
+    return jsonify({"calls": control().active_calls()})
+
+
+@blueprint.get("/api/v1/calls/<call_id>")
+def call(call_id: str) -> tuple[Response, int]:
+    state = control().call(call_id)
+    if state is None:
+        return json_error(404, f"call {call_id} is unknown")
+    return jsonify(state), 200
+
+
+@sock.route("/ws/calls", bp=blueprint)
+def calls_socket(ws: Any) -> None:
+    session_id = request.args.get("session_id") or None
+    connections: ConnectionManager = current_app.extensions["conduit_connections"]
+    connection = connections.register(
+        "dashboard",
+        session_id=session_id,
+        topics=() if session_id else (CALLS_TOPIC,),
+    )
+    try:
+        ws.send(json.dumps({"type": "calls", "calls": control().active_calls()}))
+        while ws.connected:
+            message = connection.next_message(timeout=IDLE_FRAME_SECS)
+            ws.send(json.dumps(message if message is not None else {"type": "idle"}))
+    finally:
+        connections.unregister(connection)
