@@ -200,3 +200,13 @@ def start_acs_emulator(tmp_path: Path) -> Iterator[Callable[..., RunningAcsEmula
     starter = AcsEmulatorStarter(tmp_path, {})
     yield starter
     starter.close()
+
+
+@pytest.fixture(scope="module")
+def module_acs_emulator_starter(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AcsEmulatorStarter]:
+    """Like ``start_acs_emulator``, for modules whose tests share one ACS emulator."""
+    starter = AcsEmulatorStarter(tmp_path_factory.mktemp("acs"), {})
+    yield starter
+    starter.close()

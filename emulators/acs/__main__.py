@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import signal
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,8 +33,6 @@ def _stop(signum: int, _frame: object) -> None:
 
 
 def serve(settings: Settings) -> None:
-    from pathlib import Path
-
     cert, key = ensure_certificate(Path(settings.acs_emulator_dir))
     app = create_app(settings)
     if settings.log_level != "DEBUG":
@@ -61,13 +61,11 @@ def serve(settings: Settings) -> None:
 
 def place_call(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
     """POST /_emulator/acs/calls with ``wait``; the finished call's summary."""
-    from pathlib import Path
-
     cert, _ = ensure_certificate(Path(settings.acs_emulator_dir))
     response = httpx.post(
         f"{settings.acs_emulator_url}/_emulator/acs/calls",
         json={**body, "wait": True},
-        verify=str(cert),
+        verify=ssl.create_default_context(cafile=str(cert)),
         timeout=CALL_TIMEOUT_SECS + 30,
     )
     if response.status_code >= 300:

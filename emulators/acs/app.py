@@ -145,6 +145,17 @@ def answer() -> tuple[Response, int]:
     return jsonify(call.properties(SOURCE_ID)), 200
 
 
+@rest.post("/calling/callConnections:reject")
+def reject() -> tuple[Response, int]:
+    try:
+        emulator().network.reject(_body())
+    except CallNotFound as error:
+        return _error(404, "NotFound", str(error))
+    except (CallStateError, ValueError) as error:
+        return _error(400, "BadRequest", str(error))
+    return jsonify({}), 204
+
+
 @rest.post("/calling/callConnections")
 def create() -> tuple[Response, int]:
     try:

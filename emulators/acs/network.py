@@ -73,6 +73,7 @@ class EmulatedCall:
     answer_requests: int = 0
     callbacks_posted: list[str] = field(default_factory=list)
     callback_failures: int = 0
+    delivery_errors: list[str] = field(default_factory=list)
     rang_at: float = field(default_factory=time.monotonic)
     media_open_at: float | None = None
     ended_at: float | None = None
@@ -108,6 +109,7 @@ class EmulatedCall:
             "answer_to_media_ms": answer_ms,
             "callbacks_posted": list(self.callbacks_posted),
             "callback_failures": self.callback_failures,
+            "delivery_errors": list(self.delivery_errors),
             "media": self.media,
             "error": self.error,
             "report": self.report.to_json() if self.report else None,
@@ -191,6 +193,21 @@ class Network:
                 raise CallStateError(f"call {call.call_id} was already answered ({call.state})")
             call.state = "connecting"
         self._connect(call, body)
+        return call
+
+    def reject(self, body: dict[str, Any]) -> EmulatedCall:
+        context = body.get("incomingCallContext")
+        with self._lock:
+            call_id = self._by_context.get(context) if isinstance(context, str) else None
+            call = self._calls.get(call_id) if call_id else None
+            if call is None:
+                raise CallNotFound("incomingCallContext is unknown or expired")
+            if call.state != "ringing":
+                raise CallStateError(f"call {call.call_id} is no longer ringing ({call.state})")
+            call.state = "rejected"
+            call.error = f"rejected: {body.get('callRejectReason') or 'none'}"
+        call.ended_at = time.monotonic()
+        call.ended.set()
         return call
 
     def create(self, body: dict[str, Any]) -> EmulatedCall:
@@ -280,14 +297,18 @@ class Network:
         for _ in range(deliveries):
             try:
                 response = self._http.post(url, json=[event], headers=headers)
-            except httpx.HTTPError as error:
-                self._fail(call, f"Event Grid delivery failed: {error}")
-                return
-            if response.status_code != 200:
-                self._fail(
-                    call, f"Event Grid delivery got {response.status_code}: {response.text[:200]}"
+                problem = (
+                    None
+                    if response.status_code == 200
+                    else (f"Event Grid delivery got {response.status_code}: {response.text[:200]}")
                 )
-                return
+            except httpx.HTTPError as error:
+                problem = f"Event Grid delivery failed: {error}"
+            if problem:
+                call.delivery_errors.append(problem)
+                if call.state == "ringing":
+                    self._fail(call, problem)
+                    return
         # Nobody answered: ACS gives up on an unanswered call after about 30 s.
         if call.state == "ringing" and not call.ended.wait(HTTP_TIMEOUT_SECS):
             with self._lock:

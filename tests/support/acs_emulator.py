@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,11 @@ class RunningAcsEmulator:
 
     def http(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(
-            method, self.url + path, verify=self.ca_file, timeout=HTTP_TIMEOUT_SECS, **kwargs
+            method,
+            self.url + path,
+            verify=ssl.create_default_context(cafile=self.ca_file),
+            timeout=HTTP_TIMEOUT_SECS,
+            **kwargs,
         )
 
     def place_call(self, **body: Any) -> dict[str, Any]:
@@ -116,7 +121,8 @@ class AcsEmulatorStarter:
 
         def ready() -> bool:
             cert = directory / "tls-cert.pem"
-            response = httpx.get(f"{url}/_emulator/acs/health", verify=str(cert), timeout=1.0)
+            trust = ssl.create_default_context(cafile=str(cert))
+            response = httpx.get(f"{url}/_emulator/acs/health", verify=trust, timeout=1.0)
             return response.status_code == 200
 
         process = ManagedProcess(
