@@ -123,11 +123,14 @@ class LLMText(Frame):
 
 @dataclass(frozen=True)
 class TTSAudio(Frame):
-    """Synthesised PCM16 for (part of) one clause, at the call's sample rate."""
+    """Synthesised PCM16 for (part of) clause number ``clause`` of ``turn``, at the call's rate.
+    ``text`` is the whole clause's, repeated on each of its chunks; ``last_of_turn`` marks the
+    reply's end (its ``pcm`` may be empty)."""
 
     pcm: bytes
     text: str
     turn: int
+    clause: int = 0
     last_of_turn: bool = False
 
 
@@ -137,6 +140,8 @@ class Interruption(SystemFrame):
 
     at: float
     reason: Literal["speech", "dtmf", "transcription"] = "speech"
+    # Every turn up to this one is cancelled: late frames of them are dropped wherever seen.
+    turn: int = 0
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,11 @@ from settings import Settings
 
 # Endpoints anyone may call: the counter's banner and the liveness probe, as before.
 OPEN_ENDPOINTS = frozenset({"counter.root", "health.health"})
+# Endpoints that check a credential of their own instead: ACS signs the media socket's token and
+# every Call Automation callback (voice.acs_auth checks both).
+SELF_AUTHENTICATED_ENDPOINTS = frozenset({"media.stream", "calls.callbacks"})
 # Endpoints a browser opens directly, which may carry the credential in the query string.
 BROWSER_ENDPOINTS = frozenset({"dashboard.page", "dashboard.status_socket", "calls.calls_socket"})
-# Endpoints ACS calls with its own signed JWT, which their views check (voice.acs_auth).
-ACS_SIGNED_ENDPOINTS = frozenset({"calls.callbacks"})
 QUERY_TOKEN_PARAM = "access_token"
 # Azure signs its access tokens with RS256; accepting anything else (none, HS256 with the public
 # key as secret) is how JWT validation usually goes wrong.
@@ -79,7 +80,7 @@ class Authenticator:
 
     def authenticate(self, request: Request, endpoint: str | None) -> None:
         """Return when ``request`` may call ``endpoint``; raise :class:`AuthError` otherwise."""
-        if self.disabled or endpoint in OPEN_ENDPOINTS or endpoint in ACS_SIGNED_ENDPOINTS:
+        if self.disabled or endpoint in OPEN_ENDPOINTS or endpoint in SELF_AUTHENTICATED_ENDPOINTS:
             return
         api_key = request.headers.get("X-API-Key")
         bearer = _bearer_token(request.headers.get("Authorization", ""))
