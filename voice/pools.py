@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from settings import get_logger
+from settings import Settings, get_logger
+from voice.engines.base import Engines, engines_from_settings
 
 log = get_logger(__name__)
 
@@ -261,3 +262,33 @@ class AOAIResourcePool(_NamedPool[T]):
     """LLM clients (the older name)."""
 
     NAME, SIZE_SETTING = "aoai", "AOAI_POOL_SIZE"
+
+
+def engine_pool(settings: Settings) -> ResourcePool[Engines]:
+    """The media handlers' engine sets (recogniser, synthesiser, VAD: what one call holds), as
+    ``VOICE_ENGINE`` builds them, STT_POOL_SIZE of them: the recogniser is the costly part
+    (pocketsphinx loads its model for about a second; Azure opens a connection). A returned set
+    is reset (no state of the previous call survives) or, when that fails, closed and replaced.
+    It is an :class:`~voice.engines.base.EngineProvider`, so handlers take it as they take
+    :class:`~voice.engines.base.FreshEngines`."""
+    return STTResourcePool(
+        lambda: engines_from_settings(settings),
+        size=settings.stt_pool_size,
+        acquire_timeout_s=settings.pool_acquire_timeout_s,
+        reset=Engines.reset,
+        close=Engines.close,
+    )
+
+
+def warm_up_in_background(pool: ResourcePool[T]) -> threading.Thread:
+    """Warm ``pool`` without holding up start-up; a call that comes first builds its own."""
+
+    def warm() -> None:
+        try:
+            pool.warm_up()
+        except Exception as error:  # noqa: BLE001 - calls still build engines on demand
+            log.warning("%s pool warm-up failed: %s", pool.name, error)
+
+    thread = threading.Thread(target=warm, name=f"{pool.name}-pool-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -24,6 +24,8 @@ handler takes either.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -75,8 +77,16 @@ class MemoManager:
         max_messages: int,
         max_bytes: int,
         max_tokens: int = 2000,
+        persist_each_change: bool = False,
+        on_message: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
         self.session_id = session_id
+        # A live call's memory: every turn written at once (another replica, or this one after a
+        # restart, picks the call up from Redis) and shown on the call's page as it happens.
+        self._persist_each_change = persist_each_change
+        self._on_message = on_message
+        # A call's stage threads and its writer append from their own threads.
+        self._lock = threading.RLock()
         self._client = client
         self._ttl_s, self._max_messages, self._max_bytes = ttl_s, max_messages, max_bytes
         self._max_tokens = max_tokens
@@ -85,7 +95,15 @@ class MemoManager:
         self._changed_context: set[str] = set()
 
     @classmethod
-    def from_redis(cls, session_id: str, client: redis.Redis, settings: Settings) -> MemoManager:
+    def from_redis(
+        cls,
+        session_id: str,
+        client: redis.Redis,
+        settings: Settings,
+        *,
+        persist_each_change: bool = False,
+        on_message: Callable[[dict[str, str]], None] | None = None,
+    ) -> MemoManager:
         """The session as Redis holds it now (empty when it is new or expired)."""
         memo = cls(
             session_id,
@@ -94,12 +112,18 @@ class MemoManager:
             max_messages=settings.session_max_messages,
             max_bytes=settings.session_max_bytes,
             max_tokens=settings.voice_history_tokens,
+            persist_each_change=persist_each_change,
+            on_message=on_message,
         )
         memo.refresh()
         return memo
 
     def refresh(self) -> None:
         """Reload from Redis, dropping changes not yet persisted."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         with self._client.pipeline(transaction=True) as pipe:
             pipe.lrange(history_key(self.session_id), 0, -1)
             pipe.hgetall(context_key(self.session_id))
@@ -133,15 +157,23 @@ class MemoManager:
             raise SessionError(
                 f"a {role} message of {len(text)} characters exceeds SESSION_MAX_BYTES"
             )
-        self._memory.append_to_history(role, text)
-        self._new_messages.append(message)
+        with self._lock:
+            self._memory.append_to_history(role, text)
+            self._new_messages.append(message)
+            if self._persist_each_change:
+                self.persist()
+        if self._on_message is not None:
+            self._on_message(message)
 
     def set_context(self, key: str, value: Any) -> None:
         encoded = json.dumps(value)  # refuses what JSON cannot hold, here rather than at persist
         if len(encoded) > self._max_bytes:
             raise SessionError(f"context {key!r} exceeds SESSION_MAX_BYTES")
-        self._memory.set_context(key, json.loads(encoded))
-        self._changed_context.add(key)
+        with self._lock:
+            self._memory.set_context(key, json.loads(encoded))
+            self._changed_context.add(key)
+            if self._persist_each_change:
+                self.persist()
 
     def get_context(self, key: str, default: Any = None) -> Any:
         return self._memory.get_context(key, default)
@@ -150,6 +182,10 @@ class MemoManager:
     def persist(self) -> None:
         """Write what changed since the last load or persist, and renew the TTL. The stored
         history keeps the newest SESSION_MAX_MESSAGES messages within SESSION_MAX_BYTES."""
+        with self._lock:
+            self._persist()
+
+    def _persist(self) -> None:
         hkey, ckey = history_key(self.session_id), context_key(self.session_id)
         with self._client.pipeline(transaction=True) as pipe:
             if self._new_messages:

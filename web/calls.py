@@ -17,6 +17,7 @@ is registered.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -25,6 +26,9 @@ from flask.blueprints import BlueprintSetupState
 from voice.acs_auth import AcsTokenVerifier
 from voice.calls import CALLS_TOPIC, CallAuthError, CallControl, CallControlError
 from voice.connections import ConnectionManager
+from voice.engines.base import Engines
+from voice.pools import ResourcePool, engine_pool, warm_up_in_background
+from voice.sessions import MemoManager, map_call_to_session, session_for_call
 from web.errors import json_error
 from web.extensions import sock
 from web.services import EXTENSION_KEY as SERVICES_KEY
@@ -32,20 +36,51 @@ from web.services import Services
 
 blueprint = Blueprint("calls", __name__)
 EXTENSION_KEY = "conduit_calls"
+CONNECTIONS_KEY = "conduit_connections"
+ENGINES_KEY = "conduit_engines"
 # A viewer socket with no event for this long sends a keep-alive frame, so a dead peer is noticed.
 IDLE_FRAME_SECS = 15.0
 
 
 def init_app(app: Flask) -> None:
     conduit: Services = app.extensions[SERVICES_KEY]
-    connections = ConnectionManager(
-        conduit.redis, queue_size=conduit.settings.connection_queue_size
-    )
-    verifier = AcsTokenVerifier.from_settings(conduit.settings)
+    settings = conduit.settings
+    connections = ConnectionManager(conduit.redis, queue_size=settings.connection_queue_size)
+    verifier = AcsTokenVerifier.from_settings(settings)
     app.extensions[EXTENSION_KEY] = CallControl(
-        conduit.settings, conduit.redis, connections, verifier.verify
+        settings, conduit.redis, connections, verifier.verify
     )
-    app.extensions["conduit_connections"] = connections
+    app.extensions[CONNECTIONS_KEY] = connections
+    pool = engine_pool(settings)
+    app.extensions[ENGINES_KEY] = pool
+    warm_up_in_background(pool)
+
+
+def engines() -> ResourcePool[Engines]:
+    """This process's warm engine sets, for the media socket's handlers."""
+    return current_app.extensions[ENGINES_KEY]
+
+
+def call_memory(call_id: str, session_id: str | None) -> MemoManager:
+    """The memory a media socket's handler keeps the call in: the call's session in Redis
+    (from ``call_session_map``; else the session named in the transport URL we gave ACS, when the
+    socket opens before ``answer_call`` has returned), written turn by turn and shown live on the
+    call's page."""
+    conduit: Services = current_app.extensions[SERVICES_KEY]
+    connections: ConnectionManager = current_app.extensions[CONNECTIONS_KEY]
+    known = session_for_call(conduit.redis, call_id)
+    session = known or session_id or uuid.uuid4().hex
+    if known is None:
+        map_call_to_session(conduit.redis, call_id, session, conduit.settings.session_ttl_s)
+
+    def show(message: dict[str, str]) -> None:
+        connections.broadcast_session(
+            session, {"type": "transcript", "call_id": call_id, **message}
+        )
+
+    return MemoManager.from_redis(
+        session, conduit.redis, conduit.settings, persist_each_change=True, on_message=show
+    )
 
 
 @blueprint.record_once
@@ -120,7 +155,7 @@ def call(call_id: str) -> tuple[Response, int]:
 @sock.route("/ws/calls", bp=blueprint)
 def calls_socket(ws: Any) -> None:
     session_id = request.args.get("session_id") or None
-    connections: ConnectionManager = current_app.extensions["conduit_connections"]
+    connections: ConnectionManager = current_app.extensions[CONNECTIONS_KEY]
     connection = connections.register(
         "dashboard",
         session_id=session_id,
