@@ -17,6 +17,7 @@ is registered.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import uuid
 from typing import Any, cast
 
@@ -142,6 +143,19 @@ def hang_up(call_id: str) -> tuple[Response, int]:
 @blueprint.get("/api/v1/calls")
 def active_calls() -> Response:
     return jsonify({"calls": control().active_calls()})
+
+
+@blueprint.get("/api/v1/calls/status")
+def status() -> Response:
+    """This process's engine pool and live-update connections (a call in progress holds one
+    engine set; after it, the set is back)."""
+    connections: ConnectionManager = current_app.extensions[CONNECTIONS_KEY]
+    return jsonify(
+        {
+            "pools": [asdict(engines().stats())],
+            "connections": len(connections.connections()),
+        }
+    )
 
 
 @blueprint.get("/api/v1/calls/<call_id>")

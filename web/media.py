@@ -30,6 +30,8 @@ from voice.acs_auth import AcsAuthError, AcsTokenVerifier
 from voice.engines.base import FreshEngines
 from voice.handlers import CallHandler, SocketClosed, UnknownStreamingMode, create_handler
 from voice.latency import PROCESS_LATENCIES
+from voice.pools import PoolExhausted
+from web import calls
 from web.errors import json_error
 from web.services import services
 
@@ -151,7 +153,9 @@ def stream() -> Any:
             socket,
             call_id=call_id,
             settings=settings,
-            engines=media.engines,
+            # The warm pool and the call's session in Redis (web/calls.py, call control).
+            engines=calls.engines(),
+            memory=calls.call_memory(call_id, request.args.get("session_id")),
         )
     except UnknownStreamingMode as error:
         log.error("%s", error)
@@ -165,6 +169,9 @@ def stream() -> Any:
     try:
         log.info("media socket open", extra={"call_id": call_id})
         handler.run()
+    except PoolExhausted as error:
+        log.warning("media socket refused: %s", error, extra={"call_id": call_id})
+        socket.close(CLOSE_TRY_LATER, "no engines free; try again")
     finally:
         media.leave(call_id, handler)
         log.info(
