@@ -17,8 +17,8 @@ is registered.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 import uuid
+from dataclasses import asdict
 from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
