@@ -128,7 +128,9 @@ def _call_id() -> str:
     return cleaned or f"anonymous-{uuid.uuid4()}"
 
 
-@blueprint.get("/api/v1/media/stream")
+# websocket=True: Werkzeug matches an Upgrade request only to WebSocket rules (else the
+# request has no endpoint, and the app-wide auth sees it as an unknown one).
+@blueprint.route("/api/v1/media/stream", websocket=True)
 def stream() -> Any:
     media = media_service()
     if media.verifier is not None:
