@@ -31,13 +31,13 @@ import redis
 from azure.communication.callautomation import (
     AudioFormat,
     CallAutomationClient,
+    CommunicationUserIdentifier,
     MediaStreamingAudioChannelType,
     MediaStreamingContentType,
     MediaStreamingOptions,
     PhoneNumberIdentifier,
     StreamingTransportType,
     TranscriptionOptions,
-    identifier_from_raw_id,
 )
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
@@ -330,11 +330,13 @@ class CallControl:
         if not isinstance(target, str) or not target.strip():
             raise CallControlError("'target' is required: a phone number (+E.164) or an ACS raw id")
         target = target.strip()
-        identifier = (
-            PhoneNumberIdentifier(target)
-            if target.startswith("+")
-            else identifier_from_raw_id(target)
-        )
+        identifier: PhoneNumberIdentifier | CommunicationUserIdentifier
+        if target.startswith("+"):
+            identifier = PhoneNumberIdentifier(target)
+        elif target.startswith("8:acs:"):
+            identifier = CommunicationUserIdentifier(target)
+        else:
+            raise CallControlError("'target' must be +E.164 or an ACS user id (8:acs:...)")
         source = (
             PhoneNumberIdentifier(self.settings.acs_source_number)
             if self.settings.acs_source_number
@@ -372,6 +374,13 @@ class CallControl:
     def call(self, call_id: str) -> dict[str, str] | None:
         state = self._state(call_id)
         return state or None
+
+    def transcript(self, call_id: str) -> list[dict[str, str]] | None:
+        """The call's conversation as its session holds it; None for an unknown call."""
+        session_id = session_for_call(self.redis, call_id)
+        if session_id is None:
+            return None
+        return MemoManager.from_redis(session_id, self.redis, self.settings).history
 
     def active_calls(self) -> list[dict[str, str]]:
         call_ids = cast(list[str], self.redis.zrange(ACTIVE_CALLS, 0, -1))

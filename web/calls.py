@@ -158,6 +158,14 @@ def status() -> Response:
     )
 
 
+@blueprint.get("/api/v1/calls/<call_id>/transcript")
+def transcript(call_id: str) -> tuple[Response, int]:
+    history = control().transcript(call_id)
+    if history is None:
+        return json_error(404, f"call {call_id} is unknown")
+    return jsonify({"call_id": call_id, "history": history}), 200
+
+
 @blueprint.get("/api/v1/calls/<call_id>")
 def call(call_id: str) -> tuple[Response, int]:
     state = control().call(call_id)

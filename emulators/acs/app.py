@@ -201,7 +201,8 @@ def health() -> Response:
 @control.post("/_emulator/acs/calls")
 def place_call() -> tuple[Response, int]:
     """Ring Conduit. Body: ``{"question" | "utterances", "barge_in", "dtmf", "caller",
-    "target_url", "deliveries", "wait"}``; with ``wait`` the answer is the finished call."""
+    "target_url", "target_api_key", "deliveries", "wait"}``; with ``wait`` the answer is the
+    finished call."""
     try:
         body = _body()
         script = CallScript.from_json(body)
@@ -213,6 +214,7 @@ def place_call() -> tuple[Response, int]:
             target=str(body.get("target") or "+15550199"),
             target_url=body.get("target_url"),
             deliveries=int(body.get("deliveries", 1)),
+            target_api_key=body.get("target_api_key"),
         )
     except (CallStateError, ValueError, TypeError) as error:
         return _error(400, "BadRequest", str(error))

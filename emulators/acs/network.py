@@ -154,10 +154,12 @@ class Network:
     def place_call(
         self,
         script: CallScript,
+        *,
         caller: str = "+15550100",
         target: str = "+15550199",
         target_url: str | None = None,
         deliveries: int = 1,
+        target_api_key: str | None = None,
     ) -> EmulatedCall:
         """Ring Conduit with an IncomingCall event; the rest happens when it answers."""
         url = target_url or self.target_url
@@ -166,7 +168,8 @@ class Network:
                 "No Event Grid URL to ring: set ACS_EMULATOR_TARGET_URL or pass 'target_url'."
             )
         call = self._add(EmulatedCall(uuid.uuid4().hex, "inbound", caller, target, script))
-        self._start(f"acs-ring-{call.call_id[:8]}", self._ring, call, url, max(1, deliveries))
+        key = target_api_key or self.target_api_key
+        self._start(f"acs-ring-{call.call_id[:8]}", self._ring, call, url, max(1, deliveries), key)
         return call
 
     def get(self, call_id: str) -> EmulatedCall:
@@ -289,11 +292,12 @@ class Network:
             self._threads.append(thread)
         thread.start()
 
-    def _ring(self, call: EmulatedCall, url: str, deliveries: int) -> None:
+    def _ring(self, call: EmulatedCall, url: str, deliveries: int, api_key: str | None) -> None:
         event = self._incoming_call_event(call)
         headers = {"aeg-event-type": "Notification"}
-        if self.target_api_key:
-            headers["X-API-Key"] = self.target_api_key
+        if api_key:
+            # As an Event Grid subscription's delivery header carries it.
+            headers["X-API-Key"] = api_key
         for _ in range(deliveries):
             try:
                 response = self._http.post(url, json=[event], headers=headers)

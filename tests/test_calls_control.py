@@ -1,0 +1,262 @@
+"""Call control through a real gunicorn against the real ACS emulator (HTTPS, HMAC, its own JWTs)
+and the OpenAI emulator: Event Grid's handshake and redelivery, the caller lists, each callback
+moving call state, the callback JWT cases, and whole calls (rings → answered → media socket with
+the JWT → question → answer heard → caller hangs up → CallDisconnected → engines back in the pool),
+one of them surviving a web restart with its memory in Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from emulators.acs.tokens import ISSUER, TokenIssuer
+from settings.calls import ACS_EMULATOR_RESOURCE_ID
+from settings.redis_server import free_port
+from tests.support.acs_emulator import RunningAcsEmulator
+from tests.support.emulator import RunningEmulator
+from tests.support.processes import ManagedProcess, python_args
+
+API_KEY = "calls-test-key"
+PHRASES = str(Path(__file__).resolve().parents[1] / "emulators" / "phrases.txt")
+WAIT_SECS = 120.0
+
+
+@pytest.fixture(scope="module")
+def acs(module_acs_emulator_starter) -> RunningAcsEmulator:  # type: ignore[no-untyped-def]
+    return module_acs_emulator_starter()
+
+
+@pytest.fixture(scope="module")
+def llm(module_emulator_starter) -> RunningEmulator:  # type: ignore[no-untyped-def]
+    return module_emulator_starter()
+
+
+@pytest.fixture
+def start_web(
+    conduit_env: dict[str, str], tmp_path: Path, acs: RunningAcsEmulator, llm: RunningEmulator
+) -> Iterator[Callable[..., tuple[str, ManagedProcess]]]:
+    started: list[ManagedProcess] = []
+
+    def start(port: int | None = None, **env: str) -> tuple[str, ManagedProcess]:
+        port = port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = ManagedProcess(
+            python_args("-m", "gunicorn", "-c", "python:web.gunicorn_conf", "web.app:create_app()"),
+            {
+                **conduit_env,
+                **llm.client_env(),
+                **acs.client_env(),
+                # PyJWT fetches the emulator's JWKS with the default trust store.
+                "SSL_CERT_FILE": acs.ca_file,
+                "AUTH_API_KEY": API_KEY,
+                "CALLS_PUBLIC_BASE_URL": url,
+                "LOCAL_STT_PHRASES_FILE": PHRASES,
+                "STT_POOL_SIZE": "2",
+                "WEB_PORT": str(port),
+                **env,
+            },
+            tmp_path / f"web-{port}-{len(started)}.log",
+            ready=lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200,
+            name="gunicorn web",
+        )
+        started.append(process.start())
+        return url, process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def api(url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    headers = {"X-API-Key": API_KEY, **kwargs.pop("headers", {})}
+    return httpx.request(method, url + path, headers=headers, timeout=30, **kwargs)
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT_SECS) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def finished(call: dict[str, Any]) -> bool:
+    return call["state"] in ("disconnected", "failed", "rejected")
+
+
+# --- Event Grid ----------------------------------------------------------------------------------
+def test_event_grid_validation_handshake(start_web) -> None:  # type: ignore[no-untyped-def]
+    url, _ = start_web()
+    event = [
+        {
+            "id": str(uuid.uuid4()),
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "data": {
+                "validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
+                "validationUrl": "x",
+            },
+        }
+    ]
+    headers = {"aeg-event-type": "SubscriptionValidation"}
+    response = api(url, "POST", "/api/v1/calls/incoming", json=event, headers=headers)
+    assert response.status_code == 200
+    assert response.json() == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
+    # The webhook is not open: Event Grid sends the key as a delivery header.
+    assert httpx.post(f"{url}/api/v1/calls/incoming", json=event, timeout=30).status_code == 401
+    bad = api(url, "POST", "/api/v1/calls/incoming", content=b"{not json")
+    assert bad.status_code == 400 and "JSON" in bad.json()["detail"]
+
+
+# --- callbacks -----------------------------------------------------------------------------------
+def callback(call_id: str, kind: str, **data: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "type": f"Microsoft.Communication.{kind}",
+            "source": f"calling/callConnections/{call_id}",
+            "specversion": "1.0",
+            "data": {
+                "callConnectionId": call_id,
+                "serverCallId": "s",
+                "correlationId": "c",
+                **data,
+            },
+        }
+    ]
+
+
+def test_callback_tokens_are_checked(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
+    url, _ = start_web()
+    issuer = TokenIssuer(acs.directory, ACS_EMULATOR_RESOURCE_ID)
+    body = callback("call-jwt", "CallConnected")
+
+    def post(token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(f"{url}/api/v1/calls/callbacks", json=body, headers=headers, timeout=30)
+
+    assert post(None).status_code == 401
+    assert post(TokenIssuer(acs.directory, "another-resource").token()).status_code == 401
+    assert post(issuer.token(lifetime_s=-120)).status_code == 401  # expired beyond the skew
+    assert post(issuer.token(iss="https://evil.example")).status_code == 401
+    unsigned = jwt.encode(
+        {"iss": ISSUER, "aud": ACS_EMULATOR_RESOURCE_ID, "exp": time.time() + 60},
+        None,
+        algorithm="none",
+    )
+    assert post(unsigned).status_code == 401
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(
+        {"iss": ISSUER, "aud": ACS_EMULATOR_RESOURCE_ID, "exp": time.time() + 60},
+        stranger,
+        algorithm="RS256",
+        headers={"kid": issuer.kid},
+    )
+    assert post(forged).status_code == 401
+    # Our API key is not an ACS token either.
+    api_key_only = httpx.post(
+        f"{url}/api/v1/calls/callbacks", json=body, headers={"X-API-Key": API_KEY}, timeout=30
+    )
+    assert api_key_only.status_code == 401
+    ok = post(issuer.token())
+    assert ok.status_code == 200 and ok.json() == {"applied": 1}
+
+
+def test_each_callback_type_moves_call_state(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
+    url, _ = start_web()
+    issuer = TokenIssuer(acs.directory, ACS_EMULATOR_RESOURCE_ID)
+    call_id = f"call-{uuid.uuid4().hex[:8]}"
+
+    def send(kind: str, **data: Any) -> dict[str, Any]:
+        response = httpx.post(
+            f"{url}/api/v1/calls/callbacks",
+            json=callback(call_id, kind, **data),
+            headers={"Authorization": f"Bearer {issuer.token()}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        return api(url, "GET", f"/api/v1/calls/{call_id}").json()
+
+    assert send("CallConnected")["state"] == "connected"
+    assert send("ParticipantsUpdated", participants=[{}, {}])["participants"] == "2"
+    assert send("MediaStreamingStarted")["media"] == "started"
+    assert send("PlayCompleted")["play"] == "completed"
+    assert send("PlayFailed", resultInformation={"message": "bad file"})["play"] == "failed"
+    assert send("TranscriptionStarted")["transcription"] == "started"
+    assert send("TranscriptionFailed")["transcription"] == "failed"
+    assert send("ContinuousDtmfRecognitionToneReceived", tone="five")["dtmf"] == "5"
+    assert send("ContinuousDtmfRecognitionToneReceived", tone="pound")["dtmf"] == "5#"
+    assert send("MediaStreamingStopped")["media"] == "stopped"
+    before = api(url, "GET", f"/api/v1/calls/{call_id}").json()
+    assert send("SomethingNew")["last_event"] == before["last_event"]  # unknown: ignored
+    state = send("CallDisconnected")
+    assert state["state"] == "disconnected"
+    failed = send("AnswerCallFailed", resultInformation={"message": "ACS could not answer"})
+    assert failed["state"] == "failed" and failed["error"] == "ACS could not answer"
+    assert call_id not in [c["call_id"] for c in api(url, "GET", "/api/v1/calls").json()["calls"]]
+
+
+# --- whole calls ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_whole_call_answered_once_heard_and_hung_up(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
+    url, _ = start_web()
+    placed = acs.place_call(
+        question="what is the weather today",
+        target_url=f"{url}/api/v1/calls/incoming",
+        deliveries=2,  # Event Grid redelivers: Conduit answers once
+        target_api_key=API_KEY,
+    )
+    call = acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
+    assert call["state"] == "disconnected", call
+    assert call["answer_requests"] == 1 and not call["delivery_errors"]
+    assert call["callback_failures"] == 0
+    # The SDK asked for what settings say: our media socket, 16 kHz, both ways, DTMF.
+    media = call["media"]
+    assert media["transportUrl"].startswith(url.replace("http", "ws") + "/api/v1/media/stream")
+    assert (media["audioFormat"], media["enableBidirectional"], media["enableDtmfTones"]) == (
+        "pcm16KMono",
+        True,
+        True,
+    )
+    report = call["report"]
+    assert not report["errors"], report
+    turn = report["turns"][0]
+    assert turn["eou_to_first_audio_ms"] > 0 and turn["reply_audio_s"] > 0.5
+    # Conduit's view: the call went through its states and is over; its memory holds the turn.
+    state = api(url, "GET", f"/api/v1/calls/{call['call_id']}").json()
+    assert state["state"] == "disconnected" and state["media"] == "started"
+    assert state["caller"] == "+15550100"
+    history = api(url, "GET", f"/api/v1/calls/{call['call_id']}/transcript").json()["history"]
+    assert history[0]["role"] == "user" and "weather" in history[0]["content"].lower()
+    assert history[1]["role"] == "assistant" and history[1]["content"]
+    # The engines are back in the pool.
+    pool = wait_until(
+        lambda: (
+            (p := api(url, "GET", "/api/v1/calls/status").json()["pools"][0])["in_use"] == 0 and p
+        ),
+        "the engines back in the pool",
+    )
+    assert pool["acquired"] >= 1
+
+
+@pytest.mark.slow
+def test_denied_callers_are_rejected(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
+    url, _ = start_web(CALLS_DENIED_CALLERS="+15550666")
+    placed = acs.place_call(
+        question="hello world",
+        caller="+15550666",
+        target_url=f"{url}/api/v1/calls/incoming",
+        target_api_key=API_KEY,
+    )
+    call = acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
+    assert call["state"] == "rejected" and call["error"] == "rejected: forbidden"
