@@ -260,3 +260,56 @@ def test_denied_callers_are_rejected(start_web, acs: RunningAcsEmulator) -> None
     )
     call = acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
     assert call["state"] == "rejected" and call["error"] == "rejected: forbidden"
+
+
+@pytest.mark.slow
+def test_a_call_goes_on_after_a_web_restart_with_its_memory(
+    start_web, acs: RunningAcsEmulator
+) -> None:  # type: ignore[no-untyped-def]
+    from emulators.acs.caller import CallScript, ScriptedCaller
+
+    port = free_port()
+    url, first = start_web(port=port)
+    placed = acs.place_call(
+        question="what is the weather today",
+        target_url=f"{url}/api/v1/calls/incoming",
+        target_api_key=API_KEY,
+    )
+    call_id = acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)["call_id"]
+    before = api(url, "GET", f"/api/v1/calls/{call_id}/transcript").json()["history"]
+    assert [m["role"] for m in before] == ["user", "assistant"]
+    session_id = api(url, "GET", f"/api/v1/calls/{call_id}").json()["session_id"]
+
+    # The web process restarts: nothing of the call is in its memory any more.
+    first.stop()
+    url, _ = start_web(port=port)
+    issuer = TokenIssuer(acs.directory, ACS_EMULATOR_RESOURCE_ID)
+    response = httpx.post(
+        f"{url}/api/v1/calls/callbacks",
+        json=callback(call_id, "PlayCompleted"),
+        headers={"Authorization": f"Bearer {issuer.token()}"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    state = api(url, "GET", f"/api/v1/calls/{call_id}").json()
+    assert state["play"] == "completed" and state["session_id"] == session_id
+    # ACS opens the call's media socket again, to the new process: the agent goes on with the
+    # same conversation (the earlier turn is still there, the new one is added to it).
+    caller = ScriptedCaller(
+        call_id,
+        f"{url.replace('http', 'ws')}/api/v1/media/stream",
+        token=issuer.token(),
+        sample_rate=16000,
+        script=CallScript(utterances=["thank you very much"]),
+    )
+    report = caller.run()
+    assert not report.errors and report.turns[0].reply_audio_s > 0
+    after = wait_until(
+        lambda: (
+            len(h := api(url, "GET", f"/api/v1/calls/{call_id}/transcript").json()["history"]) == 4
+            and h
+        ),
+        "the new turn in the call's memory",
+    )
+    assert after[:2] == before
+    assert after[2]["role"] == "user" and "thank" in after[2]["content"].lower()
