@@ -25,6 +25,7 @@ from settings import get_settings
 from settings.redis_server import RedisServer
 from tests.support.acs_emulator import AcsEmulatorStarter, RunningAcsEmulator
 from tests.support.azurite import node_missing, running_azurite
+from tests.support.calls_web import CallsWebStarter
 from tests.support.emulator import EmulatorStarter, RunningEmulator
 from tests.support.processes import ManagedProcess, python_args
 
@@ -208,5 +209,31 @@ def module_acs_emulator_starter(
 ) -> Iterator[AcsEmulatorStarter]:
     """Like ``start_acs_emulator``, for modules whose tests share one ACS emulator."""
     starter = AcsEmulatorStarter(tmp_path_factory.mktemp("acs"), {})
+    yield starter
+    starter.close()
+
+
+@pytest.fixture(scope="module")
+def calls_acs(module_acs_emulator_starter: AcsEmulatorStarter) -> RunningAcsEmulator:
+    """One ACS emulator for a call-control test module."""
+    return module_acs_emulator_starter()
+
+
+@pytest.fixture(scope="module")
+def calls_llm(module_emulator_starter: EmulatorStarter) -> RunningEmulator:
+    """One OpenAI emulator for a call-control test module (the agent's LLM)."""
+    return module_emulator_starter()
+
+
+@pytest.fixture
+def start_calls_web(
+    conduit_env: dict[str, str],
+    tmp_path: Path,
+    calls_acs: RunningAcsEmulator,
+    calls_llm: RunningEmulator,
+) -> Iterator[CallsWebStarter]:
+    """Start Conduit's web app under gunicorn wired to both emulators
+    (tests/support/calls_web.py)."""
+    starter = CallsWebStarter(conduit_env, tmp_path, calls_acs, calls_llm)
     yield starter
     starter.close()

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,58 +20,10 @@ from emulators.acs.tokens import ISSUER, TokenIssuer
 from settings.calls import ACS_EMULATOR_RESOURCE_ID
 from settings.redis_server import free_port
 from tests.support.acs_emulator import RunningAcsEmulator
-from tests.support.emulator import RunningEmulator
-from tests.support.processes import ManagedProcess, python_args
+from tests.support.calls_web import CALLS_API_KEY as API_KEY
+from tests.support.calls_web import CallsWebStarter
 
-API_KEY = "calls-test-key"
-PHRASES = str(Path(__file__).resolve().parents[1] / "emulators" / "phrases.txt")
 WAIT_SECS = 120.0
-
-
-@pytest.fixture(scope="module")
-def acs(module_acs_emulator_starter) -> RunningAcsEmulator:  # type: ignore[no-untyped-def]
-    return module_acs_emulator_starter()
-
-
-@pytest.fixture(scope="module")
-def llm(module_emulator_starter) -> RunningEmulator:  # type: ignore[no-untyped-def]
-    return module_emulator_starter()
-
-
-@pytest.fixture
-def start_web(
-    conduit_env: dict[str, str], tmp_path: Path, acs: RunningAcsEmulator, llm: RunningEmulator
-) -> Iterator[Callable[..., tuple[str, ManagedProcess]]]:
-    started: list[ManagedProcess] = []
-
-    def start(port: int | None = None, **env: str) -> tuple[str, ManagedProcess]:
-        port = port or free_port()
-        url = f"http://127.0.0.1:{port}"
-        process = ManagedProcess(
-            python_args("-m", "gunicorn", "-c", "python:web.gunicorn_conf", "web.app:create_app()"),
-            {
-                **conduit_env,
-                **llm.client_env(),
-                **acs.client_env(),
-                # PyJWT fetches the emulator's JWKS with the default trust store.
-                "SSL_CERT_FILE": acs.ca_file,
-                "AUTH_API_KEY": API_KEY,
-                "CALLS_PUBLIC_BASE_URL": url,
-                "LOCAL_STT_PHRASES_FILE": PHRASES,
-                "STT_POOL_SIZE": "2",
-                "WEB_PORT": str(port),
-                **env,
-            },
-            tmp_path / f"web-{port}-{len(started)}.log",
-            ready=lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200,
-            name="gunicorn web",
-        )
-        started.append(process.start())
-        return url, process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def api(url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -96,8 +47,8 @@ def finished(call: dict[str, Any]) -> bool:
 
 
 # --- Event Grid ----------------------------------------------------------------------------------
-def test_event_grid_validation_handshake(start_web) -> None:  # type: ignore[no-untyped-def]
-    url, _ = start_web()
+def test_event_grid_validation_handshake(start_calls_web: CallsWebStarter) -> None:
+    url, _ = start_calls_web()
     event = [
         {
             "id": str(uuid.uuid4()),
@@ -136,9 +87,11 @@ def callback(call_id: str, kind: str, **data: Any) -> list[dict[str, Any]]:
     ]
 
 
-def test_callback_tokens_are_checked(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
-    url, _ = start_web()
-    issuer = TokenIssuer(acs.directory, ACS_EMULATOR_RESOURCE_ID)
+def test_callback_tokens_are_checked(
+    start_calls_web: CallsWebStarter, calls_acs: RunningAcsEmulator
+) -> None:
+    url, _ = start_calls_web()
+    issuer = TokenIssuer(calls_acs.directory, ACS_EMULATOR_RESOURCE_ID)
     body = callback("call-jwt", "CallConnected")
 
     def post(token: str | None) -> httpx.Response:
@@ -146,12 +99,12 @@ def test_callback_tokens_are_checked(start_web, acs: RunningAcsEmulator) -> None
         return httpx.post(f"{url}/api/v1/calls/callbacks", json=body, headers=headers, timeout=30)
 
     assert post(None).status_code == 401
-    assert post(TokenIssuer(acs.directory, "another-resource").token()).status_code == 401
+    assert post(TokenIssuer(calls_acs.directory, "another-resource").token()).status_code == 401
     assert post(issuer.token(lifetime_s=-120)).status_code == 401  # expired beyond the skew
     assert post(issuer.token(iss="https://evil.example")).status_code == 401
     unsigned = jwt.encode(
         {"iss": ISSUER, "aud": ACS_EMULATOR_RESOURCE_ID, "exp": time.time() + 60},
-        None,
+        "",
         algorithm="none",
     )
     assert post(unsigned).status_code == 401
@@ -172,9 +125,11 @@ def test_callback_tokens_are_checked(start_web, acs: RunningAcsEmulator) -> None
     assert ok.status_code == 200 and ok.json() == {"applied": 1}
 
 
-def test_each_callback_type_moves_call_state(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
-    url, _ = start_web()
-    issuer = TokenIssuer(acs.directory, ACS_EMULATOR_RESOURCE_ID)
+def test_each_callback_type_moves_call_state(
+    start_calls_web, calls_acs: RunningAcsEmulator
+) -> None:
+    url, _ = start_calls_web()
+    issuer = TokenIssuer(calls_acs.directory, ACS_EMULATOR_RESOURCE_ID)
     call_id = f"call-{uuid.uuid4().hex[:8]}"
 
     def send(kind: str, **data: Any) -> dict[str, Any]:
@@ -208,15 +163,17 @@ def test_each_callback_type_moves_call_state(start_web, acs: RunningAcsEmulator)
 
 # --- whole calls ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_whole_call_answered_once_heard_and_hung_up(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
-    url, _ = start_web()
-    placed = acs.place_call(
+def test_a_whole_call_answered_once_heard_and_hung_up(
+    start_calls_web, calls_acs: RunningAcsEmulator
+) -> None:
+    url, _ = start_calls_web()
+    placed = calls_acs.place_call(
         question="what is the weather today",
         target_url=f"{url}/api/v1/calls/incoming",
         deliveries=2,  # Event Grid redelivers: Conduit answers once
         target_api_key=API_KEY,
     )
-    call = acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
+    call = calls_acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
     assert call["state"] == "disconnected", call
     assert call["answer_requests"] == 1 and not call["delivery_errors"]
     assert call["callback_failures"] == 0
@@ -250,40 +207,42 @@ def test_a_whole_call_answered_once_heard_and_hung_up(start_web, acs: RunningAcs
 
 
 @pytest.mark.slow
-def test_denied_callers_are_rejected(start_web, acs: RunningAcsEmulator) -> None:  # type: ignore[no-untyped-def]
-    url, _ = start_web(CALLS_DENIED_CALLERS="+15550666")
-    placed = acs.place_call(
+def test_denied_callers_are_rejected(
+    start_calls_web: CallsWebStarter, calls_acs: RunningAcsEmulator
+) -> None:
+    url, _ = start_calls_web(CALLS_DENIED_CALLERS="+15550666")
+    placed = calls_acs.place_call(
         question="hello world",
         caller="+15550666",
         target_url=f"{url}/api/v1/calls/incoming",
         target_api_key=API_KEY,
     )
-    call = acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
+    call = calls_acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
     assert call["state"] == "rejected" and call["error"] == "rejected: forbidden"
 
 
 @pytest.mark.slow
 def test_a_call_goes_on_after_a_web_restart_with_its_memory(
-    start_web, acs: RunningAcsEmulator
-) -> None:  # type: ignore[no-untyped-def]
+    start_calls_web, calls_acs: RunningAcsEmulator
+) -> None:
     from emulators.acs.caller import CallScript, ScriptedCaller
 
     port = free_port()
-    url, first = start_web(port=port)
-    placed = acs.place_call(
+    url, first = start_calls_web(port=port)
+    placed = calls_acs.place_call(
         question="what is the weather today",
         target_url=f"{url}/api/v1/calls/incoming",
         target_api_key=API_KEY,
     )
-    call_id = acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)["call_id"]
+    call_id = calls_acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)["call_id"]
     before = api(url, "GET", f"/api/v1/calls/{call_id}/transcript").json()["history"]
     assert [m["role"] for m in before] == ["user", "assistant"]
     session_id = api(url, "GET", f"/api/v1/calls/{call_id}").json()["session_id"]
 
     # The web process restarts: nothing of the call is in its memory any more.
     first.stop()
-    url, _ = start_web(port=port)
-    issuer = TokenIssuer(acs.directory, ACS_EMULATOR_RESOURCE_ID)
+    url, _ = start_calls_web(port=port)
+    issuer = TokenIssuer(calls_acs.directory, ACS_EMULATOR_RESOURCE_ID)
     response = httpx.post(
         f"{url}/api/v1/calls/callbacks",
         json=callback(call_id, "PlayCompleted"),

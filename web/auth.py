@@ -32,7 +32,9 @@ OPEN_ENDPOINTS = frozenset({"counter.root", "health.health"})
 # every Call Automation callback (voice.acs_auth checks both).
 SELF_AUTHENTICATED_ENDPOINTS = frozenset({"media.stream", "calls.callbacks"})
 # Endpoints a browser opens directly, which may carry the credential in the query string.
-BROWSER_ENDPOINTS = frozenset({"dashboard.page", "dashboard.status_socket", "calls.calls_socket"})
+BROWSER_ENDPOINTS = frozenset(
+    {"dashboard.page", "dashboard.status_socket", "calls.calls_socket", "calls.call_page"}
+)
 QUERY_TOKEN_PARAM = "access_token"
 # Azure signs its access tokens with RS256; accepting anything else (none, HS256 with the public
 # key as secret) is how JWT validation usually goes wrong.

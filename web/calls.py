@@ -17,11 +17,12 @@ is registered.
 from __future__ import annotations
 
 import json
+import secrets
 import uuid
 from dataclasses import asdict
 from typing import Any, cast
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from flask.blueprints import BlueprintSetupState
 
 from voice.acs_auth import AcsTokenVerifier
@@ -30,12 +31,13 @@ from voice.connections import ConnectionManager
 from voice.engines.base import Engines
 from voice.pools import ResourcePool, engine_pool, warm_up_in_background
 from voice.sessions import MemoManager, map_call_to_session, session_for_call
+from web.dashboard import page_headers
 from web.errors import json_error
 from web.extensions import sock
 from web.services import EXTENSION_KEY as SERVICES_KEY
 from web.services import Services
 
-blueprint = Blueprint("calls", __name__)
+blueprint = Blueprint("calls", __name__, template_folder="templates")
 EXTENSION_KEY = "conduit_calls"
 CONNECTIONS_KEY = "conduit_connections"
 ENGINES_KEY = "conduit_engines"
@@ -174,6 +176,24 @@ def call(call_id: str) -> tuple[Response, int]:
     return jsonify(state), 200
 
 
+@blueprint.get("/dashboard/calls/<call_id>")
+def call_page(call_id: str) -> tuple[str, int, dict[str, str]] | tuple[Response, int]:
+    """One call's live page: its state and the transcript of both sides as it happens."""
+    state = control().call(call_id)
+    if state is None or not state.get("session_id"):
+        return json_error(404, f"call {call_id} is unknown")
+    nonce = secrets.token_urlsafe(16)
+    html = render_template(
+        "call.html",
+        nonce=nonce,
+        app_name=control().settings.app_name,
+        call_id=call_id,
+        session_id=state["session_id"],
+        state=state,
+    )
+    return html, 200, page_headers(nonce)
+
+
 @sock.route("/ws/calls", bp=blueprint)
 def calls_socket(ws: Any) -> None:
     session_id = request.args.get("session_id") or None
@@ -184,7 +204,12 @@ def calls_socket(ws: Any) -> None:
         topics=() if session_id else (CALLS_TOPIC,),
     )
     try:
-        ws.send(json.dumps({"type": "calls", "calls": control().active_calls()}))
+        if session_id:
+            conduit: Services = current_app.extensions[SERVICES_KEY]
+            memo = MemoManager.from_redis(session_id, conduit.redis, conduit.settings)
+            ws.send(json.dumps({"type": "history", "history": memo.history}))
+        else:
+            ws.send(json.dumps({"type": "calls", "calls": control().active_calls()}))
         while ws.connected:
             message = connection.next_message(timeout=IDLE_FRAME_SECS)
             ws.send(json.dumps(message if message is not None else {"type": "idle"}))
