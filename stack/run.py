@@ -33,6 +33,7 @@ from quota import QuotaLimiter
 from settings import Settings, get_settings
 from settings.redis_server import RedisServerError, ensure_redis, port_in_use
 from settings.tiktoken_offline import seed_tiktoken_cache
+from stack.call_demo import place_demo_call
 from stack.tally import QuotaPeaks, ResultTally
 from stack.workload import SampleMessage, sample_workload, send_workload
 
@@ -52,6 +53,8 @@ DEV_DEFAULTS = {
     "PYTHONUNBUFFERED": "1",
     # Short enough that the long sample clip is split into chunks and transcribed in parallel.
     "APP_WHISPER_CHUNK_MAX_SECONDS": "15",
+    # The voice agent hears the demo call's phrases exactly (pocketsphinx with a phrase grammar).
+    "LOCAL_STT_PHRASES_FILE": str(REPO_ROOT / "emulators" / "phrases.txt"),
     # The sample clips are written here and sent as audio_path messages.
     "AUDIO_LOCAL_ROOT": str(DATA_DIR / "samples"),
 }
@@ -76,6 +79,8 @@ def process_names(settings: Settings) -> list[str]:
     names = ["web", "worker", "bridge", "flower"]
     if settings.embedded_openai:
         names.append("emulators")
+    if settings.embedded_acs:
+        names.append("acs")
     return names
 
 
@@ -83,6 +88,8 @@ def check_ports(settings: Settings) -> None:
     ports = {"WEB_PORT": settings.web_port, "FLOWER_PORT": settings.flower_port}
     if settings.embedded_openai:
         ports["EMULATOR_PORT"] = settings.emulator_port
+    if settings.embedded_acs:
+        ports["ACS_EMULATOR_PORT"] = settings.acs_emulator_port
     for variable, port in ports.items():
         if port_in_use(port):
             raise StackError(
@@ -283,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_until_ready(f"http://127.0.0.1:{settings.web_port}", honcho, log_path)
         say(f"Ready in {time.monotonic() - started:.0f} s.")
         tally = run_workload(settings, redis_url, honcho, log_path)
+        place_demo_call(settings, say)  # stack/call_demo.py: one emulated phone call
         if args.exit_after_workload:
             clean = tally.complete and not (tally.failed or tally.duplicates or tally.unexpected)
             return 0 if clean else 1

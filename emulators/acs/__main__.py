@@ -59,8 +59,18 @@ def serve(settings: Settings) -> None:
             emulator().network.close()
 
 
+def conduit_incoming_url(settings: Settings) -> str:
+    """Where a call rings unless told otherwise: ACS_EMULATOR_TARGET_URL, else the local web
+    app's Event Grid route."""
+    return (
+        settings.acs_emulator_target_url
+        or f"http://{settings.web_host}:{settings.web_port}/api/v1/calls/incoming"
+    )
+
+
 def place_call(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
     """POST /_emulator/acs/calls with ``wait``; the finished call's summary."""
+    body = {"target_url": conduit_incoming_url(settings), **{k: v for k, v in body.items() if v}}
     cert, _ = ensure_certificate(Path(settings.acs_emulator_dir))
     response = httpx.post(
         f"{settings.acs_emulator_url}/_emulator/acs/calls",
