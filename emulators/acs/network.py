@@ -377,6 +377,8 @@ class Network:
         self._post(
             call, "CallDisconnected", {"resultInformation": _result(200, f"hung up by {by}")}
         )
+        if call.report is not None:
+            self._write_report(call)  # again, now with the final state
         call.ended.set()
 
     def _fail(self, call: EmulatedCall, error: str) -> None:
