@@ -59,6 +59,8 @@ class CallScript:
     dtmf: str = ""
     pause_s: float = 0.4
     reply_timeout_s: float = REPLY_TIMEOUT_SECS
+    # Transcribe both sides for the report (CPU a benchmark may not want to spend).
+    transcribe: bool = True
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> CallScript:
@@ -75,6 +77,7 @@ class CallScript:
             barge_in_after_s=float(body.get("barge_in_after_s", DEFAULT_BARGE_IN_AFTER_SECS)),
             dtmf="".join(ch for ch in str(body.get("dtmf", "")) if ch in "0123456789*#ABCD"),
             reply_timeout_s=float(body.get("reply_timeout_s", REPLY_TIMEOUT_SECS)),
+            transcribe=bool(body.get("transcribe", True)),
         )
 
 
@@ -97,6 +100,8 @@ class CallReport:
     audio_frames_received: int = 0
     dtmf_sent: str = ""
     hung_up_by: str = ""
+    # From the media socket opening to its end.
+    duration_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -164,6 +169,7 @@ class ScriptedCaller:
         except (OSError, websocket.WebSocketException) as error:
             self.report.errors.append(f"media socket did not open: {error}")
             return self.report
+        opened = time.monotonic()
         if self.on_open is not None:
             self.on_open()
         self._ws.settimeout(RECV_TIMEOUT_SECS)
@@ -186,6 +192,7 @@ class ScriptedCaller:
             except (OSError, websocket.WebSocketException):
                 pass
             reader.join()
+        self.report.duration_s = round(time.monotonic() - opened, 2)
         with self._inbound.changed:
             self.report.audio_frames_received = len(self._inbound.audio)
             self.report.stop_audio_received = len(self._inbound.stop_audio)

@@ -359,7 +359,7 @@ class Network:
             token=self.issuer.token(),
             sample_rate=rate,
             script=call.script,
-            transcribe=self.transcribe,
+            transcribe=self.transcribe if call.script.transcribe else None,
             on_open=lambda: setattr(call, "media_open_at", time.monotonic()),
         )
         call._caller = caller
