@@ -272,3 +272,33 @@ def test_a_call_goes_on_after_a_web_restart_with_its_memory(
     )
     assert after[:2] == before
     assert after[2]["role"] == "user" and "thank" in after[2]["content"].lower()
+
+
+@pytest.mark.slow
+def test_conduit_places_a_call_and_hangs_it_up(
+    start_calls_web: CallsWebStarter, calls_acs: RunningAcsEmulator
+) -> None:
+    url, _ = start_calls_web()
+    refused = api(url, "POST", "/api/v1/calls/initiate", json={"target": "+15550123"})
+    assert refused.status_code == 400 and "ACS_SOURCE_PHONE_NUMBER" in refused.json()["detail"]
+    assert api(url, "POST", "/api/v1/calls/initiate", json={}).status_code == 400
+
+    placed = api(url, "POST", "/api/v1/calls/initiate", json={"target": "8:acs:callee-1"})
+    assert placed.status_code == 201, placed.text
+    call_id = placed.json()["call_id"]
+    # The emulator saw create_call with our callback and media options.
+    emulated = calls_acs.call(call_id)
+    assert emulated["direction"] == "outbound" and emulated["target"] == "8:acs:callee-1"
+    assert emulated["media"]["transportUrl"].startswith(url.replace("http", "ws"))
+    state = api(url, "GET", f"/api/v1/calls/{call_id}").json()
+    assert state["direction"] == "outbound" and state["caller"] == "8:acs:callee-1"
+
+    hung_up = api(url, "POST", f"/api/v1/calls/{call_id}/hangup")
+    assert hung_up.status_code == 202
+    emulated = calls_acs.wait_for_call(call_id, finished)
+    assert emulated["state"] == "disconnected"
+    wait_until(
+        lambda: api(url, "GET", f"/api/v1/calls/{call_id}").json()["state"] == "disconnected",
+        "CallDisconnected to reach Conduit",
+    )
+    assert api(url, "POST", "/api/v1/calls/nope/hangup").status_code == 404

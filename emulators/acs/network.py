@@ -328,7 +328,10 @@ class Network:
         self._start(f"acs-call-{call.call_id[:8]}", self._run, call)
 
     def _run(self, call: EmulatedCall) -> None:
-        call.state = "connected"
+        with self._lock:
+            if call.state != "connecting":
+                return  # hung up before it connected
+            call.state = "connected"
         self._post(call, "CallConnected", {})
         self._post(
             call,
@@ -363,6 +366,8 @@ class Network:
             on_open=lambda: setattr(call, "media_open_at", time.monotonic()),
         )
         call._caller = caller
+        if call.state != "connected":
+            return  # hung up while the socket was being set up
         call.report = caller.run()
         self._write_report(call)
 
