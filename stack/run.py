@@ -53,10 +53,12 @@ DEV_DEFAULTS = {
     "PYTHONUNBUFFERED": "1",
     # Short enough that the long sample clip is split into chunks and transcribed in parallel.
     "APP_WHISPER_CHUNK_MAX_SECONDS": "15",
-    # The voice agent hears the demo call's phrases exactly (pocketsphinx with a phrase grammar).
-    "LOCAL_STT_PHRASES_FILE": str(REPO_ROOT / "emulators" / "phrases.txt"),
     # The sample clips are written here and sent as audio_path messages.
     "AUDIO_LOCAL_ROOT": str(DATA_DIR / "samples"),
+    # The voice agent hears the demo phrases (python -m voice.simulate) exactly; see voice/README.
+    "LOCAL_STT_PHRASES_FILE": str(
+        Path(__file__).resolve().parents[1] / "emulators" / "phrases.txt"
+    ),
 }
 
 

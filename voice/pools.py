@@ -278,17 +278,3 @@ def engine_pool(settings: Settings) -> ResourcePool[Engines]:
         reset=Engines.reset,
         close=Engines.close,
     )
-
-
-def warm_up_in_background(pool: ResourcePool[T]) -> threading.Thread:
-    """Warm ``pool`` without holding up start-up; a call that comes first builds its own."""
-
-    def warm() -> None:
-        try:
-            pool.warm_up()
-        except Exception as error:  # noqa: BLE001 - calls still build engines on demand
-            log.warning("%s pool warm-up failed: %s", pool.name, error)
-
-    thread = threading.Thread(target=warm, name=f"{pool.name}-pool-warm-up", daemon=True)
-    thread.start()
-    return thread

@@ -28,8 +28,6 @@ from flask.blueprints import BlueprintSetupState
 from voice.acs_auth import AcsTokenVerifier
 from voice.calls import CALLS_TOPIC, CallAuthError, CallControl, CallControlError
 from voice.connections import ConnectionManager
-from voice.engines.base import Engines
-from voice.pools import ResourcePool, engine_pool, warm_up_in_background
 from voice.sessions import MemoManager, map_call_to_session, session_for_call
 from web.dashboard import page_headers
 from web.errors import json_error
@@ -40,7 +38,6 @@ from web.services import Services
 blueprint = Blueprint("calls", __name__, template_folder="templates")
 EXTENSION_KEY = "conduit_calls"
 CONNECTIONS_KEY = "conduit_connections"
-ENGINES_KEY = "conduit_engines"
 # A viewer socket with no event for this long sends a keep-alive frame, so a dead peer is noticed.
 IDLE_FRAME_SECS = 15.0
 
@@ -54,14 +51,6 @@ def init_app(app: Flask) -> None:
         settings, conduit.redis, connections, verifier.verify
     )
     app.extensions[CONNECTIONS_KEY] = connections
-    pool = engine_pool(settings)
-    app.extensions[ENGINES_KEY] = pool
-    warm_up_in_background(pool)
-
-
-def engines() -> ResourcePool[Engines]:
-    """This process's warm engine sets, for the media socket's handlers."""
-    return current_app.extensions[ENGINES_KEY]
 
 
 def call_memory(call_id: str, session_id: str | None) -> MemoManager:
@@ -151,10 +140,12 @@ def active_calls() -> Response:
 def status() -> Response:
     """This process's engine pool and live-update connections (a call in progress holds one
     engine set; after it, the set is back)."""
+    from web.media import media_service  # web.media imports this module
+
     connections: ConnectionManager = current_app.extensions[CONNECTIONS_KEY]
     return jsonify(
         {
-            "pools": [asdict(engines().stats())],
+            "pools": [asdict(media_service().engines.stats())],
             "connections": len(connections.connections()),
         }
     )

@@ -23,17 +23,17 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
 from simple_websocket import ConnectionClosed, Server
 
 from settings import Settings, get_logger
 from voice.acs_auth import AcsAuthError, AcsTokenVerifier
-from voice.engines.base import FreshEngines
 from voice.handlers import CallHandler, SocketClosed, UnknownStreamingMode, create_handler
 from voice.latency import PROCESS_LATENCIES
-from voice.pools import PoolExhausted
+from voice.pools import PoolExhausted, engine_pool
 from web import calls
 from web.errors import json_error
-from web.services import services
+from web.services import EXTENSION_KEY as SERVICES_KEY
 
 log = get_logger(__name__)
 
@@ -75,8 +75,11 @@ class MediaService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.verifier = None if settings.auth_disabled else AcsTokenVerifier.from_settings(settings)
-        self.engines = FreshEngines(settings)
+        # Warm engine sets, one per call in progress (voice/pools.py, STT_POOL_SIZE of them).
+        self.engines = engine_pool(settings)
         self._lock = threading.Lock()
+        self.lock = threading.Lock()  # guards warming
+        self.warming: threading.Thread | None = None
         self.active: dict[str, CallHandler] = {}
         self.ended: list[dict[str, Any]] = []
         self.refused = 0
@@ -112,14 +115,41 @@ class MediaService:
 
 
 def media_service() -> MediaService:
-    app = current_app
-    with _CREATE_LOCK:
-        if EXTENSION_KEY not in app.extensions:
-            app.extensions[EXTENSION_KEY] = MediaService(services().settings)
-    return app.extensions[EXTENSION_KEY]
+    return current_app.extensions[EXTENSION_KEY]
 
 
-_CREATE_LOCK = threading.Lock()
+@blueprint.record_once
+def _create_service(state: BlueprintSetupState) -> None:
+    settings = state.app.extensions[SERVICES_KEY].settings
+    media = MediaService(settings)
+    state.app.extensions[EXTENSION_KEY] = media
+
+
+@blueprint.before_app_request
+def _warm_up_once() -> None:
+    """On the process's first request (a health probe, usually), load in the background what the
+    first call would otherwise wait ~1 s for: a decoder, espeak-ng, the tokenizer, the client."""
+    media = current_app.extensions.get(EXTENSION_KEY)
+    if media is None or media.warming is not None:
+        return
+    with media.lock:
+        if media.warming is None:
+            media.warming = threading.Thread(
+                target=_warm_up, args=(media,), name="media-warm-up", daemon=True
+            )
+            media.warming.start()
+
+
+def _warm_up(media: MediaService) -> None:
+    try:
+        from tasks.clients import completion_client
+        from tasks.token_estimates import text_tokens
+
+        text_tokens(["warm up"], media.settings.openai_engine)
+        completion_client()
+        media.engines.warm_up()
+    except Exception:
+        log.warning("media warm-up failed; the first call builds its engines", exc_info=True)
 
 
 def _call_id() -> str:
@@ -128,9 +158,8 @@ def _call_id() -> str:
     return cleaned or f"anonymous-{uuid.uuid4()}"
 
 
-# websocket=True: Werkzeug matches an Upgrade request only to WebSocket rules (else the
-# request has no endpoint, and the app-wide auth sees it as an unknown one).
-@blueprint.route("/api/v1/media/stream", websocket=True)
+# websocket=True: werkzeug routes an Upgrade request only to rules that say they take one.
+@blueprint.route("/api/v1/media/stream", methods=["GET"], websocket=True)
 def stream() -> Any:
     media = media_service()
     if media.verifier is not None:
@@ -155,8 +184,8 @@ def stream() -> Any:
             socket,
             call_id=call_id,
             settings=settings,
-            # The warm pool and the call's session in Redis (web/calls.py, call control).
-            engines=calls.engines(),
+            engines=media.engines,
+            # The call's session in Redis (web/calls.py, call control).
             memory=calls.call_memory(call_id, request.args.get("session_id")),
         )
     except UnknownStreamingMode as error:

@@ -148,6 +148,13 @@ class FreshEngines:
                 return
         engines.close()
 
+    def warm_up(self) -> None:
+        """Build one set ahead of the first call, so it does not wait ~1 s for a decoder."""
+        engines = engines_from_settings(self._settings)
+        for _ in engines.synthesizer.synthesize("ready", ENGINE_SAMPLE_RATE):
+            pass
+        self.release(engines)
+
     @contextmanager
     def engines(self) -> Iterator[Engines]:
         engines = self.acquire()

@@ -33,6 +33,10 @@ from voice.engines.base import ENGINE_SAMPLE_RATE, EngineError
 # Partial results cost a search of the lattice; a few a second are plenty for barge-in and logs.
 PARTIAL_EVERY_SECS = 0.2
 GRAMMAR_SEARCH = "phrases"
+# pocketsphinx's default beams prune the right path of a long multi-sentence recording through a
+# grammar (the last sentence of a reply is lost); these keep it, at a few times the CPU. For
+# whole-recording transcription (tests, the simulator), not for the live caller.
+WIDE_BEAMS = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}
 
 
 def read_phrases(path: str | Path) -> list[str]:
@@ -58,11 +62,14 @@ def phrase_grammar(phrases: list[str]) -> str:
 class LocalRecognizer:
     """Streaming pocketsphinx: one decoder per call, fed 20 ms frames as they arrive."""
 
-    def __init__(self, phrases: list[str] | None = None) -> None:
+    def __init__(self, phrases: list[str] | None = None, *, wide_beams: bool = False) -> None:
         from pocketsphinx import Decoder
 
         # bestpath off: its lattice rescoring drops the last word of grammar results.
-        self._decoder = Decoder(samprate=ENGINE_SAMPLE_RATE, bestpath=False, loglevel="FATAL")
+        beams: dict[str, float] = WIDE_BEAMS if wide_beams else {}
+        self._decoder = Decoder(
+            samprate=ENGINE_SAMPLE_RATE, bestpath=False, loglevel="FATAL", **beams
+        )
         known = [p for p in phrases or [] if self._known(p)]
         if phrases and not known:
             raise EngineError("LOCAL_STT_PHRASES_FILE has no phrase the dictionary knows")

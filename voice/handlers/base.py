@@ -245,4 +245,6 @@ class CallHandler:
             "unknown_kinds": dict(self.parser.counters.unknown_kinds),
             "malformed": self.parser.counters.malformed,
             "latency": self.latency.summary(),
+            # Word counts, never words: how much of each message the history kept.
+            "history_words": [len(m["content"].split()) for m in self.memory.history],
         }

@@ -108,7 +108,13 @@ class ReplyStage(Stage):
             if last:
                 turn = self._new_turn()
                 self.latency.begin_turn(turn, time.monotonic())
-                self.push(LLMText(last, turn, first=True, last=True))
+                # The same clauses as the first time, so it sounds the same.
+                splitter = ClauseSplitter()
+                clauses = [*splitter.feed(last), splitter.flush()]
+                for index, clause in enumerate(clauses):
+                    self.push(
+                        LLMText(clause, turn, first=index == 0, last=index == len(clauses) - 1)
+                    )
             return
         digits = (str(self.memory.get_context("dtmf", "")) + digit)[-MAX_DTMF_DIGITS:]
         self.memory.set_context("dtmf", digits)
