@@ -16,6 +16,7 @@ import jwt
 import pytest
 from azure.communication.callautomation import (
     AudioFormat,
+    CallAutomationClient,
     MediaStreamingAudioChannelType,
     MediaStreamingContentType,
     MediaStreamingOptions,
@@ -84,19 +85,22 @@ def test_unsigned_and_wrongly_signed_requests_are_refused(acs: RunningAcsEmulato
     assert response.status_code == 401
     assert "HMAC-SHA256" in response.json()["error"]["message"]
     wrong = base64.b64encode(b"not the key").decode()
-    client = acs.call_automation_client().__class__.from_connection_string(
-        f"endpoint={acs.url}/;accesskey={wrong}", connection_verify=acs.ca_file
-    )
-    with pytest.raises(ClientAuthenticationError):
+    with (
+        CallAutomationClient.from_connection_string(
+            f"endpoint={acs.url}/;accesskey={wrong}", connection_verify=acs.ca_file
+        ) as client,
+        pytest.raises(ClientAuthenticationError),
+    ):
         client.answer_call("context", "https://example.invalid/cb")
 
 
 def test_the_sdk_is_signed_correctly_and_gets_acs_errors(acs: RunningAcsEmulator) -> None:
-    client = acs.call_automation_client()
-    with pytest.raises(ResourceNotFoundError, match="incomingCallContext"):
-        client.answer_call("not-a-context", "https://example.invalid/cb")
-    with pytest.raises(ResourceNotFoundError):
-        client.get_call_connection("nope").hang_up(is_for_everyone=True)
+    with acs.call_automation_client() as client:
+        with pytest.raises(ResourceNotFoundError, match="incomingCallContext"):
+            client.answer_call("not-a-context", "https://example.invalid/cb")
+        # The call connection client shares the automation client's pipeline.
+        with pytest.raises(ResourceNotFoundError):
+            client.get_call_connection("nope").hang_up(is_for_everyone=True)
 
 
 def test_tokens_verify_against_the_published_jwks(acs: RunningAcsEmulator) -> None:
@@ -151,12 +155,13 @@ class EchoAgent:
                 audio_format=AudioFormat.PCM16_K_MONO,
             )
             try:
-                self.acs.call_automation_client().answer_call(
-                    event["data"]["incomingCallContext"],
-                    f"{self.url}/callbacks",
-                    media_streaming=options,
-                    operation_context="echo",
-                )
+                with self.acs.call_automation_client() as client:
+                    client.answer_call(
+                        event["data"]["incomingCallContext"],
+                        f"{self.url}/callbacks",
+                        media_streaming=options,
+                        operation_context="echo",
+                    )
             except HttpResponseError:
                 continue  # a redelivery of a call already answered
             self.answered += 1

@@ -192,6 +192,8 @@ class ScriptedCaller:
             except (OSError, websocket.WebSocketException):
                 pass
             reader.join()
+            # close() skips a socket the agent already dropped; shutdown() frees it either way.
+            self._ws.shutdown()
         self.report.duration_s = round(time.monotonic() - opened, 2)
         with self._inbound.changed:
             self.report.audio_frames_received = len(self._inbound.audio)

@@ -55,6 +55,8 @@ class RelaySocket(Protocol):
 
     def close(self) -> None: ...
 
+    def shutdown(self) -> None: ...
+
 
 def connect_voice_live(handler: CallHandler) -> RelaySocket:
     """Open the Voice Live socket as settings say (an API key, or an Entra ID token)."""
@@ -125,6 +127,9 @@ class VoiceLiveStage(Stage):
             self.relay.close()
         except (OSError, websocket.WebSocketException):
             pass
+        finally:
+            # close() skips a socket the peer already dropped; shutdown() frees it either way.
+            self.relay.shutdown()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(RECV_POLL_SECS * 4)
 
