@@ -302,3 +302,44 @@ def test_conduit_places_a_call_and_hangs_it_up(
         "CallDisconnected to reach Conduit",
     )
     assert api(url, "POST", "/api/v1/calls/nope/hangup").status_code == 404
+
+
+@pytest.mark.slow
+def test_a_call_in_transcription_mode(
+    start_calls_web: CallsWebStarter, calls_acs: RunningAcsEmulator
+) -> None:
+    url, _ = start_calls_web(ACS_STREAMING_MODE="TRANSCRIPTION")
+    placed = calls_acs.place_call(
+        question="what is the weather today",
+        target_url=f"{url}/api/v1/calls/incoming",
+        target_api_key=API_KEY,
+    )
+    call = calls_acs.wait_for_call(placed["call_id"], finished, timeout=WAIT_SECS)
+    # answer_call asked ACS to transcribe (with intermediate results) instead of streaming audio.
+    assert call["media"] is None
+    options = call["transcription"]
+    assert options["locale"] == "en-US" and options["startTranscription"]
+    assert options["enableIntermediateResults"] and options["transportType"] == "websocket"
+    assert call["state"] == "disconnected" and not call["report"]["errors"], call
+    assert call["report"]["turns"][0]["reply_audio_s"] > 0.5
+    state = api(url, "GET", f"/api/v1/calls/{call['call_id']}").json()
+    assert state.get("transcription") == "started" and state["state"] == "disconnected", state
+    history = api(url, "GET", f"/api/v1/calls/{call['call_id']}/transcript").json()["history"]
+    assert history[0] == {"role": "user", "content": "what is the weather today"}
+
+
+@pytest.mark.slow
+def test_no_free_engines_closes_the_media_socket_with_a_clear_reason(
+    start_calls_web: CallsWebStarter, calls_acs: RunningAcsEmulator
+) -> None:
+    url, _ = start_calls_web(STT_POOL_SIZE="1", POOL_ACQUIRE_TIMEOUT_SECONDS="0.2")
+    ring = {"target_url": f"{url}/api/v1/calls/incoming", "target_api_key": API_KEY}
+    first = calls_acs.place_call(question="what is the weather today", **ring)
+    calls_acs.wait_for_call(first["call_id"], lambda c: c["answer_to_media_ms"] is not None)
+    second = calls_acs.place_call(question="hello world", **ring)
+    refused = calls_acs.wait_for_call(second["call_id"], finished)
+    assert any("no engines free" in e for e in refused["report"]["errors"]), refused["report"]
+    served = calls_acs.wait_for_call(first["call_id"], finished)
+    assert not served["report"]["errors"] and served["report"]["turns"][0]["reply_audio_s"] > 0
+    pool = api(url, "GET", "/api/v1/calls/status").json()["pools"][0]
+    assert pool["exhausted"] == 1 and pool["size"] == 1 and pool["in_use"] == 0

@@ -136,8 +136,11 @@ class ScriptedCaller:
         script: CallScript,
         transcribe: Callable[[np.ndarray], str] | None = None,
         on_open: Callable[[], None] | None = None,
+        transcription_locale: str | None = None,
     ) -> None:
         self.on_open = on_open
+        # Set: ACS transcribes the caller (TRANSCRIPTION mode) and streams text, not audio.
+        self.transcription_locale = transcription_locale
         self.call_id, self.transport_url, self.token = call_id, transport_url, token
         self.sample_rate, self.script, self.transcribe = sample_rate, script, transcribe
         self.report = CallReport(call_id=call_id, started_at=datetime.now(UTC).isoformat())
@@ -150,6 +153,7 @@ class ScriptedCaller:
         self._inbound = _Inbound()
         self._stopping = threading.Event()
         self._ws: websocket.WebSocket | None = None
+        self._close_reason = ""
 
     # --- public ----------------------------------------------------------------------------------
     def hang_up(self) -> None:
@@ -185,6 +189,9 @@ class ScriptedCaller:
         finally:
             if not self.report.hung_up_by:
                 self.report.hung_up_by = "agent" if self._inbound.closed else "caller"
+            if self._inbound.closed and not self._stopping.is_set():
+                why = f" ({self._close_reason})" if self._close_reason else ""
+                self.report.errors.append(f"the agent closed the media socket mid-call{why}")
             self._stopping.set()
             sender.join()
             try:
@@ -219,7 +226,7 @@ class ScriptedCaller:
         pcm = synthesize(text, self.script.voice, self.sample_rate)
         if self.transcribe is not None:
             turn.caller_heard_as = self.transcribe(self._to_16k(pcm))
-        mark = self._enqueue_speech(pcm)
+        mark = self._enqueue_speech(pcm, text)
         eou = self._wait_for_mark(mark)
         if eou is None:
             return turn
@@ -232,7 +239,7 @@ class ScriptedCaller:
             self._wait(self.script.barge_in_after_s)
             stops_before = len(self._inbound.stop_audio)
             interrupt_mark = self._enqueue_speech(
-                synthesize(barge_in, self.script.voice, self.sample_rate)
+                synthesize(barge_in, self.script.voice, self.sample_rate), barge_in
             )
             speech_started = time.monotonic()
             stopped = self._wait_for_stop_audio(stops_before, self.script.reply_timeout_s)
@@ -313,13 +320,26 @@ class ScriptedCaller:
         with self._outbox_lock:
             self._outbox.append((kind, value))
 
-    def _enqueue_speech(self, pcm: np.ndarray) -> int:
-        """Queue ``pcm`` as 20 ms frames; returns a mark whose time is when the last one left."""
+    def _enqueue_speech(self, pcm: np.ndarray, text: str) -> int:
+        """Queue ``pcm`` as 20 ms frames (or, in TRANSCRIPTION mode, ACS's results for ``text``
+        paced as the speech is: an intermediate result as each word ends, then the final);
+        returns a mark whose time is when the last of it left."""
         n = self._samples_per_frame
         padded = np.concatenate([pcm, np.zeros((-len(pcm)) % n, dtype=np.int16)])
+        frames = [padded[start : start + n].tobytes() for start in range(0, len(padded), n)]
         with self._outbox_lock:
-            for start in range(0, len(padded), n):
-                self._outbox.append(("audio", padded[start : start + n].tobytes()))
+            if self.transcription_locale is None:
+                self._outbox.extend(("audio", frame) for frame in frames)
+            else:
+                words = text.split()
+                ends = {len(frames) * (i + 1) // len(words) - 1: i for i in range(len(words))}
+                for index in range(len(frames)):
+                    if index in ends and ends[index] < len(words) - 1:
+                        partial = " ".join(words[: ends[index] + 1])
+                        self._outbox.append(("json", self._transcription(partial, final=False)))
+                    else:
+                        self._outbox.append(("tick", None))
+                self._outbox.append(("json", self._transcription(text, final=True)))
             mark = next(self._marks)
             self._outbox.append(("mark", mark))
             return mark
@@ -340,9 +360,14 @@ class ScriptedCaller:
                         self._send_json({"kind": "DtmfData", "dtmfData": {"data": value}})
                 if self._outbox:
                     item = self._outbox.popleft()
-            data = item[1] if item else silence
             try:
-                self._send_json(self._audio_frame(data, silent=item is None))
+                if item is not None and item[0] == "json":
+                    self._send_json(item[1])
+                elif item is not None and item[0] == "audio":
+                    self._send_json(self._audio_frame(item[1], silent=False))
+                elif item is None and self.transcription_locale is None:
+                    # ACS streams audio all the time; in TRANSCRIPTION mode only results.
+                    self._send_json(self._audio_frame(silence, silent=True))
             except (OSError, websocket.WebSocketException):
                 self._inbound.closed = True
                 break
@@ -358,6 +383,16 @@ class ScriptedCaller:
         self._ws.send(json.dumps(message))
 
     def _metadata(self) -> dict[str, Any]:
+        if self.transcription_locale is not None:
+            return {
+                "kind": "TranscriptionMetadata",
+                "transcriptionMetadata": {
+                    "subscriptionId": self.call_id,
+                    "locale": self.transcription_locale,
+                    "callConnectionId": self.call_id,
+                    "correlationId": self.call_id,
+                },
+            }
         return {
             "kind": "AudioMetadata",
             "audioMetadata": {
@@ -366,6 +401,21 @@ class ScriptedCaller:
                 "sampleRate": self.sample_rate,
                 "channels": 1,
                 "length": self._samples_per_frame * 2,
+            },
+        }
+
+    def _transcription(self, text: str, final: bool) -> dict[str, Any]:
+        return {
+            "kind": "TranscriptionData",
+            "transcriptionData": {
+                "text": text,
+                "format": "display",
+                "confidence": 0.95,
+                "offset": 0,
+                "duration": 0,
+                "words": [{"text": word, "offset": 0, "duration": 0} for word in text.split()],
+                "participantRawID": "4:+15550100",
+                "resultStatus": "Final" if final else "Intermediate",
             },
         }
 
@@ -385,18 +435,20 @@ class ScriptedCaller:
         assert self._ws is not None
         while not self._stopping.is_set():
             try:
-                text = self._ws.recv()
+                opcode, data = self._ws.recv_data()
             except websocket.WebSocketTimeoutException:
                 continue
             except (OSError, websocket.WebSocketException):
                 break
-            if not text:
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                # Status code (2 bytes) and reason: why the agent ended the stream.
+                self._close_reason = data[2:].decode(errors="replace") if len(data) > 2 else ""
                 break
             arrived = time.monotonic()
-            if isinstance(text, bytes) and len(text) > MAX_INBOUND_FRAME_BYTES:
+            if len(data) > MAX_INBOUND_FRAME_BYTES:
                 self.report.errors.append("agent sent an oversized frame")
                 continue
-            self._take(text, arrived)
+            self._take(data, arrived)
         with self._inbound.changed:
             self._inbound.closed = not self._stopping.is_set()
             self._inbound.changed.notify_all()

@@ -111,6 +111,7 @@ class EmulatedCall:
             "callback_failures": self.callback_failures,
             "delivery_errors": list(self.delivery_errors),
             "media": self.media,
+            "transcription": self.transcription,
             "error": self.error,
             "report": self.report.to_json() if self.report else None,
         }
@@ -346,24 +347,32 @@ class Network:
             self._stream(call)
             if call.state == "connected":
                 self._end(call, call.report.hung_up_by if call.report else "caller")
-        elif call.transcription:
+        elif call.transcription and call.transcription.get("transportUrl"):
             self._post(
                 call,
                 "TranscriptionStarted",
                 {"transcriptionUpdate": {"transcriptionStatus": "started"}},
             )
+            self._stream(call)
+            if call.state == "connected":
+                self._end(call, call.report.hung_up_by if call.report else "caller")
 
     def _stream(self, call: EmulatedCall) -> None:
+        """Play the caller on the media (or, in TRANSCRIPTION mode, transcription) socket."""
         media = call.media or {}
+        transcription = call.transcription if not media else None
         rate = AUDIO_FORMAT_RATES.get(str(media.get("audioFormat", "pcm16KMono")).lower(), 16000)
         caller = ScriptedCaller(
             call.call_id,
-            str(media["transportUrl"]),
+            str((transcription or media)["transportUrl"]),
             token=self.issuer.token(),
             sample_rate=rate,
             script=call.script,
             transcribe=self.transcribe if call.script.transcribe else None,
             on_open=lambda: setattr(call, "media_open_at", time.monotonic()),
+            transcription_locale=str(transcription.get("locale") or "en-US")
+            if transcription
+            else None,
         )
         call._caller = caller
         if call.state != "connected":
