@@ -89,12 +89,11 @@ class CallSettings(BaseModel):
         256, ge=1, le=100000, validation_alias=_env("CONNECTION_QUEUE_SIZE")
     )
 
-    # --- resource pools --------------------------------------------------------------------------
-    # Engines warmed at start, per process: recognisers, synthesisers, LLM clients. A call holds
-    # one of each; more calls than this wait up to POOL_ACQUIRE_TIMEOUT_SECONDS, then are refused.
+    # --- resource pools ---------------------------------------------------------------------------
+    # Engine sets (recogniser, synthesiser, VAD) warmed at start, per process; a call holds one.
+    # More calls than this wait up to POOL_ACQUIRE_TIMEOUT_SECONDS, then their socket is closed
+    # (1013). The LLM client is one thread-safe client per process, not pooled.
     stt_pool_size: int = Field(4, ge=1, le=1000, validation_alias=_env("STT_POOL_SIZE"))
-    tts_pool_size: int = Field(4, ge=1, le=1000, validation_alias=_env("TTS_POOL_SIZE"))
-    aoai_pool_size: int = Field(8, ge=1, le=1000, validation_alias=_env("AOAI_POOL_SIZE"))
     # Long enough for a call that is ending to give its engines back; short enough that a caller
     # is not left in silence.
     pool_acquire_timeout_s: float = Field(

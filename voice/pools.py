@@ -255,13 +255,15 @@ class STTResourcePool(_NamedPool[T]):
 class TTSResourcePool(_NamedPool[T]):
     """Speech synthesisers (the older name)."""
 
-    NAME, SIZE_SETTING = "tts", "TTS_POOL_SIZE"
+    # Not built by Conduit itself (a call's synthesiser comes in its engine set).
+    NAME, SIZE_SETTING = "tts", "the pool's size"
 
 
 class AOAIResourcePool(_NamedPool[T]):
     """LLM clients (the older name)."""
 
-    NAME, SIZE_SETTING = "aoai", "AOAI_POOL_SIZE"
+    # Not built by Conduit itself (one thread-safe LLM client per process serves every call).
+    NAME, SIZE_SETTING = "aoai", "the pool's size"
 
 
 def engine_pool(settings: Settings) -> ResourcePool[Engines]:
