@@ -120,6 +120,7 @@ class CallSettings(BaseModel):
     voice_live_api_key: SecretStr | None = Field(
         None, validation_alias=_env("AZURE_VOICE_LIVE_API_KEY", "VOICE_LIVE_API_KEY")
     )
+    # A neural voice, or an alias of VOICE_CONFIG_FILE.
     voice_live_voice: str = Field(
         "en-US-Ava:DragonHDLatestNeural", validation_alias=_env("AZURE_VOICE_LIVE_VOICE")
     )

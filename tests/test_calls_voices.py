@@ -61,3 +61,14 @@ def test_bad_files_name_the_entry(tmp_path: Path) -> None:
         VoiceConfiguration.from_file(path)
     with pytest.raises(VoiceConfigError, match="VOICE_CONFIG_FILE"):
         VoiceConfiguration.from_file(tmp_path / "missing.json")
+
+
+def test_voice_live_takes_an_alias_or_a_voice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from voice.voice_live import session_update
+
+    monkeypatch.setenv("AZURE_VOICE_LIVE_VOICE", "empathetic")
+    get_settings.cache_clear()
+    assert session_update(get_settings(), 16000)["session"]["voice"]["name"] == "en-US-SaraNeural"
+    monkeypatch.setenv("AZURE_VOICE_LIVE_VOICE", "en-GB-RyanNeural")
+    get_settings.cache_clear()
+    assert session_update(get_settings(), 24000)["session"]["voice"]["name"] == "en-GB-RyanNeural"

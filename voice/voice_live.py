@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from settings import Settings
+from voice.voices import VoiceConfiguration
 
 # Azure semantic VAD, tuned like the media path's VAD (settings/voice.py): speech starts a turn
 # after a short prefix, ends after a short silence; its end-of-utterance model avoids cutting
@@ -45,12 +46,14 @@ def realtime_url(settings: Settings) -> str:
 def session_update(settings: Settings, sample_rate: int) -> dict[str, Any]:
     if sample_rate not in OUTPUT_FORMATS:
         raise VoiceLiveError(f"Voice Live takes 8, 16 or 24 kHz audio, not {sample_rate} Hz")
+    # AZURE_VOICE_LIVE_VOICE may name an alias of VOICE_CONFIG_FILE (support_contact_center ...).
+    voice = VoiceConfiguration.from_settings(settings).resolve(settings.voice_live_voice)
     return {
         "type": "session.update",
         "session": {
             "modalities": ["text", "audio"],
             "instructions": settings.voice_live_instructions,
-            "voice": {"name": settings.voice_live_voice, "type": "azure-standard"},
+            "voice": {"name": voice.neural_voice, "type": "azure-standard"},
             "input_audio_format": "pcm16",
             "input_audio_sampling_rate": sample_rate,
             "output_audio_format": OUTPUT_FORMATS[sample_rate],

@@ -126,6 +126,12 @@ class VoiceConfiguration:
                 f"no voice alias {key!r}; known: {', '.join(sorted(self.aliases))}"
             ) from None
 
+    def resolve(self, name: str) -> VoiceAlias:
+        """``name`` as an alias when it is one, else a neural voice named directly."""
+        if name in self.aliases:
+            return self.aliases[name]
+        return VoiceAlias(name=name, neural_voice=name)
+
     def get_voice_for_language(self, language: str) -> VoiceAlias:
         """The voice for ``language`` (``es-ES``; ``es`` matches the first ``es-*``): an alias,
         or a neural voice named directly; the default alias when the language is unknown."""
