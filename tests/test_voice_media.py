@@ -127,6 +127,8 @@ def test_a_spoken_question_is_answered_in_speech_with_the_llm_text(start_web, vo
     report = status(url)
     assert report["latency"]["first_frame_ms"]["count"] >= 1
     assert report["recent_calls"][-1]["turns"] == 1
+    # No thread of the call is left, on either side.
+    assert report["voice_threads"] == 0
     assert not voice_threads()
 
 
@@ -263,12 +265,13 @@ def test_oversize_frame_flood_and_garbage_are_handled_cleanly(start_web, voice_e
     # A flood: more frames in a second than the bound: closed with 1008 and a reason.
     ws = open_socket(url, "flood")
     try:
-        for _ in range(200):
+        for _ in range(1000):  # far over 60 a second, and over the 3 s burst allowance
             ws.send(protocol.inbound_audio(bytes(640)))
     except (websocket.WebSocketException, OSError):
         pass  # the server may close while we are still sending
     assert close_code(ws) == (1008, "too many frames per second")
     wait_for(lambda: status(url)["active_calls"] == 0, 30, "every call to end")
+    assert status(url)["voice_threads"] == 0
 
 
 def test_calls_over_the_process_limit_are_refused_with_1013(start_web, voice_env) -> None:
@@ -355,3 +358,30 @@ def test_a_valid_acs_token_opens_the_socket_and_the_call_is_answered(secured_url
     )
     summary = summarize(simulator.run())
     assert summary["errors"] == [] and summary["answered"] == 1
+
+
+def test_the_simulator_command_line_places_a_call(start_web, voice_env, conduit_env) -> None:
+    import json
+    import subprocess
+    import sys
+
+    url = start_web(**voice_env)
+    done = subprocess.run(
+        [sys.executable, "-m", "voice.simulate", "--url", url, "--json", QUESTION],
+        env=conduit_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    *turns, summary = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [turn["phrase"] for turn in turns] == [QUESTION]
+    assert summary["answered"] == 1 and summary["errors"] == []
+
+
+def test_a_call_without_usable_engines_is_closed_with_the_reason(start_web, voice_env) -> None:
+    url = start_web(**voice_env, VOICE_ENGINE="azure")  # no AZURE_SPEECH_* set
+    ws = open_socket(url, "no-engines")
+    assert close_code(ws) == (1011, "speech engines unavailable")
+    wait_for(lambda: status(url)["active_calls"] == 0, 30, "the call to end")

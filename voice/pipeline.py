@@ -177,6 +177,8 @@ class Stage:
         return dropped
 
     def stop(self) -> None:
+        # Work in progress (an LLM stream, a render) ends at its next check, as on interruption.
+        self.generation += 1
         self.queue.put(EndOfCall())
         self.queue.close()
 

@@ -109,6 +109,8 @@ class MediaService:
             "max_calls": self.settings.media_max_calls,
             "refused_calls": self.refused,
             "latency": PROCESS_LATENCIES.summary(),
+            # Stage and writer threads alive in this process: 0 when no call is up (no leaks).
+            "voice_threads": sum(t.name.startswith("voice-") for t in threading.enumerate()),
             "calls": active,
             "recent_calls": ended,
         }

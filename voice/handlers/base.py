@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from settings import Settings
-from voice.engines.base import EngineProvider, Engines
+from voice.engines.base import EngineError, EngineProvider, Engines
 from voice.frames import AudioIn, AudioMetadata, Dtmf, Frame, Interruption, TranscriptionIn
 from voice.history import ConversationHistory, ConversationMemory
 from voice.latency import LatencyTool
@@ -37,6 +37,10 @@ log = logging.getLogger("conduit.voice.handler")
 RECEIVE_POLL_SECS = 1.0
 # A peer that sends nothing (not even ACS's silent frames) this long is gone.
 IDLE_TIMEOUT_SECS = 60.0
+# The frame-rate bound is a token bucket holding this many seconds of the allowed rate: frames
+# that queued in the socket while this thread was busy (a call starting, a loaded machine) are
+# read in a burst and must not count as a flood; a peer that keeps sending faster still is cut.
+RATE_BURST_SECS = 3.0
 
 # WebSocket close codes (RFC 6455 §7.4.1).
 CLOSE_NORMAL = 1000
@@ -99,6 +103,7 @@ class CallHandler:
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self.writer: PacedWriter | None = None
+        self.reply: ReplyStage | None = None
         self.pipeline: Pipeline | None = None
 
     # --- what a mode provides -------------------------------------------------------------------
@@ -109,8 +114,10 @@ class CallHandler:
         """Send an inbound frame where it belongs (the first stage, unless a mode says else)."""
         assert self.pipeline is not None
         if isinstance(frame, Dtmf):
+            # A key press interrupts like speech, then goes straight to the reply stage.
             self.on_speech_started(time.monotonic(), reason="dtmf")
-            self.pipeline.stages[1].queue.put(frame)
+            assert self.reply is not None
+            self.reply.queue.put(frame)
         else:
             self.pipeline.put(frame)
 
@@ -170,15 +177,25 @@ class CallHandler:
             on_turn_started=self.on_turn_started,
             call_id=self.call_id,
         )
+        self.reply = reply
         speech = SpeechStage(engines.synthesizer, self.latency, self.call_id)
         return Pipeline([self.first_stage(engines), reply, speech, self.writer])
 
     def run(self) -> None:
-        engines = self.provider.acquire()
+        try:
+            engines = self.provider.acquire()
+        except EngineError as error:
+            log.error("speech engines unavailable: %s", error, extra={"call_id": self.call_id})
+            self._set_close(CLOSE_ERROR, "speech engines unavailable")
+            self._close()
+            return
         try:
             self.pipeline = self.build(engines)
             self.pipeline.start(self.call_id)
             self._read()
+        except Exception:
+            log.exception("voice call failed", extra={"call_id": self.call_id})
+            self._set_close(CLOSE_ERROR, "internal error")
         finally:
             if self.pipeline is not None:
                 self.pipeline.stop()
@@ -188,7 +205,9 @@ class CallHandler:
 
     def _read(self) -> None:
         settings = self.settings
-        window_start, in_window = time.monotonic(), 0
+        rate = settings.media_max_frames_per_second
+        capacity = rate * RATE_BURST_SECS
+        tokens, refilled = capacity, time.monotonic()
         last_message = time.monotonic()
         while True:
             try:
@@ -208,10 +227,9 @@ class CallHandler:
             if len(message) > settings.media_max_frame_bytes:
                 self._set_close(CLOSE_TOO_BIG, "frame too large")
                 return
-            if now - window_start >= 1.0:
-                window_start, in_window = now, 0
-            in_window += 1
-            if in_window > settings.media_max_frames_per_second:
+            tokens = min(capacity, tokens + (now - refilled) * rate) - 1
+            refilled = now
+            if tokens < 0:
                 self._set_close(CLOSE_POLICY, "too many frames per second")
                 return
             frame = self.parser.parse(message)
