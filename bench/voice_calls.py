@@ -8,8 +8,10 @@ with auth on and local speech engines. For each N the web app is started fresh (
 gunicorn threads sized for N calls, so the figures show the machine, not a cap), then N calls ring
 at once; each caller asks two questions in espeak-ng speech, waits for each answer and hangs up.
 
-Per N: ``completed`` / ``failed`` calls (a call fails when it is not answered, the media socket does
-not open, a question gets no answer, or it does not end in CallDisconnected); ``answer_p50_ms`` /
+Each N runs ``--repeats`` times (3): latencies are the medians of the runs' figures, counts are
+totals over the runs (so ``completed`` at 25 calls is out of 75); ``runs`` keeps each run's.
+Per N: ``completed`` / ``failed`` calls (a call fails when it is not answered, the media socket
+does not open, a question gets no answer, or it does not end in CallDisconnected); ``answer_p50_ms`` /
 ``answer_p95_ms``: from the IncomingCall event to the media socket being open (what the caller
 waits through ringing); ``eou_to_first_audio_p50_ms`` / ``_p95_ms``: end of the caller's speech to
 the agent's first audio frame, as the caller hears it; ``pool_waits``: calls that waited for an
@@ -33,13 +35,24 @@ import httpx
 import psutil
 
 from bench.bridge_throughput import process
-from bench.report import percentile, write_result
+from bench.report import median, percentile, write_result
 from settings.calls import ACS_EMULATOR_RESOURCE_ID
 from settings.redis_server import RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ["what is the weather today", "thank you very much"]
 CALL_COUNTS = (1, 10, 25)
+# Each N is run this many times (a fresh web process each); latencies are the medians of the
+# runs' figures, counts are totals, so one noisy run on a shared machine does not decide.
+REPEATS = 3
+MEDIAN_KEYS = (
+    "answer_p50_ms",
+    "answer_p95_ms",
+    "eou_to_first_audio_p50_ms",
+    "eou_to_first_audio_p95_ms",
+    "cpu_s_per_call_minute",
+    "wall_s",
+)
 # A call of two questions lasts ~15 s alone; many at once on two cores take much longer.
 CALLS_TIMEOUT_SECS = 600.0
 API_KEY = "bench-key"
@@ -122,6 +135,21 @@ def run_calls(
     }
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One N's figures over its repeats: medians of the latencies, totals of the counts."""
+    combined: dict[str, Any] = {
+        key: round(median([r[key] for r in runs]), 1) for key in MEDIAN_KEYS
+    }
+    for key in ("completed", "failed", "turns_answered", "pool_waits", "pool_exhausted"):
+        combined[key] = sum(r[key] for r in runs)
+    combined["repeats"] = len(runs)
+    combined["runs"] = [
+        {key: r[key] for key in (*MEDIAN_KEYS, "completed", "failed")} for r in runs
+    ]
+    combined["errors"] = sorted({e for r in runs for e in r["errors"]})[:10]
+    return combined
+
+
 def _completed(call: dict[str, Any]) -> bool:
     report = call["report"] or {}
     turns = report.get("turns", [])
@@ -187,6 +215,7 @@ def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.voice_calls", description=__doc__)
     parser.add_argument("--calls", default=",".join(map(str, CALL_COUNTS)))
+    parser.add_argument("--repeats", type=int, default=REPEATS)
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.calls.split(",") if n]
     load_before = os.getloadavg()
@@ -239,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             process(acs_args, base_env, logs / "acs.log", acs_ready),
         ):
             trust = ssl.create_default_context(cafile=str(acs_dir / "tls-cert.pem"))
-            results = {str(n): run_calls(n, base_env, acs_url, trust, logs) for n in counts}
+            results = {
+                str(n): combine(
+                    [run_calls(n, base_env, acs_url, trust, logs) for _ in range(args.repeats)]
+                )
+                for n in counts
+            }
     figures: dict[str, object] = {
         "calls": results,
         "cpu_count": os.cpu_count(),
