@@ -10,12 +10,18 @@ at once; each caller asks two questions in espeak-ng speech, waits for each answ
 
 Each N runs ``--repeats`` times (3): latencies are the medians of the runs' figures, counts are
 totals over the runs (so ``completed`` at 25 calls is out of 75); ``runs`` keeps each run's.
-Per N: ``completed`` / ``failed`` calls (a call fails when it is not answered, the media socket
-does not open, a question gets no answer, or it does not end in CallDisconnected); ``answer_p50_ms`` /
-``answer_p95_ms``: from the IncomingCall event to the media socket being open (what the caller
-waits through ringing); ``eou_to_first_audio_p50_ms`` / ``_p95_ms``: end of the caller's speech to
-the agent's first audio frame, as the caller hears it; ``pool_waits``: calls that waited for an
-engine set; ``cpu_s_per_call_minute``: CPU seconds of the web process tree per minute of calls.
+
+Per N:
+
+- ``completed`` / ``failed``: a call fails when it is not answered, its media socket does not
+  open, a question gets no answer, or it does not end in CallDisconnected;
+- ``answer_p50_ms`` / ``answer_p95_ms``: from the IncomingCall event to the media socket being
+  open (what the caller waits through ringing);
+- ``eou_to_first_audio_p50_ms`` / ``_p95_ms``: end of the caller's speech to the agent's first
+  audio frame, as the caller hears it;
+- ``pool_waits``: calls that waited for an engine set;
+- ``cpu_s_per_call_minute``: CPU seconds of the web process tree per minute of calls.
+
 The machine's core count and load average are recorded; the load of other work on it shows there.
 """
 
