@@ -22,7 +22,7 @@ from tests.test_web_dashboard import chromium_driver, text_of, wait_for
 WAIT_SECS = 120.0
 
 
-def next_matching(socket: websocket.WebSocket, check, timeout: float = WAIT_SECS) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def next_matching(socket: websocket.WebSocket, check, timeout: float = WAIT_SECS) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         socket.settimeout(max(0.1, deadline - time.monotonic()))
@@ -81,7 +81,7 @@ def test_events_and_transcripts_fan_out_across_two_web_processes(
             timeout=30,
         )
         try:
-            lines = []
+            lines: list[dict[str, Any]] = []
             deadline = time.monotonic() + WAIT_SECS
             while len([m for m in lines if m.get("role") == "assistant"]) < 1:
                 assert time.monotonic() < deadline, f"no transcript on replica B: {lines}"

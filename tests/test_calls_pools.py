@@ -20,9 +20,12 @@ class Engine:
 
 def test_warm_up_makes_every_resource_before_the_first_call() -> None:
     made: list[Engine] = []
-    pool = ResourcePool(
-        "tts", lambda: made.append(Engine()) or made[-1], size=3, acquire_timeout_s=1
-    )
+
+    def make() -> Engine:
+        made.append(Engine())
+        return made[-1]
+
+    pool = ResourcePool("tts", make, size=3, acquire_timeout_s=1)
     pool.warm_up()
     assert len(made) == 3
     first = pool.acquire()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import redis
 
@@ -31,7 +33,7 @@ def test_history_and_context_survive_a_new_process_view(redis_client: redis.Redi
         "role": "system",
         "content": "You are an agent.",
     }
-    assert 0 < redis_client.ttl("session:s1:history") <= settings.session_ttl_s
+    assert 0 < cast(int, redis_client.ttl("session:s1:history")) <= settings.session_ttl_s
 
 
 def test_two_replicas_appending_to_one_session_keep_both_turns(redis_client: redis.Redis) -> None:
@@ -76,4 +78,4 @@ def test_call_session_map(redis_client: redis.Redis) -> None:
     assert session_for_call(redis_client, "call-1") is None
     map_call_to_session(redis_client, "call-1", "session-1", ttl_s=60)
     assert session_for_call(redis_client, "call-1") == "session-1"
-    assert 0 < redis_client.ttl("call_session_map:call-1") <= 60
+    assert 0 < cast(int, redis_client.ttl("call_session_map:call-1")) <= 60

@@ -67,7 +67,7 @@ class FakeAcsSocket:
         with self._changed:
             return [m["Kind"] for _, m in self.sent]
 
-    def wait_for(self, check, what: str) -> None:  # type: ignore[no-untyped-def]
+    def wait_for(self, check, what: str) -> None:
         deadline = time.monotonic() + WAIT_SECS
         with self._changed:
             while not check():
@@ -114,7 +114,7 @@ def fake_voice_live() -> Iterator[FakeVoiceLive]:
 
 
 @pytest.fixture
-def call(fake_voice_live: FakeVoiceLive, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def call(fake_voice_live: FakeVoiceLive, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ACS_STREAMING_MODE", "VOICE_LIVE")
     monkeypatch.setenv("AZURE_VOICE_LIVE_ENDPOINT", fake_voice_live.endpoint)
     monkeypatch.setenv("AZURE_VOICE_LIVE_API_KEY", "test-key")
@@ -156,7 +156,7 @@ def test_url_needs_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-def test_relay_greets_answers_and_is_interrupted(call, fake_voice_live: FakeVoiceLive) -> None:  # type: ignore[no-untyped-def]
+def test_relay_greets_answers_and_is_interrupted(call, fake_voice_live: FakeVoiceLive) -> None:
     _, socket, caller, memory = call
     # The session is set to ACS's rate both ways, with Azure's semantic VAD; the key is sent.
     socket.wait_for(lambda: "AudioData" in socket.kinds(), "the greeting's audio")
@@ -214,7 +214,7 @@ def test_relay_greets_answers_and_is_interrupted(call, fake_voice_live: FakeVoic
 
 
 @pytest.mark.slow
-def test_voice_live_dropping_closes_the_acs_side(call, fake_voice_live: FakeVoiceLive) -> None:  # type: ignore[no-untyped-def]
+def test_voice_live_dropping_closes_the_acs_side(call, fake_voice_live: FakeVoiceLive) -> None:
     _, socket, _, _ = call
     socket.wait_for(lambda: "AudioData" in socket.kinds(), "the greeting")
     fake_voice_live.drop()
