@@ -196,7 +196,11 @@ def test_a_whole_call_answered_once_heard_and_hung_up(
     history = api(url, "GET", f"/api/v1/calls/{call['call_id']}/transcript").json()["history"]
     assert history[0]["role"] == "user" and "weather" in history[0]["content"].lower()
     assert history[1]["role"] == "assistant" and history[1]["content"]
-    # The engines are back in the pool.
+    # No thread of the call is left in the web process, and its engines are back in the pool.
+    wait_until(
+        lambda: api(url, "GET", "/api/v1/media/status").json()["voice_threads"] == 0,
+        "the call's threads to end",
+    )
     pool = wait_until(
         lambda: (
             (p := api(url, "GET", "/api/v1/calls/status").json()["pools"][0])["in_use"] == 0 and p
