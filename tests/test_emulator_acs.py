@@ -17,6 +17,7 @@ import pytest
 from azure.communication.callautomation import (
     AudioFormat,
     CallAutomationClient,
+    FileSource,
     MediaStreamingAudioChannelType,
     MediaStreamingContentType,
     MediaStreamingOptions,
@@ -169,7 +170,16 @@ class EchoAgent:
 
     def _callbacks(self) -> tuple[str, int]:
         self.callback_auth.append(request.headers.get("Authorization", ""))
-        self.events.extend(request.get_json())
+        events = request.get_json()
+        self.events.extend(events)
+        for event in events:
+            if event["type"] == "Microsoft.Communication.CallConnected":
+                # A prompt played through the REST API, as an IVR would.
+                with self.acs.call_automation_client() as client:
+                    client.get_call_connection(event["data"]["callConnectionId"]).play_media(
+                        FileSource("https://example.invalid/welcome.wav"),
+                        operation_context="welcome",
+                    )
         return "{}", 200
 
     def _media(self, ws: Any) -> None:
@@ -250,7 +260,10 @@ def test_a_whole_call_rings_answers_streams_and_reports(
     assert echo_agent.media_headers["X-Ms-Call-Connection-Id"] == call["call_id"]
     # Callbacks in ACS's order, each with a bearer token for our audience.
     kinds = [e["type"].removeprefix("Microsoft.Communication.") for e in echo_agent.events]
-    assert kinds[:3] == ["CallConnected", "ParticipantsUpdated", "MediaStreamingStarted"]
+    lifecycle = [k for k in kinds if not k.startswith("Play")]
+    assert lifecycle[:3] == ["CallConnected", "ParticipantsUpdated", "MediaStreamingStarted"]
+    played = [e for e in echo_agent.events if e["type"].endswith(("PlayStarted", "PlayCompleted"))]
+    assert [e["data"]["operationContext"] for e in played] == ["welcome", "welcome"]
     assert kinds[-1] == "CallDisconnected"
     assert all(e["data"]["callConnectionId"] == call["call_id"] for e in echo_agent.events)
     assert all(a.startswith("Bearer ") for a in echo_agent.callback_auth)
