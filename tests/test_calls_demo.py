@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from urllib.parse import urlparse
 
 import pytest
@@ -10,6 +11,7 @@ from settings import get_settings
 from stack.call_demo import place_demo_call
 from tests.support.acs_emulator import RunningAcsEmulator
 from tests.support.calls_web import CallsWebStarter
+from tests.support.processes import REPO_ROOT, python_args
 
 
 @pytest.mark.slow
@@ -29,3 +31,23 @@ def test_the_demo_call_is_answered_and_printed(
     assert "answered in" in printed and "caller: 'what is the weather today'" in printed
     assert "agent:" in printed and "first after" in printed
     assert "python -m emulators.acs call" in printed
+
+
+@pytest.mark.slow
+def test_the_call_command_places_another_call(
+    start_calls_web: CallsWebStarter, calls_acs: RunningAcsEmulator, conduit_env: dict[str, str]
+) -> None:
+    url, _ = start_calls_web(AUTH_DISABLED="true")
+    env = {**conduit_env, **calls_acs.client_env(), "WEB_PORT": str(urlparse(url).port)}
+    done = subprocess.run(
+        python_args("-m", "emulators.acs", "call", "hello world", "--dtmf", "1"),
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,  # the assertion shows the output
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "caller: 'hello world' (heard as 'Hello world.')" in done.stdout
+    assert ": disconnected, answered in" in done.stdout
