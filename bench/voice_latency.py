@@ -51,6 +51,12 @@ PHRASES = [
 ]
 SINGLE_CALL_REPEATS = 3
 TARGET_P95_MS = 800
+QUOTA_TPM = 2_000_000
+QUOTA_RPM = 12_000
+# The simulated callers are spread over processes, this many calls each: one Python process
+# placing 25 calls is late reading its own sockets on a busy machine and hears gaps that the
+# agent never left (its writer counts none).
+CALLS_PER_SIMULATOR_PROCESS = 5
 # A call holds a gunicorn thread; leave a few for HTTP.
 SPARE_THREADS = 6
 
@@ -74,6 +80,7 @@ def figures(results: list[CallResult], cpu_s: float, call_secs: float) -> dict[s
         "barge_in_p50_ms": percentile(barge, 0.5),
         "barge_in_p95_ms": percentile(barge, 0.95),
         "underruns": sum(t.underruns for t in turns),
+        "longest_gap_ms": max((t.longest_gap_ms for t in turns), default=0.0),
         "cpu_s_per_call_minute": round(cpu_s / (call_secs / 60), 2) if call_secs else None,
         "turns": len(turns),
         "answered": len(eou),
@@ -97,7 +104,7 @@ def run_level(calls: int, base_env: dict[str, str], work_dir: Path) -> dict[str,
         cpu_before = worker_cpu_seconds(master)
         started = time.monotonic()
         for _ in range(repeats):
-            results += simulator.run()
+            results += simulator.run(processes=max(1, calls // CALLS_PER_SIMULATOR_PROCESS))
         call_secs = (time.monotonic() - started) * calls
         cpu_s = worker_cpu_seconds(master) - cpu_before
         load = os.getloadavg()
@@ -125,6 +132,7 @@ def server_figures(status: dict[str, Any]) -> dict[str, Any]:
         name = metric.removesuffix("_ms")
         figures[f"server_{name}_p50_ms"], figures[f"server_{name}_p95_ms"] = p50, p95
     figures["server_underruns"] = sum(call["underruns"] for call in status["recent_calls"])
+    figures["server_llm_failures"] = sum(call["llm_failures"] for call in status["recent_calls"])
     return figures
 
 
@@ -144,10 +152,14 @@ def main() -> None:
             "LOCAL_STT_PHRASES_FILE": str(phrases),
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            # A deployment sized for 25 concurrent calls: Azure enforces RPM per 10 s (a sixth),
+            # and 25 calls asking at once would otherwise be answered with the apology.
+            "APP_TPM_QUOTA": str(QUOTA_TPM),
+            "APP_RPM_QUOTA": str(QUOTA_RPM),
         }
         emulators = EmulatorStarter(work_dir, env)
         try:
-            emulator = emulators()
+            emulator = emulators(limits={"gpt-4o": {"tpm": QUOTA_TPM, "rpm": QUOTA_RPM}})
             env.update(emulator.client_env())
             # The emulator's first answer takes ~0.6 s (its own lazy loading); Azure is always
             # warm, so one request before measuring keeps that out of Conduit's figures.

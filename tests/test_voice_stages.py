@@ -336,3 +336,24 @@ def test_settings_name_the_voice_variables() -> None:
     settings = Settings(_env_file=None)
     assert settings.acs_streaming_mode == "MEDIA" and settings.voice_engine == "local"
     assert json.loads(json.dumps(settings.vad_stop_secs)) == 0.2
+
+
+def test_transcription_stage_barges_in_on_intermediates_and_ends_turns_on_finals() -> None:
+    from voice.frames import TranscriptionIn
+    from voice.stages.transcription import TranscriptionStage
+
+    started: list[float] = []
+    with StageHarness(TranscriptionStage(on_speech_started=started.append)) as harness:
+        harness.feed(
+            TranscriptionIn("what is", final=False),
+            TranscriptionIn("what is the", final=False),
+            TranscriptionIn(QUESTION, final=True),
+            AudioIn(bytes(640)),  # audio is not heard in this mode
+            TranscriptionIn("", final=True),  # nothing said: no turn
+        )
+        out = harness.wait_for(lambda frames: any(isinstance(f, EndOfTurn) for f in frames))
+    metadata, end = out
+    # No AudioMetadata comes in this mode: the agent speaks 16 kHz.
+    assert metadata == AudioMetadata(sample_rate=16000)
+    assert isinstance(end, EndOfTurn) and end.text == QUESTION
+    assert len(started) == 1  # once per utterance, on its first intermediate

@@ -23,6 +23,7 @@ server must trust the matching public key: ``ACS_JWKS_URL``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import threading
@@ -75,6 +76,7 @@ class TurnResult:
     eou_to_first_audio_ms: float | None = None
     reply_secs: float = 0.0
     underruns: int = 0
+    longest_gap_ms: float = 0.0  # the longest silence inside the answer, as played
     barge_in_ms: float | None = None
     stale_frames: int = 0
     reply_audio: bytes = field(default=b"", repr=False)
@@ -248,8 +250,11 @@ class _Call:
                 if first_audio is None:
                     first_audio = at
                     turn.eou_to_first_audio_ms = round((at - ended) * 1000, 1)
-                elif at - playhead > UNDERRUN_SECS:
-                    turn.underruns += 1
+                else:
+                    gap = at - playhead
+                    turn.longest_gap_ms = max(turn.longest_gap_ms, round(gap * 1000, 1))
+                    if gap > UNDERRUN_SECS:
+                        turn.underruns += 1
                 playhead = max(playhead, at) + len(pcm) / (2 * self.sim.sample_rate)
                 last_audio = at
                 audio.append(pcm)
@@ -323,6 +328,7 @@ class ConversationSimulator:
         self.token_factory = token_factory
         self.barge_in = barge_in
         self.pause_secs = pause_secs
+        self.voice = voice
         self._synthesizer = LocalSynthesizer(voice)
         self._speech: dict[str, bytes] = {}
         for phrase in phrases:  # rendered before the calls start: the caller's CPU is not timed
@@ -333,7 +339,35 @@ class ConversationSimulator:
             self._speech[phrase] = b"".join(self._synthesizer.synthesize(phrase, self.sample_rate))
         return self._speech[phrase]
 
-    def run(self) -> list[CallResult]:
+    def run(self, processes: int = 1) -> list[CallResult]:
+        """Place the calls; with ``processes`` > 1 they are spread over that many processes, so
+        the callers' own Python (one GIL) does not delay what they hear on a busy machine.
+        ``token_factory`` must then be picklable (a module-level function, a partial)."""
+        if processes > 1 and self.calls > 1:
+            return self._run_in_processes(min(processes, self.calls))
+        return self._run_here()
+
+    def _run_in_processes(self, processes: int) -> list[CallResult]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        shares = [self.calls // processes + (i < self.calls % processes) for i in range(processes)]
+        options = {
+            "url": self.ws_url,
+            "phrases": self.phrases,
+            "sample_rate": self.sample_rate,
+            "token_factory": self.token_factory,
+            "barge_in": self.barge_in,
+            "voice": self.voice,
+            "pause_secs": self.pause_secs,
+        }
+        # spawn: a forked child would inherit this process's threads' locks.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+            futures = [pool.submit(_simulate, share, options) for share in shares]
+            return [result for future in futures for result in future.result()]
+
+    def _run_here(self) -> list[CallResult]:
         results: list[CallResult | None] = [None] * self.calls
 
         def call(index: int) -> None:
@@ -350,6 +384,13 @@ class ConversationSimulator:
         return [result for result in results if result is not None]
 
 
+def _simulate(calls: int, options: dict[str, Any]) -> list[CallResult]:
+    """One process's share of the calls (ConversationSimulator.run with processes > 1)."""
+    url = options.pop("url")
+    phrases = options.pop("phrases")
+    return ConversationSimulator(url, phrases, calls=calls, **options).run()
+
+
 def summarize(results: list[CallResult]) -> dict[str, Any]:
     """p50/p95 over every turn of every call, and the totals."""
     turns = [turn for result in results for turn in result.turns]
@@ -364,6 +405,7 @@ def summarize(results: list[CallResult]) -> dict[str, Any]:
         "barge_in_p50_ms": percentile(barge, 0.5),
         "barge_in_p95_ms": percentile(barge, 0.95),
         "underruns": sum(t.underruns for t in turns),
+        "longest_gap_ms": max((t.longest_gap_ms for t in turns), default=0.0),
         "stale_frames": sum(t.stale_frames for t in turns),
         "errors": [error for result in results for error in result.errors],
     }
@@ -384,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audience", help="the token audience (the server's ACS_RESOURCE_ID)")
     parser.add_argument("--kid", default="acs", help="key id the server's JWKS publishes")
     parser.add_argument("--json", action="store_true", help="print every turn as JSON")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="spread the calls over this many processes"
+    )
     args = parser.parse_args(argv)
     token_factory = None
     if args.jwt_key:
@@ -391,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--jwt-key needs --audience (the server's ACS_RESOURCE_ID)")
         with open(args.jwt_key, "rb") as file:
             key = file.read()
-        token_factory = lambda: sign_token(key, args.audience, kid=args.kid)  # noqa: E731
+        token_factory = functools.partial(sign_token, key, args.audience, kid=args.kid)
     simulator = ConversationSimulator(
         args.url,
         args.phrases,
@@ -400,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         token_factory=token_factory,
         barge_in=args.barge_in,
     )
-    results = simulator.run()
+    results = simulator.run(args.processes)
     if args.json:
         for result in results:
             for turn in result.turns:

@@ -257,6 +257,7 @@ class CallHandler:
         return {
             "mode": self.mode,
             "turns": self._latest_turn,
+            "llm_failures": self.reply.failed_turns if self.reply else 0,
             "interruptions": self.interruptions,
             "frames_sent": writer.frames_sent if writer else 0,
             "underruns": writer.underruns if writer else 0,

@@ -61,6 +61,7 @@ class ReplyStage(Stage):
         self.on_turn_started = on_turn_started
         self.call_id = call_id
         self.turn = 0
+        self.failed_turns = 0  # answered with the apology: the LLM could not answer
 
     def process_frame(self, frame: Frame) -> None:
         if isinstance(frame, EndOfTurn):
@@ -93,6 +94,7 @@ class ReplyStage(Stage):
                     self.push(LLMText(clause, turn, first=first))
                     first = False
         except ConduitError as error:
+            self.failed_turns += 1
             log.warning("voice turn could not be answered: %s", error, extra=self._extra(turn))
             self.push(LLMText(APOLOGY, turn, first=first, last=True))
             return
