@@ -38,6 +38,7 @@ from quota import QuotaLimiter
 from settings import Settings, settings_or_exit
 from settings.redis_server import RedisServer, RedisServerError, ensure_redis, port_in_use
 from settings.tiktoken_offline import seed_tiktoken_cache
+from stack.call_demo import place_demo_call
 from stack.honcho_start import STOP_GRACE_SECS
 from stack.progress import PROGRESS_EVERY_SECS, WaitWatcher
 from stack.results import ResultReader
@@ -92,6 +93,8 @@ def process_names(settings: Settings) -> list[str]:
     names = ["web", "worker", "bridge", "flower"]
     if settings.embedded_openai:
         names.append("emulators")
+    if settings.embedded_acs:
+        names.append("acs")
     return names
 
 
@@ -99,6 +102,8 @@ def check_ports(settings: Settings) -> None:
     ports = {"WEB_PORT": settings.web_port, "FLOWER_PORT": settings.flower_port}
     if settings.embedded_openai:
         ports["EMULATOR_PORT"] = settings.emulator_port
+    if settings.embedded_acs:
+        ports["ACS_EMULATOR_PORT"] = settings.acs_emulator_port
     for variable, port in ports.items():
         if port_in_use(port):
             raise StackError(
@@ -350,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tally = run_workload(settings, redis_url, honcho, log_path, consume=consume)
         searched = args.no_workload or run_search_demo(settings, redis_url)
+        # stack/call_demo.py: one emulated phone call
+        called = args.no_workload or place_demo_call(settings, say)
         if args.exit_after_workload:
             clean = tally.complete and not (tally.failed or tally.duplicates)
-            clean = clean and searched
+            clean = clean and searched and called
             return 0 if clean else 1
         keep_running(settings, honcho, tally, consume=consume)
         return 1

@@ -25,7 +25,9 @@ os.environ.setdefault("LOG_FORMAT", "json")
 
 from settings import get_settings
 from settings.redis_server import RedisServer, free_port
+from tests.support.acs_emulator import AcsEmulatorStarter, RunningAcsEmulator
 from tests.support.azurite import AzuriteServer, require_node, running_azurite
+from tests.support.calls_web import CallsWebStarter
 from tests.support.emulator import EmulatorStarter, RunningEmulator
 from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 
@@ -216,3 +218,48 @@ def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite
     log_dir = tmp_path_factory.mktemp("azurite")
     with running_azurite(log_dir) as connection_string:
         yield AzuriteServer(connection_string, log_dir / "azurite.log")
+
+
+@pytest.fixture
+def start_acs_emulator(tmp_path: Path) -> Iterator[Callable[..., RunningAcsEmulator]]:
+    """Start ``python -m emulators.acs`` on a free port (HTTPS, its own certificate and JWT key):
+    ``start_acs_emulator(**env)``. See tests/support/acs_emulator.py for the returned handle."""
+    starter = AcsEmulatorStarter(tmp_path, {})
+    yield starter
+    starter.close()
+
+
+@pytest.fixture(scope="module")
+def module_acs_emulator_starter(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AcsEmulatorStarter]:
+    """Like ``start_acs_emulator``, for modules whose tests share one ACS emulator."""
+    starter = AcsEmulatorStarter(tmp_path_factory.mktemp("acs"), {})
+    yield starter
+    starter.close()
+
+
+@pytest.fixture(scope="module")
+def calls_acs(module_acs_emulator_starter: AcsEmulatorStarter) -> RunningAcsEmulator:
+    """One ACS emulator for a call-control test module."""
+    return module_acs_emulator_starter()
+
+
+@pytest.fixture(scope="module")
+def calls_llm(module_emulator_starter: EmulatorStarter) -> RunningEmulator:
+    """One OpenAI emulator for a call-control test module (the agent's LLM)."""
+    return module_emulator_starter()
+
+
+@pytest.fixture
+def start_calls_web(
+    conduit_env: dict[str, str],
+    tmp_path: Path,
+    calls_acs: RunningAcsEmulator,
+    calls_llm: RunningEmulator,
+) -> Iterator[CallsWebStarter]:
+    """Start Conduit's web app under gunicorn wired to both emulators
+    (tests/support/calls_web.py)."""
+    starter = CallsWebStarter(conduit_env, tmp_path, calls_acs, calls_llm)
+    yield starter
+    starter.close()

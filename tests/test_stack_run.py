@@ -32,9 +32,15 @@ WORKLOAD_TIMEOUT_SECS = 540.0
 def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
     conduit_env, redis_url, tmp_path
 ) -> None:
-    ports = {"WEB_PORT": free_port(), "FLOWER_PORT": free_port(), "EMULATOR_PORT": free_port()}
+    ports = {
+        "WEB_PORT": free_port(),
+        "FLOWER_PORT": free_port(),
+        "EMULATOR_PORT": free_port(),
+        "ACS_EMULATOR_PORT": free_port(),
+    }
     env = {**conduit_env, **{name: str(port) for name, port in ports.items()}}
     env["EMULATOR_SEARCH_DATA_DIR"] = str(tmp_path / "search")
+    env["ACS_EMULATOR_DIR"] = str(tmp_path / "acs-emulator")
     stack = ManagedProcess(python_args("-m", "stack"), env, tmp_path / "stack.out", name="make run")
     stack.start()
     try:
@@ -54,6 +60,9 @@ def test_make_run_answers_every_sample_once_and_stops_on_ctrl_c(
         # The search step: the READMEs indexed, two reasoner answers with their citations.
         assert re.search(r"Indexed [1-9]\d* chunks of [1-9]\d* READMEs", output), output
         assert output.count("     citations ") == 2, output
+        # The phone call after the workload: answered, the question heard, an answer spoken.
+        assert "caller: 'what is the weather today'" in output, output
+        assert re.search(r"agent: .*\([\d.]+ s of audio, first after [\d.]+ ms\)", output), output
 
         stack.signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
         assert stack.running.wait(60) == 0

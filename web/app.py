@@ -16,7 +16,7 @@ from __future__ import annotations
 from flask import Flask, request
 
 from settings import Settings, get_logger, get_settings
-from web import counter, dashboard, health, media, quota_api
+from web import calls, counter, dashboard, health, media, quota_api
 from web.auth import Authenticator
 from web.errors import register_error_handlers
 from web.extensions import sock
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         health.blueprint,
         dashboard.blueprint,
         media.blueprint,
+        calls.blueprint,
     ):
         app.register_blueprint(blueprint)
     return app

@@ -28,10 +28,13 @@ from settings import Settings
 
 # Endpoints anyone may call: the counter's banner and the liveness probe, as before.
 OPEN_ENDPOINTS = frozenset({"counter.root", "health.health"})
-# Endpoints that check a credential of their own instead: ACS signs the media socket's token.
-SELF_AUTHENTICATED_ENDPOINTS = frozenset({"media.stream"})
+# Endpoints that check a credential of their own instead: ACS signs the media socket's token and
+# every Call Automation callback (voice.acs_auth checks both).
+SELF_AUTHENTICATED_ENDPOINTS = frozenset({"media.stream", "calls.callbacks"})
 # Endpoints a browser opens directly, which may carry the credential in the query string.
-BROWSER_ENDPOINTS = frozenset({"dashboard.page", "dashboard.status_socket"})
+BROWSER_ENDPOINTS = frozenset(
+    {"dashboard.page", "dashboard.status_socket", "calls.calls_socket", "calls.call_page"}
+)
 QUERY_TOKEN_PARAM = "access_token"
 # Azure signs its access tokens with RS256; accepting anything else (none, HS256 with the public
 # key as secret) is how JWT validation usually goes wrong.

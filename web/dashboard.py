@@ -25,12 +25,18 @@ FRAME_TIMEOUT_SECS = 15.0
 @blueprint.get("/dashboard")
 def page():
     nonce = secrets.token_urlsafe(16)
+    html = render_template("dashboard.html", nonce=nonce, app_name=services().settings.app_name)
+    return html, 200, page_headers(nonce)
+
+
+def page_headers(nonce: str) -> dict[str, str]:
+    """A live page's headers: its inline script and style run by nonce, it connects only back
+    to this origin, and no cache keeps it."""
     policy = (
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
         "connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
     )
-    html = render_template("dashboard.html", nonce=nonce, app_name=services().settings.app_name)
-    return html, 200, {"Content-Security-Policy": policy, "Cache-Control": "no-store"}
+    return {"Content-Security-Policy": policy, "Cache-Control": "no-store"}
 
 
 @sock.route("/ws/status", bp=blueprint)

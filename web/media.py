@@ -28,9 +28,10 @@ from simple_websocket import ConnectionClosed, Server
 
 from settings import Settings, get_logger
 from voice.acs_auth import AcsAuthError, AcsTokenVerifier
-from voice.engines.base import FreshEngines
 from voice.handlers import CallHandler, SocketClosed, UnknownStreamingMode, create_handler
 from voice.latency import PROCESS_LATENCIES
+from voice.pools import PoolExhausted, engine_pool
+from web import calls
 from web.errors import json_error
 from web.services import EXTENSION_KEY as SERVICES_KEY
 
@@ -74,7 +75,8 @@ class MediaService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.verifier = None if settings.auth_disabled else AcsTokenVerifier.from_settings(settings)
-        self.engines = FreshEngines(settings)
+        # Warm engine sets, one per call in progress (voice/pools.py, STT_POOL_SIZE of them).
+        self.engines = engine_pool(settings)
         self._lock = threading.Lock()
         self.lock = threading.Lock()  # guards warming
         self.warming: threading.Thread | None = None
@@ -185,6 +187,8 @@ def stream() -> Any:
             call_id=call_id,
             settings=settings,
             engines=media.engines,
+            # The call's session in Redis (web/calls.py, call control).
+            memory=calls.call_memory(call_id, request.args.get("session_id")),
         )
     except UnknownStreamingMode as error:
         log.error("%s", error)
@@ -198,6 +202,9 @@ def stream() -> Any:
     try:
         log.info("media socket open", extra={"call_id": call_id})
         handler.run()
+    except PoolExhausted as error:
+        log.warning("media socket refused: %s", error, extra={"call_id": call_id})
+        socket.close(CLOSE_TRY_LATER, "no engines free; try again")
     finally:
         media.leave(call_id, handler)
         log.info(

@@ -16,6 +16,7 @@ from typing import Any
 from voice.handlers.base import CallHandler, MediaSocket, SocketClosed
 from voice.handlers.media import MediaHandler
 from voice.handlers.transcription import TranscriptionHandler
+from voice.handlers.voice_live import VoiceLiveHandler
 
 HANDLERS: dict[str, type[CallHandler]] = {}
 
@@ -41,6 +42,7 @@ def create_handler(mode: str, socket: MediaSocket, **options: Any) -> CallHandle
 
 register_handler("MEDIA", MediaHandler)
 register_handler("TRANSCRIPTION", TranscriptionHandler)
+register_handler("VOICE_LIVE", VoiceLiveHandler)
 
 __all__ = [
     "HANDLERS",
