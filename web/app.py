@@ -7,6 +7,7 @@
 - ``quota_api`` ``/api/v1/quota``: every pool and deployment with its per-app breakdown
 - ``health``    ``/health`` (liveness, open) and ``/ready`` (Redis, broker, bridge, workers)
 - ``dashboard`` ``/dashboard`` and its WebSocket ``/ws/status``
+- ``metrics``   ``/metrics``: the fleet in Prometheus's text format (web/metrics.py)
 
 Every endpoint but ``/`` and ``/health`` needs a credential (see :mod:`web.auth`).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from flask import Flask, request
 
 from settings import Settings, get_logger, get_settings
-from web import counter, dashboard, health, quota_api
+from web import counter, dashboard, health, metrics, quota_api
 from web.auth import Authenticator
 from web.errors import register_error_handlers
 from web.extensions import sock
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         quota_api.blueprint,
         health.blueprint,
         dashboard.blueprint,
+        metrics.blueprint,
     ):
         app.register_blueprint(blueprint)
     return app

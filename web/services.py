@@ -38,6 +38,7 @@ class Services:
     redis: redis.Redis
     limiter: QuotaLimiter
     celery: Celery
+    snapshot: SnapshotReader
     broadcaster: StatusBroadcaster
     version: str
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -58,6 +59,7 @@ class Services:
             redis=client,
             limiter=limiter,
             celery=create_celery(settings),
+            snapshot=reader,
             broadcaster=StatusBroadcaster(reader.read),
             version=project_version(),
         )
