@@ -17,6 +17,7 @@ from __future__ import annotations
 from flask import Flask, request
 
 from settings import Settings, get_logger, get_settings
+from telemetry import instrument_flask
 from web import counter, dashboard, health, metrics, quota_api
 from web.auth import Authenticator
 from web.errors import register_error_handlers
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _require_credentials() -> None:
         authenticator.authenticate(request, request.endpoint)
 
+    instrument_flask(app)
     Services.create(settings).init_app(app)
     sock.init_app(app)
     register_error_handlers(app)

@@ -8,6 +8,7 @@ come from WEB_CONCURRENCY, which gunicorn reads itself.
 """
 
 from settings import configure_logging, get_settings
+from telemetry import configure_tracing
 
 _settings = get_settings()
 
@@ -22,3 +23,5 @@ accesslog = None
 
 def post_fork(server, worker) -> None:
     configure_logging(_settings)
+    # After the fork: a span exporter's thread does not survive one.
+    configure_tracing("conduit-web")

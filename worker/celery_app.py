@@ -18,7 +18,7 @@ from settings import Settings, configure_logging, get_settings
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"
 # Task modules the worker imports at start; each later component adds its own.
-TASK_MODULES = ["worker.diagnostics", "tasks.processors", "tasks.ai_tasks"]
+TASK_MODULES = ["worker.diagnostics", "worker.observability", "tasks.processors", "tasks.ai_tasks"]
 
 
 def queue_names(settings: Settings) -> list[str]:
