@@ -4,29 +4,48 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Touched after a successful install; reinstalls only when the pins change.
+# Stamps touched after a successful install; each reinstalls only when its pins change. `make run`
+# needs the runtime set only; `make test` adds the test and check tools on top.
 INSTALLED := $(VENV)/.installed
+TEST_INSTALLED := $(VENV)/.installed-test
+PIP := $(BIN)/python -m pip --disable-pip-version-check
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: run test test-tools lint bench .venv clean
+.PHONY: run test checks test-tools lint bench .venv clean
 
 .venv: $(INSTALLED)
 
-$(INSTALLED): requirements.txt constraints.txt
+# Runtime dependencies (exact pins), then Conduit itself, editable: `import worker` and the
+# conduit-* commands work from any directory with this venv's python. Not --quiet: the first
+# install fetches several hundred MB, and pip's "Collecting ..." lines are its progress.
+$(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	@echo "make: installing Conduit's runtime dependencies into $(VENV) (the first time takes minutes)"
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements.txt -c constraints.txt
+	$(PIP) install --no-deps --editable .
 	touch $(INSTALLED)
 
+$(TEST_INSTALLED): $(INSTALLED) requirements-test.txt requirements-dev.txt
+	@echo "make: installing the test and check tools into $(VENV)"
+	$(PIP) install -r requirements-test.txt -r requirements-dev.txt -c constraints.txt
+	touch $(TEST_INSTALLED)
+
 # Embedded Redis, emulators, web, worker, bridge and Flower, then a sample workload; Ctrl-C stops.
+# RUN_ARGS passes options: --no-consume (results stay on the queues), --no-workload, --help.
+RUN_ARGS ?=
 run: $(INSTALLED)
-	$(BIN)/python -m stack
+	$(BIN)/python -m stack $(RUN_ARGS)
 
 # pytest exits 5 when it collected no test: a CI run that tested nothing is a failure here.
-test: $(INSTALLED) test-tools
+test: $(TEST_INSTALLED) test-tools checks
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$status
+
+# Static checks that run before the tests, and stop them when they fail: ruff check, ruff format
+# --check, lint-imports and mypy go here (one command per line).
+checks: $(TEST_INSTALLED)
 
 # The dashboard's browser test needs Debian's Chromium and ChromeDriver, the compose test a compose
 # client. Installed once when missing (needs root, as CI has); later runs skip this. The blob tests
@@ -49,7 +68,7 @@ define apt_install
 	echo "make test: could not install $(1) (needs root or sudo)" >&2
 endef
 
-lint: $(INSTALLED)
+lint: $(TEST_INSTALLED)
 	$(BIN)/ruff check .
 
 clean:

@@ -16,6 +16,12 @@ On an embedded Redis of its own, in one run:
 - ``e2e_per_s``: a burst sent to the local bus and answered on the output queue by a real
   ``celery worker`` and ``python -m bridge`` with the no-op echo processor; ``e2e_p50_ms`` and
   ``e2e_p95_ms``: the same path for messages sent one at a time at a steady, unsaturated pace.
+
+The Redis is started as ``REDIS_APPENDFSYNC=auto`` starts it for the local bus (``appendfsync``
+in the figures: everysec); ``bridge_ingress_fsync_always_per_s`` is the same ingress, in the
+same rounds, on a second Redis that fsyncs every write (as ``auto`` does for Service Bus), and
+``fsync_always_vs_default`` the second over the first: what closing the power-loss window costs.
+``load_avg_before``/``load_avg_after`` are the machine's load averages around the run.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from bridge.local_bus import LocalBus
 from bridge.metrics import HEARTBEATS_KEY, Counters
 from bridge.routing import TaskRequest
 from settings import Route, load_settings
+from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.redis_server import RedisServer
 
 ROUTE = Route.parse("bench_iq:echo:bench_oq")
@@ -112,6 +119,8 @@ def measure_ingress(app, bus: LocalBus, count: int, batch_size: int) -> float:
         high_water=10 * count,
         max_idle_s=1.0,
         celery_queue="echo",
+        max_message_bytes=256 * 1024,
+        max_json_depth=DEFAULT_MAX_DEPTH,
     )
     moved = 0
     started = time.perf_counter()
@@ -230,9 +239,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from worker import create_celery
 
+    defaults = load_settings()
+    load_before = os.getloadavg()
     with (
         tempfile.TemporaryDirectory(prefix="bench-bridge-") as scratch,
-        RedisServer(Path(scratch) / "redis") as server,
+        RedisServer(Path(scratch) / "redis", appendfsync=defaults.redis_fsync_policy) as server,
+        RedisServer(Path(scratch) / "redis-always", appendfsync="always") as always,
     ):
         env = {
             **os.environ,
@@ -245,7 +257,10 @@ def main(argv: list[str] | None = None) -> None:
         app = create_celery(settings)
         client = redis.Redis.from_url(server.url, decode_responses=True)
         bus = LocalBus(client)
-        raw, batched, ingress = [], [], []
+        always_app = create_celery(load_settings(redis_url=always.url))
+        always_client = redis.Redis.from_url(always.url, decode_responses=True)
+        always_bus = LocalBus(always_client)
+        raw, batched, ingress, ingress_always = [], [], [], []
         for _ in range(ROUNDS):
             raw.append(measure_raw_publish(app, args.messages))
             client.delete("echo")
@@ -253,6 +268,14 @@ def main(argv: list[str] | None = None) -> None:
             client.delete("echo")
             ingress.append(measure_ingress(app, bus, args.messages, settings.bridge_batch_size))
             client.delete("echo")
+            # The same ingress on a Redis that fsyncs every write (what REDIS_APPENDFSYNC=auto
+            # chooses with Service Bus): what closing the power-loss window costs.
+            ingress_always.append(
+                measure_ingress(always_app, always_bus, args.messages, settings.bridge_batch_size)
+            )
+            always_client.delete("echo")
+        always_app.close()
+        always_client.close()
         figures = {
             "raw_publish_per_s": round(median(raw), 1),
             "bridge_ingress_per_s": round(median(ingress), 1),
@@ -262,10 +285,15 @@ def main(argv: list[str] | None = None) -> None:
             "messages_per_round": args.messages,
             "rounds": ROUNDS,
             "batch_size": settings.bridge_batch_size,
+            "appendfsync": server.appendfsync,
+            "bridge_ingress_fsync_always_per_s": round(median(ingress_always), 1),
+            "fsync_always_vs_default": round(median(ingress_always) / median(ingress), 2),
         }
         figures |= measure_e2e(app, bus, env, Path(scratch), args.burst)
         app.close()
         client.close()
+    figures["load_avg_before"] = [round(load, 2) for load in load_before]
+    figures["load_avg_after"] = [round(load, 2) for load in os.getloadavg()]
     write_result(
         "bridge_throughput",
         figures,

@@ -1,103 +1,38 @@
-"""What the bridge needs from a message bus: the interface Service Bus and the local bus share.
+"""Which bus the bridge talks to: ``connect_bus(settings)``, and the bus interface re-exported.
 
-A :class:`Receiver` hands out messages in peek-lock mode: each stays locked to this receiver until
-it is settled (completed, abandoned or dead-lettered) or its lock expires, when the bus delivers
-it again with ``delivery_count`` one higher; past the queue's maximum delivery count it goes to
-the dead-letter sub-queue. Settling a message whose lock was lost does nothing: the message was,
-or will be, delivered again. A :class:`Bus` sends, browses and manages dead letters.
+Service Bus when a namespace or connection string is configured, else the local bus in Redis.
+The interface itself is in ``bus_api.py``, which both implementations import: this module
+imports them, so they must not import it (that was an import cycle).
 
     bus = connect_bus(settings)
-    receiver = bus.receiver("form_iq")
-    batch = receiver.receive(max_count=32, max_wait_s=1.0)
-    lost = receiver.complete(batch)      # the messages whose lock had already expired
-    bus.send("form_oq", [OutgoingMessage(body="{}", message_id="task-1")])
+    bus.send("form_iq", [OutgoingMessage(body='{"id": 1}', message_id="m-1")])
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+
+from bridge.bus_api import Bus, OutgoingMessage, PropertyValue, ReceivedMessage, Receiver
+from bridge.local_bus import LocalBus
 
 if TYPE_CHECKING:
     from settings import Settings
 
-PropertyValue = str | int | float | bool
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    """A message to send. A ``message_id`` sent again within the queue's duplicate detection
-    window is dropped by the bus: the bridge uses the task id, so a re-sent result is dropped."""
-
-    body: str
-    message_id: str
-    correlation_id: str | None = None
-    application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
-    scheduled_enqueue_time: datetime | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class ReceivedMessage:
-    """A received (or peeked) message. ``lock`` is what the bus needs to settle it."""
-
-    body: str
-    message_id: str
-    sequence_number: int
-    delivery_count: int
-    correlation_id: str | None = None
-    application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
-    enqueued_time: datetime | None = None
-    dead_letter_reason: str | None = None
-    dead_letter_description: str | None = None
-    lock: object = field(default=None, repr=False)
-
-
-class Receiver(Protocol):
-    """One queue's receiver in peek-lock mode. Not thread-safe: one thread per receiver."""
-
-    def receive(self, max_count: int, max_wait_s: float) -> list[ReceivedMessage]:
-        """Up to ``max_count`` messages, locked; waits at most ``max_wait_s`` for the first."""
-
-    def complete(self, messages: Sequence[ReceivedMessage]) -> list[ReceivedMessage]:
-        """Remove the messages from the queue; returns those whose lock was lost."""
-
-    def abandon(self, messages: Sequence[ReceivedMessage]) -> list[ReceivedMessage]:
-        """Release the messages for redelivery now; returns those whose lock was lost."""
-
-    def dead_letter(self, message: ReceivedMessage, reason: str, description: str) -> bool:
-        """Move the message to the dead-letter sub-queue; False when its lock was lost."""
-
-    def close(self) -> None: ...
-
-
-class Bus(Protocol):
-    """A namespace of queues: Service Bus (servicebus.py) or the local bus (local_bus.py)."""
-
-    def receiver(self, queue: str) -> Receiver: ...
-
-    def send(self, queue: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Send all of ``messages`` or raise; a duplicate ``message_id`` is dropped silently."""
-
-    def peek(self, queue: str, max_count: int) -> list[ReceivedMessage]:
-        """Browse the queue's messages from the oldest, without locking them."""
-
-    def dead_letters(self, queue: str, max_count: int) -> list[ReceivedMessage]:
-        """Browse the dead-letter sub-queue, with each message's reason and description."""
-
-    def resubmit_dead_letters(self, queue: str, max_count: int) -> int:
-        """Move up to ``max_count`` dead letters back to the queue; returns how many moved."""
-
-    def close(self) -> None: ...
+__all__ = [
+    "Bus",
+    "OutgoingMessage",
+    "PropertyValue",
+    "ReceivedMessage",
+    "Receiver",
+    "connect_bus",
+]
 
 
 def connect_bus(settings: Settings) -> Bus:
     """Service Bus when a namespace or connection string is configured, else the local bus."""
     if settings.uses_local_bus:
-        from bridge.local_bus import LocalBus
-
         return LocalBus.from_settings(settings)
+    # Deliberately lazy: the azure-servicebus SDK is heavy, and the local bus never needs it.
     from bridge.servicebus import ServiceBus
 
     return ServiceBus.from_settings(settings)

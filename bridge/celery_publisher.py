@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import redis
 from celery import Celery
-from kombu.exceptions import KombuError
+from kombu.exceptions import KombuError, SerializationError
 
 from bridge.errors import BrokerUnavailable
 from bridge.routing import TaskRequest
@@ -28,9 +28,13 @@ def _task_id(payload: bytes | str | dict) -> str:
 
 @contextmanager
 def _mapped_errors(doing: str) -> Iterator[None]:
-    """Broker errors as BrokerUnavailable: the one place the bridge meets kombu's errors."""
+    """Broker errors as BrokerUnavailable: the one place the bridge meets kombu's errors. A
+    body kombu cannot serialise is no broker failure: retrying it later fails the same way, so
+    its error passes through, and the ingress pins it on its one message."""
     try:
         yield
+    except SerializationError:
+        raise
     except (KombuError, redis.RedisError, OSError) as error:
         raise BrokerUnavailable(f"{doing} failed: {error}") from error
 

@@ -22,10 +22,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any, cast
 
 import redis
 
-from bridge.bus import Bus, OutgoingMessage
+from bridge.bus_api import Bus, OutgoingMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 from bridge.ledger import Ledger
 from bridge.metrics import Counters
@@ -108,12 +109,16 @@ class Egress:
     def run_once(self) -> int:
         """Read and send one batch per stream; returns how many entries were sent."""
         start = "0" if self.own_pending else ">"
-        replies = self.client.xreadgroup(
-            GROUP,
-            self.consumer,
-            dict.fromkeys(self.out_queue_of, start),
-            count=self.batch_size,
-            block=None if self.own_pending else READ_BLOCK_MS,
+        # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+        replies = cast(
+            list[tuple[str, list[Entry]]] | None,
+            self.client.xreadgroup(
+                GROUP,
+                self.consumer,
+                dict.fromkeys(self.out_queue_of, start),
+                count=self.batch_size,
+                block=None if self.own_pending else READ_BLOCK_MS,
+            ),
         )
         sent = 0
         for stream, entries in replies or []:
@@ -127,13 +132,16 @@ class Egress:
         for stream in self.out_queue_of:
             cursor = "0-0"
             while True:
-                cursor, entries, *_ = self.client.xautoclaim(
-                    stream,
-                    GROUP,
-                    self.consumer,
-                    self.reclaim_idle_ms,
-                    start_id=cursor,
-                    count=self.batch_size,
+                cursor, entries, *_ = cast(
+                    list[Any],
+                    self.client.xautoclaim(
+                        stream,
+                        GROUP,
+                        self.consumer,
+                        self.reclaim_idle_ms,
+                        start_id=cursor,
+                        count=self.batch_size,
+                    ),
                 )
                 if entries:
                     log.info(
@@ -147,7 +155,7 @@ class Egress:
             self.forget_gone_consumers(stream)
 
     def forget_gone_consumers(self, stream: str) -> None:
-        for consumer in self.client.xinfo_consumers(stream, GROUP):
+        for consumer in cast(list[dict[str, Any]], self.client.xinfo_consumers(stream, GROUP)):
             if (
                 consumer["name"] != self.consumer
                 and consumer["pending"] == 0

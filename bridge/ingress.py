@@ -19,12 +19,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from bridge.bus import ReceivedMessage, Receiver
+from bridge.bus_api import ReceivedMessage, Receiver
 from bridge.celery_publisher import CeleryPublisher
 from bridge.errors import BridgeError, BrokerUnavailable, BusUnavailable
 from bridge.ledger import Ledger
 from bridge.metrics import Counters
-from bridge.routing import Rejection, TaskRequest, route_message
+from bridge.routing import Rejection, TaskRequest, route_message, unhandled
 from settings import Route, get_logger
 
 log = get_logger(__name__)
@@ -74,6 +74,8 @@ class Ingress:
         high_water: int,
         max_idle_s: float,
         celery_queue: str,
+        max_message_bytes: int,
+        max_json_depth: int,
     ) -> None:
         self.route, self.receiver, self.publisher, self.ledger, self.counters = (
             route,
@@ -83,6 +85,7 @@ class Ingress:
             counters,
         )
         self.batch_size, self.high_water, self.celery_queue = batch_size, high_water, celery_queue
+        self.max_message_bytes, self.max_json_depth = max_message_bytes, max_json_depth
         self.idle = IdleWait(max_idle_s)
         self.paused = False
 
@@ -135,24 +138,73 @@ class Ingress:
         return len(batch)
 
     def handle(self, batch: Sequence[ReceivedMessage]) -> None:
-        accepted: list[ReceivedMessage] = []
-        requests: list[TaskRequest] = []
+        """Route, record, publish and complete one batch. A message that fails in a way no
+        check foresaw is dead-lettered alone (``UnhandledError``): no exception but the bus's
+        or the broker's being unavailable leaves this method, so one poisoned message can never
+        make the bridge exit and its batch come back, again and again, until every message of
+        it is dead-lettered for its delivery count."""
+        accepted: list[tuple[ReceivedMessage, TaskRequest]] = []
         for message in batch:
-            outcome = route_message(self.route, message)
+            try:
+                outcome = route_message(
+                    self.route,
+                    message,
+                    max_bytes=self.max_message_bytes,
+                    max_depth=self.max_json_depth,
+                )
+            except Exception as error:  # noqa: BLE001 - one message's failure must stay its own
+                outcome = unhandled(error, "routing")
             if isinstance(outcome, Rejection):
                 self.dead_letter(message, outcome)
             else:
-                accepted.append(message)
-                requests.append(outcome)
+                accepted.append((message, outcome))
         try:
-            self.ledger.record(requests)
-            self.publisher.publish(requests)
+            self.record_and_publish([request for _, request in accepted])
+            published = [message for message, _ in accepted]
         except BrokerUnavailable:
-            lost = self.receiver.abandon(accepted)
+            lost = self.receiver.abandon([message for message, _ in accepted])
             self.counters.add(self.route.in_queue, "abandoned", len(accepted) - len(lost))
             raise
+        except Exception as error:  # noqa: BLE001 - find the message at fault, below
+            log.error(
+                "route %s: a batch of %d failed (%s); publishing its messages one by one",
+                self.route.in_queue,
+                len(accepted),
+                type(error).__name__,
+            )
+            published = self.publish_one_by_one(accepted)
+        self.complete(published)
+
+    def record_and_publish(self, requests: Sequence[TaskRequest]) -> None:
+        self.ledger.record(requests)
+        self.publisher.publish(requests)
         self.counters.add(self.route.in_queue, "published", len(requests))
-        lost = self.receiver.complete(accepted)
+
+    def publish_one_by_one(
+        self, accepted: Sequence[tuple[ReceivedMessage, TaskRequest]]
+    ) -> list[ReceivedMessage]:
+        """Record and publish each message alone, dead-lettering the ones that fail; returns
+        those published. The broker failing on the way abandons the rest, as for a batch."""
+        published: list[ReceivedMessage] = []
+        for index, (message, request) in enumerate(accepted):
+            try:
+                self.record_and_publish([request])
+            except BrokerUnavailable:
+                self.complete(published)
+                rest = [message for message, _ in accepted[index:]]
+                lost = self.receiver.abandon(rest)
+                self.counters.add(self.route.in_queue, "abandoned", len(rest) - len(lost))
+                raise
+            except Exception as error:  # noqa: BLE001 - this message is the one at fault
+                # Its ledger record would make the sweeper publish it again, and fail again.
+                self.ledger.drop(request.out_queue, [request])
+                self.dead_letter(message, unhandled(error, "publishing"))
+            else:
+                published.append(message)
+        return published
+
+    def complete(self, published: Sequence[ReceivedMessage]) -> None:
+        lost = self.receiver.complete(published)
         if lost:
             # Published, but the lock ran out first: the bus delivers these again and they are
             # published again under the same task ids, which the tasks recognise.

@@ -11,8 +11,18 @@ outcome was never written). Publishing again is safe: the task id is the same an
 one result per id. A task that merely waited that long in a queue runs twice at worst, and the
 second run finds the first one's result.
 
-    conduit:bridge:ledger:{<out_queue>}            zset  task id -> last published (unix s)
-    conduit:bridge:ledger:{<out_queue>}:requests   hash  task id -> the TaskRequest, JSON
+A task that ends without an outcome every time it runs fails outside its processor (a result
+that cannot be written, a crash in the task's wrapper), and publishing it again would go on
+forever. So republishing is counted per task, and a task already republished
+``BRIDGE_MAX_REPUBLISHES`` times is answered instead: the sweeper writes its failure payload
+(error type ``RepublishLimitExceeded``) to the outbox, once per task id like any outcome, and
+the egress sends it. Every message so ends in exactly one result (or, at the ingress, one dead
+letter). This holds whatever Celery state a task ends in: the sweeper asks the outbox, not the
+state, whether a task was answered.
+
+    conduit:bridge:ledger:{<out_queue>}               zset  task id -> last published (unix s)
+    conduit:bridge:ledger:{<out_queue>}:requests      hash  task id -> the TaskRequest, JSON
+    conduit:bridge:ledger:{<out_queue>}:republished   hash  task id -> times published again
 
 One pair per output queue, under the outbox stream's hash tag: the egress acknowledges a result
 and forgets its task in one transaction, which Redis Cluster allows only within one slot.
@@ -25,15 +35,17 @@ import json
 import threading
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import redis
-from celery import states
+from celery import Celery, states
 
 from bridge.celery_publisher import CeleryPublisher
 from bridge.errors import BrokerUnavailable
 from bridge.routing import TaskRequest
 from settings import get_logger
-from tasks.outbox import written_key
+from tasks.outbox import write_result, written_key
+from tasks.processors.base import failure_payload
 
 log = get_logger(__name__)
 
@@ -51,6 +63,29 @@ def ledger_key(out_queue: str) -> str:
 
 def requests_key(out_queue: str) -> str:
     return f"{ledger_key(out_queue)}:requests"
+
+
+def republished_key(out_queue: str) -> str:
+    return f"{ledger_key(out_queue)}:republished"
+
+
+class RepublishLimitExceeded(Exception):
+    """A task that never wrote an outcome, however often it ran; its name is the error type of
+    the failure payload written in its place."""
+
+
+def last_state(app: Celery, task_id: str) -> tuple[str, str]:
+    """The task's state in the result backend, and for a failure the error's type (never its
+    message: it may quote the message body)."""
+    meta = app.backend.get_task_meta(task_id)
+    state, result = meta.get("status", states.PENDING), meta.get("result")
+    if state != states.FAILURE:
+        return state, state
+    if isinstance(result, BaseException):
+        return state, f"{state} ({type(result).__name__})"
+    if isinstance(result, dict) and result.get("exc_type"):
+        return state, f"{state} ({result['exc_type']})"
+    return state, state
 
 
 class Ledger:
@@ -81,14 +116,19 @@ class Ledger:
         if task_ids:
             pipe.zrem(ledger_key(out_queue), *task_ids)
             pipe.hdel(requests_key(out_queue), *task_ids)
+            pipe.hdel(republished_key(out_queue), *task_ids)
 
     def overdue(self, out_queue: str, older_than_s: float) -> list[TaskRequest]:
-        task_ids = self.client.zrangebyscore(
-            ledger_key(out_queue), "-inf", time.time() - older_than_s, start=0, num=SWEEP_BATCH
+        # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+        task_ids = cast(
+            list[str],
+            self.client.zrangebyscore(
+                ledger_key(out_queue), "-inf", time.time() - older_than_s, start=0, num=SWEEP_BATCH
+            ),
         )
         if not task_ids:
             return []
-        stored = self.client.hmget(requests_key(out_queue), task_ids)
+        stored = cast(list[str | None], self.client.hmget(requests_key(out_queue), task_ids))
         return [TaskRequest(**json.loads(request)) for request in stored if request]
 
     def answered(self, out_queue: str, requests: Sequence[TaskRequest]) -> list[TaskRequest]:
@@ -101,8 +141,30 @@ class Ledger:
         ]
 
     def drop(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
+        """Forget tasks now; BrokerUnavailable when Redis cannot."""
         pipe = self.client.pipeline(transaction=False)
         self.forget(pipe, out_queue, [request.task_id for request in requests])
+        try:
+            pipe.execute()
+        except redis.RedisError as error:
+            raise BrokerUnavailable(
+                f"forgetting {len(requests)} task(s) failed: {error}"
+            ) from error
+
+    def republished(self, out_queue: str, requests: Sequence[TaskRequest]) -> list[int]:
+        """How many times each task was published again so far."""
+        counts = cast(
+            list[str | None],
+            self.client.hmget(republished_key(out_queue), [r.task_id for r in requests]),
+        )
+        return [int(count or 0) for count in counts]
+
+    def count_republished(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
+        """Count one more republish of each; counted before publishing, so a crash in between
+        can only bring the limit closer, never let a task past it."""
+        pipe = self.client.pipeline(transaction=False)
+        for request in requests:
+            pipe.hincrby(republished_key(out_queue), request.task_id, 1)
         pipe.execute()
 
     def touch(self, out_queue: str, requests: Sequence[TaskRequest]) -> None:
@@ -114,7 +176,8 @@ class Ledger:
 
 
 class LostTaskSweeper:
-    """Publishes again the recorded tasks the broker lost; runs in its own thread."""
+    """Publishes again the recorded tasks the broker lost, up to a limit; runs in its own
+    thread."""
 
     def __init__(
         self,
@@ -123,8 +186,10 @@ class LostTaskSweeper:
         out_queues: Sequence[str],
         *,
         republish_after_s: float,
+        max_republishes: int,
     ) -> None:
         self.ledger, self.publisher, self.republish_after_s = ledger, publisher, republish_after_s
+        self.max_republishes = max_republishes
         self.out_queues = sorted(set(out_queues))
 
     def run(self, stop: threading.Event) -> None:
@@ -136,8 +201,9 @@ class LostTaskSweeper:
                 log.warning("lost-task sweep failed: %s; trying again later", error)
 
     def sweep(self) -> int:
-        """Publish again the overdue tasks that are neither running, retrying nor done;
-        returns how many."""
+        """Publish again the overdue tasks that are neither running, retrying nor done, and
+        answer with their failure payload those republished too often; returns how many were
+        published again."""
         republished = 0
         for out_queue in self.out_queues:
             overdue = self.ledger.overdue(out_queue, self.republish_after_s)
@@ -151,20 +217,75 @@ class LostTaskSweeper:
             # A task still waiting in its queue (a backlog longer than the period) is not lost;
             # publishing it again each period would grow the queue without bound.
             held = self.publisher.held_task_ids(request.queue for request in overdue)
-            lost = [
-                request
-                for request in overdue
-                if request.task_id not in held
-                and self.publisher.app.AsyncResult(request.task_id).state in LOST_STATES
-            ]
+            lost: list[tuple[TaskRequest, str]] = []
+            for request in overdue:
+                if request.task_id not in held:
+                    state, described = last_state(self.publisher.app, request.task_id)
+                    if state in LOST_STATES:
+                        lost.append((request, described))
             if lost:
-                log.warning(
-                    "publishing again %d task(s) the broker lost: %s",
-                    len(lost),
-                    ", ".join(request.task_id for request in lost[:5]),
-                )
-                self.publisher.publish(lost)
-                republished += len(lost)
+                republished += self.handle_lost(out_queue, lost)
             # All of them, so tasks still running do not hold the head of the ledger.
             self.ledger.touch(out_queue, overdue)
         return republished
+
+    def handle_lost(self, out_queue: str, lost: Sequence[tuple[TaskRequest, str]]) -> int:
+        """Publish again the lost tasks under the limit, answer the others; ``lost`` pairs each
+        with its last state, described. Returns how many were published again."""
+        counts = self.ledger.republished(out_queue, [request for request, _ in lost])
+        again = []
+        for (request, state), count in zip(lost, counts, strict=True):
+            if count < self.max_republishes:
+                again.append(request)
+                continue
+            self.give_up(
+                request,
+                RepublishLimitExceeded(
+                    f"the task ended with no outcome {count + 1} times, last as {state}; not "
+                    f"published again after {count} (BRIDGE_MAX_REPUBLISHES)"
+                ),
+            )
+        if again:
+            log.warning(
+                "publishing again %d task(s) the broker lost: %s",
+                len(again),
+                ", ".join(request.task_id for request in again[:5]),
+            )
+            self.ledger.count_republished(out_queue, again)
+            return self.publish(again)
+        return 0
+
+    def publish(self, requests: Sequence[TaskRequest]) -> int:
+        """Publish, returning how many were; a request that fails for a reason of its own (not
+        the broker's) is answered with its failure payload, so one such task neither stops the
+        sweeper nor comes back."""
+        try:
+            self.publisher.publish(requests)
+            return len(requests)
+        except BrokerUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - find the request at fault, below
+            if len(requests) == 1:
+                self.give_up(requests[0], error)
+                return 0
+        return sum(self.publish([request]) for request in requests)
+
+    def give_up(self, request: TaskRequest, error: BaseException) -> None:
+        """Write the task's failure payload to the outbox in place of the outcome it never
+        wrote; the egress sends it and forgets the task. Write-once per task id: if a copy of
+        the task still running writes its outcome first, that one is the answer."""
+        log.error(
+            "task %s of message %s for %s: %s: %s; writing its failure payload",
+            request.task_id,
+            request.message_id,
+            request.out_queue,
+            type(error).__name__,
+            error,
+        )
+        write_result(
+            self.ledger.client,
+            request.out_queue,
+            request.task_id,
+            request.message_id,
+            failure_payload(request.body, error),
+        )

@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from bridge.bus import OutgoingMessage, ReceivedMessage
+from bridge.bus_api import OutgoingMessage, ReceivedMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 
 if TYPE_CHECKING:
@@ -191,7 +191,8 @@ class LocalBus:
     def dead_letters(self, queue: str, max_count: int) -> list[ReceivedMessage]:
         keys = queue_keys(queue)
         with _mapped_errors():
-            seqs = self.client.zrange(keys["dead"], 0, max_count - 1)
+            # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+            seqs = cast(list[str], self.client.zrange(keys["dead"], 0, max_count - 1))
             if not seqs:
                 return []
             pipe = self.client.pipeline(transaction=True)
@@ -218,9 +219,29 @@ class LocalBus:
     def resubmit_dead_letters(self, queue: str, max_count: int) -> int:
         return int(self.run_script("resubmit_dead_letters", queue, [max_count]))
 
+    def active_message_counts(self) -> dict[str, int]:
+        # Every queue that ever held a message has a "ready" sorted set while it holds one.
+        prefix, suffix = f"{KEY_PREFIX}:{{", "}:ready"
+        with _mapped_errors():
+            keys = list(self.client.scan_iter(match=f"{prefix}*{suffix}", count=1000))
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zcard(key)
+            counts = pipe.execute()
+        return {
+            key[len(prefix) : -len(suffix)]: int(count)
+            for key, count in zip(keys, counts, strict=True)
+            if count
+        }
+
     def close(self) -> None:
         if self._owns_client:
             self.client.close()
+
+
+def _lock(message: ReceivedMessage) -> tuple[str, str]:
+    """What this bus's receiver put in ``lock``: the sequence number and delivery count."""
+    return cast(tuple[str, str], message.lock)
 
 
 class LocalReceiver:
@@ -262,9 +283,9 @@ class LocalReceiver:
             return []
         args: list[object] = [disposition, self.bus.max_delivery_count, reason, description]
         for message in messages:
-            args += message.lock
+            args += _lock(message)
         lost = set(self.bus.run_script("settle_messages", self.queue, args))
-        return [message for message in messages if message.lock[0] in lost]
+        return [message for message in messages if _lock(message)[0] in lost]
 
     def complete(self, messages: Sequence[ReceivedMessage]) -> list[ReceivedMessage]:
         return self._settle("complete", messages)

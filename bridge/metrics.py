@@ -6,6 +6,8 @@ Redis keys (the web dashboard reads them through :func:`read_bridge_stats`, noth
     conduit:bridge:info:<bridge id>    hash  host, pid, started_at (expires with the heartbeat)
     conduit:bridge:routes              hash  in_queue -> {"processor", "celery_queue", "out_queue"}
     conduit:bridge:counters:<queue>    hash  counter name -> total since the data began
+    conduit:bridge:unrouted            string  queues holding messages no route reads (unrouted.py)
+    conduit:bridge:counting_since      hash  queue -> unix time its counters began (first beat)
 
 Counters are kept per input queue (received, published, dead_lettered, abandoned, locks_lost)
 and per output queue (sent, send_failures, and too_large: results sent as their failure payload
@@ -22,10 +24,11 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import redis
 
+from bridge.unrouted import read_unrouted
 from settings import Route
 from tasks.outbox import stream_key
 from tasks.processors import UnknownProcessor, get_processor
@@ -33,6 +36,8 @@ from tasks.processors import UnknownProcessor, get_processor
 KEY_PREFIX = "conduit:bridge"
 HEARTBEATS_KEY = f"{KEY_PREFIX}:heartbeats"
 ROUTES_KEY = f"{KEY_PREFIX}:routes"
+# When each queue's counters began: totals mean little without "since when".
+COUNTING_SINCE_KEY = f"{KEY_PREFIX}:counting_since"
 HEARTBEAT_SECS = 1.0
 # A bridge that has not beaten for this long is shown as down (a few missed beats: a busy host).
 ALIVE_WITHIN_SECS = 10.0
@@ -128,6 +133,9 @@ class Heartbeat:
                 for route in self.routes
             },
         )
+        for route in self.routes:
+            for queue in (route.in_queue, route.out_queue):
+                pipe.hsetnx(COUNTING_SINCE_KEY, queue, str(now))
         for (queue, name), amount in counts.items():
             pipe.hincrby(counters_key(queue), name, amount)
         try:
@@ -155,15 +163,19 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
     """Everything the dashboard shows about the bridge, from Redis alone (any client, decoded
     or not): ``{"alive", "bridges": [...], "routes": [...]}``. Per route: the counters, the
     ``celery_backlog`` (tasks waiting for a worker) and the ``outbox_lag`` (results written but
-    not yet sent; the bridge deletes what it sent, so the stream holds only what is owed)."""
-    seconds, micros = client.time()
+    not yet sent; the bridge deletes what it sent, so the stream holds only what is owed).
+    ``unrouted``: the queues holding messages that no route reads, as last checked."""
+    # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+    seconds, micros = cast(tuple[int, int], client.time())
     now = seconds + micros / 1e6
-    beats = client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
-    routes = dict(
-        sorted((_text(key), json.loads(value)) for key, value in client.hgetall(ROUTES_KEY).items())
+    beats = cast(
+        list[tuple[str | bytes, float]], client.zrange(HEARTBEATS_KEY, 0, -1, withscores=True)
     )
+    stored_routes = cast(dict[str | bytes, str | bytes], client.hgetall(ROUTES_KEY))
+    routes = dict(sorted((_text(key), json.loads(value)) for key, value in stored_routes.items()))
 
     pipe = client.pipeline(transaction=False)
+    pipe.hgetall(COUNTING_SINCE_KEY)
     for bridge_id, _ in beats:
         pipe.hgetall(info_key(_text(bridge_id)))
     for in_queue, route in routes.items():
@@ -173,6 +185,7 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
         pipe.llen(route["celery_queue"])
         pipe.xlen(stream_key(route["out_queue"]))
     replies = iter(pipe.execute())
+    since = {_text(queue): float(value) for queue, value in next(replies).items()}
 
     bridges = []
     for bridge_id, last_beat in beats:
@@ -199,10 +212,12 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
                 **_counts(egress, EGRESS_COUNTERS),
                 "celery_backlog": next(replies),
                 "outbox_lag": next(replies),
+                "counting_since": since.get(in_queue),
             }
         )
     return {
         "alive": any(bridge["alive"] for bridge in bridges),
         "bridges": bridges,
         "routes": route_stats,
+        "unrouted": read_unrouted(client),
     }

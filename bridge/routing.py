@@ -7,14 +7,14 @@ A rejected message is one that no redelivery could fix, so it must not wait for 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from bridge.bus import ReceivedMessage
+from bridge.bus_api import ReceivedMessage
 from settings import Route
+from settings.jsonsafe import JsonRejected, loads_bounded
 from tasks.processors import UnknownProcessor, get_processor, task_id_for
 
 # Service Bus caps a dead-letter description at 4096 characters; a reader needs far fewer.
@@ -54,15 +54,33 @@ def describe_invalid_fields(error: ValidationError) -> str:
     return one_line("; ".join(problems))
 
 
-def route_message(route: Route, message: ReceivedMessage) -> TaskRequest | Rejection:
+# Which setting bounds what, for the dead-letter description.
+_BOUND_SETTING = {"too_large": "BRIDGE_MAX_MESSAGE_BYTES", "too_deep": "BRIDGE_MAX_JSON_DEPTH"}
+
+
+def unhandled(error: BaseException, doing: str) -> Rejection:
+    """The dead letter for a message that made the bridge itself fail (a bug, or input no check
+    foresaw): it goes to the dead-letter queue alone, so the rest of its batch goes through."""
+    return Rejection("UnhandledError", one_line(f"{type(error).__name__} while {doing}: {error}"))
+
+
+def route_message(
+    route: Route, message: ReceivedMessage, *, max_bytes: int, max_depth: int
+) -> TaskRequest | Rejection:
+    """The task for ``message``, or why it has none. The body is bounded in size and nesting
+    (settings/jsonsafe.py) before it is parsed: everything after this walks it recursively."""
     try:
         processor = get_processor(route.processor)
     except UnknownProcessor as error:
         return Rejection("UnknownProcessor", one_line(f"route {route.in_queue}: {error}"))
+    if message.unreadable:
+        return Rejection("MalformedJson", one_line(f"body {message.unreadable}"))
     try:
-        body = json.loads(message.body)
-    except ValueError as error:
-        return Rejection("MalformedJson", one_line(f"body is not valid JSON: {error}"))
+        body = loads_bounded(message.body, max_bytes=max_bytes, max_depth=max_depth)
+    except JsonRejected as error:
+        setting = _BOUND_SETTING.get(error.kind)
+        reason = "MessageTooLarge" if error.kind == "too_large" else "MalformedJson"
+        return Rejection(reason, one_line(f"{error} ({setting})" if setting else str(error)))
     if not isinstance(body, dict):
         return Rejection("MalformedJson", f"body must be a JSON object, not {type(body).__name__}")
     try:

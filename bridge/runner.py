@@ -16,10 +16,14 @@ import redis
 
 from bridge.bus import Bus, connect_bus
 from bridge.celery_publisher import CeleryPublisher
+from bridge.durability import broker_durability
 from bridge.egress import Egress
+from bridge.errors import BridgeError
 from bridge.ingress import Ingress
 from bridge.ledger import Ledger, LostTaskSweeper
 from bridge.metrics import HEARTBEAT_SECS, Counters, Heartbeat, celery_queue, new_bridge_id
+from bridge.unrouted import UnroutedReporter
+from logship import start_log_shipping, stop_log_shipping
 from settings import Settings, configure_logging, get_logger
 from tasks.processors import UnknownProcessor, get_processor
 
@@ -30,6 +34,8 @@ class Bridge:
     """Everything one bridge process runs, built from settings; :meth:`run` until stopped."""
 
     def __init__(self, settings: Settings, bus: Bus) -> None:
+        # Deliberately lazy: importing worker builds its module-level Celery app from the
+        # environment's settings, which `python -m bridge send/peek` never needs.
         from worker import create_celery
 
         self.bus = bus
@@ -38,14 +44,19 @@ class Bridge:
         self.bridge_id = new_bridge_id()
         counters = Counters()
         ledger = Ledger(self.client)
+        republish_after_s = (
+            settings.bridge_republish_after_s or settings.broker_visibility_timeout_s
+        )
+        assert republish_after_s is not None  # the settings' validator fills the timeout in
         self.sweeper = LostTaskSweeper(
             ledger,
             self.publisher,
             [route.out_queue for route in settings.routes],
-            republish_after_s=settings.bridge_republish_after_s
-            or settings.broker_visibility_timeout_s,
+            republish_after_s=float(republish_after_s),
+            max_republishes=settings.bridge_max_republishes,
         )
         self.heartbeat = Heartbeat(self.client, self.bridge_id, settings.routes, counters)
+        self.unrouted = UnroutedReporter(bus, self.client, settings.routes)
         self.ingresses = [
             Ingress(
                 route,
@@ -57,6 +68,8 @@ class Bridge:
                 high_water=settings.bridge_high_water,
                 max_idle_s=settings.bridge_max_idle_s,
                 celery_queue=celery_queue(route),
+                max_message_bytes=settings.bridge_max_message_bytes,
+                max_json_depth=settings.bridge_max_json_depth,
             )
             for route in settings.routes
         ]
@@ -70,11 +83,26 @@ class Bridge:
             reclaim_idle_s=settings.bridge_reclaim_idle_s,
             max_message_bytes=settings.bridge_max_message_bytes,
         )
+        if not settings.uses_local_bus:
+            self.check_durability()
         for route in settings.routes:
             try:
                 get_processor(route.processor)
             except UnknownProcessor as error:
                 log.error("route %s: %s; its messages will be dead-lettered", route.in_queue, error)
+
+    def check_durability(self) -> None:
+        """Say at start whether a message completed on Service Bus has its task on disk (the
+        local bus needs no such check: see durability.py)."""
+        try:
+            durability = broker_durability(self.client)
+        except redis.RedisError as error:
+            log.warning("could not read the broker Redis's AOF policy: %s", error)
+            return
+        if durability.durable:
+            log.info("%s: a completed message's task survives a power loss", durability.detail)
+        else:
+            log.warning("%s", durability.detail)
 
     def run(self, stop: threading.Event) -> bool:
         """Run until ``stop`` is set, then drain; False when a thread died of an error."""
@@ -119,6 +147,10 @@ class Bridge:
             self.heartbeat.beat()
         except redis.RedisError as error:
             log.warning("heartbeat not written: %s", error)
+        try:
+            self.unrouted.tick()
+        except (BridgeError, redis.RedisError) as error:
+            log.warning("could not check for unrouted queues: %s", error)
 
     def close(self) -> None:
         self.publisher.close()
@@ -133,9 +165,11 @@ def run_bridge(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     bridge = Bridge(settings, connect_bus(settings))
+    start_log_shipping(settings)
     try:
         healthy = bridge.run(stop)
     finally:
         bridge.close()
+        stop_log_shipping()
     log.info("bridge stopped")
     return 0 if healthy else 1

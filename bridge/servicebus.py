@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from azure.core.exceptions import AzureError
 from azure.servicebus import (
     AutoLockRenewer,
     ServiceBusClient,
@@ -37,12 +38,16 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
     ServiceBusServerBusyError,
 )
+from azure.servicebus.management import ServiceBusAdministrationClient
 
-from bridge.bus import OutgoingMessage, ReceivedMessage
+from bridge.bus_api import OutgoingMessage, PropertyValue, ReceivedMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
+from settings import get_logger
 
 if TYPE_CHECKING:
     from settings import Settings
+
+log = get_logger(__name__)
 
 # The SDK's default: a message still unsettled after this long is let go (the bridge settles a
 # batch in milliseconds; only a broker outage keeps one longer).
@@ -64,12 +69,19 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def _body_text(message: Any) -> str:
+def _body_text(message: Any) -> tuple[str, str | None]:
+    """The body as text, and why it could not be, if it could not: an AMQP value body is
+    converted to JSON, which recurses once per nesting level, and a sender chooses the depth."""
     body = message.body
     if message.body_type == AmqpMessageBodyType.DATA:
         body = b"".join(body)
     body = _text(body)
-    return body if isinstance(body, str) else json.dumps(body, default=str)
+    if isinstance(body, str):
+        return body, None
+    try:
+        return json.dumps(body, default=str), None
+    except (RecursionError, ValueError, TypeError) as error:
+        return "", f"is an AMQP value body that cannot be written as JSON ({type(error).__name__})"
 
 
 def _received(message: Any, lock: object = None) -> ReceivedMessage:
@@ -77,8 +89,10 @@ def _received(message: Any, lock: object = None) -> ReceivedMessage:
     # redeliveries, so the task id derived from it is too.
     message_id = message.message_id or f"sequence-{message.sequence_number}"
     properties = message.application_properties or {}
+    body, unreadable = _body_text(message)
     return ReceivedMessage(
-        body=_body_text(message),
+        body=body,
+        unreadable=unreadable,
         message_id=str(message_id),
         correlation_id=message.correlation_id,
         sequence_number=message.sequence_number,
@@ -91,12 +105,17 @@ def _received(message: Any, lock: object = None) -> ReceivedMessage:
     )
 
 
+def _sdk_properties(properties: Mapping[str, PropertyValue]) -> dict[str | bytes, Any] | None:
+    """The SDK's type for application properties (it also takes bytes keys); None when empty."""
+    return {key: value for key, value in properties.items()} or None
+
+
 def _outgoing(message: OutgoingMessage) -> ServiceBusMessage:
     return ServiceBusMessage(
         message.body,
         message_id=message.message_id,
         correlation_id=message.correlation_id,
-        application_properties=dict(message.application_properties) or None,
+        application_properties=_sdk_properties(message.application_properties),
         scheduled_enqueue_time_utc=message.scheduled_enqueue_time,
         content_type="application/json",
     )
@@ -125,9 +144,13 @@ class ServiceBus:
         *,
         prefetch: int = 0,
         lock_renewer: AutoLockRenewer | None = None,
+        admin: ServiceBusAdministrationClient | None = None,
     ) -> None:
         self.client = client
         self.prefetch = prefetch
+        # Lists the namespace's queues (active_message_counts); needs the Manage right, which
+        # a bridge may well not have: then it is dropped at the first refusal.
+        self.admin = admin
         self.lock_renewer = lock_renewer or AutoLockRenewer(
             max_lock_renewal_duration=LOCK_RENEWAL_MAX_SECS
         )
@@ -137,17 +160,19 @@ class ServiceBus:
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceBus:
         if settings.service_bus_connection_string:
-            client = ServiceBusClient.from_connection_string(
-                settings.service_bus_connection_string.get_secret_value()
-            )
+            connection_string = settings.service_bus_connection_string.get_secret_value()
+            client = ServiceBusClient.from_connection_string(connection_string)
+            admin = ServiceBusAdministrationClient.from_connection_string(connection_string)
         else:
             from azure.identity import DefaultAzureCredential
 
             namespace = settings.service_bus_namespace or ""
             if "." not in namespace:
                 namespace += ".servicebus.windows.net"
-            client = ServiceBusClient(namespace, DefaultAzureCredential())
-        return cls(client, prefetch=settings.bridge_prefetch)
+            credential = DefaultAzureCredential()
+            client = ServiceBusClient(namespace, credential)
+            admin = ServiceBusAdministrationClient(namespace, credential)
+        return cls(client, prefetch=settings.bridge_prefetch, admin=admin)
 
     def receiver(self, queue: str) -> ServiceBusQueueReceiver:
         return ServiceBusQueueReceiver(self, queue)
@@ -240,7 +265,30 @@ class ServiceBus:
         finally:
             _close_quietly(receiver)
 
+    def active_message_counts(self) -> dict[str, int] | None:
+        if self.admin is None:
+            return None
+        try:
+            return {
+                queue.name: queue.active_message_count
+                for queue in self.admin.list_queues_runtime_properties()
+                if queue.active_message_count
+            }
+        except AzureError as error:
+            # Most often the Manage right is missing: say so once, and stop asking.
+            log.warning(
+                "cannot list the namespace's queues (%s: %s); queues with messages and no "
+                "route will not be reported (this needs the Manage right)",
+                type(error).__name__,
+                " ".join(str(error).split())[:300],
+            )
+            admin, self.admin = self.admin, None
+            _close_quietly(admin)
+            return None
+
     def close(self) -> None:
+        if self.admin is not None:
+            _close_quietly(self.admin)
         self.lock_renewer.close()
         with self._lock:
             senders, self._senders = list(self._senders.values()), {}
@@ -288,7 +336,7 @@ class ServiceBusQueueReceiver:
     ) -> list[ReceivedMessage]:
         lost = []
         for message in messages:
-            receiver, sdk_message = message.lock
+            receiver, sdk_message = cast(tuple[Any, Any], message.lock)
             with _mapped_errors(self._drop):
                 try:
                     settle(receiver, sdk_message)

@@ -14,7 +14,7 @@ import sys
 from werkzeug.serving import make_server
 
 from emulators.app import create_app
-from settings import configure_logging, get_settings
+from settings import configure_logging, settings_or_exit
 
 log = logging.getLogger("conduit.emulators")
 
@@ -24,7 +24,7 @@ def _stop(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = settings_or_exit("emulators")
     configure_logging(settings)
     # One line per request is noise at the rates benchmarks send; DEBUG brings it back.
     if settings.log_level != "DEBUG":
@@ -37,6 +37,11 @@ def main() -> None:
         ", ".join(sorted(app.extensions["emulator"].limiter.limits)),
         settings.emulator_url,
         settings.emulator_window_s,
+    )
+    log.info(
+        "Azure AI Search emulator serving %s/search (indexes in %s)",
+        settings.emulator_url,
+        settings.search_emulator_data_dir,
     )
     try:
         server.serve_forever()

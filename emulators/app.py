@@ -39,6 +39,7 @@ from emulators.errors import (
 )
 from emulators.ratelimit import RateLimiter, load_limits
 from emulators.recognizer import DEFAULT_PHRASES_FILE, Recognizer, read_phrases
+from emulators.search.routes import init_search
 from settings import Settings, get_settings
 
 # An upload may reach Whisper's file limit; the multipart framing and form fields need a little
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["emulator"] = Emulator(settings)
     app.register_blueprint(models)
     app.register_blueprint(control)
+    init_search(app, settings)
     app.register_error_handler(EmulatorError, _emulator_error)
     app.register_error_handler(HTTPException, _http_error)
     app.after_request(_add_rate_limit_headers)

@@ -8,6 +8,7 @@ from settings.config import (
     SettingsError,
     get_settings,
     load_settings,
+    settings_or_exit,
 )
 from settings.logs import configure_logging, get_logger, log_context
 
@@ -22,4 +23,5 @@ __all__ = [
     "get_settings",
     "load_settings",
     "log_context",
+    "settings_or_exit",
 ]

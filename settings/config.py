@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -32,6 +33,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from settings.calls import CallSettings
+from settings.compat import CompatSettings
+from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.logship import LogShippingSettings
 from settings.search import SearchSettings
 from settings.telemetry import TelemetrySettings
@@ -45,6 +48,11 @@ EMULATOR_DEV_KEY = "conduit-dev"
 
 class SettingsError(ValueError):
     """A setting has a value Conduit cannot use; the message names the variable."""
+
+
+# Redis's AOF fsync policies the embedded server is started with ("no" is not offered: it leaves
+# fsync to the OS, up to 30 s on Linux).
+AppendFsync = Literal["always", "everysec"]
 
 
 class Route(BaseModel):
@@ -81,6 +89,7 @@ class Settings(
     CallSettings,
     LogShippingSettings,
     TelemetrySettings,
+    CompatSettings,
     BaseSettings,
 ):
     """Every setting. The sections of the second half (search, voice, calls, log shipping,
@@ -113,6 +122,16 @@ class Settings(
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
     redis_data_dir: str = Field(".data/redis", validation_alias=_env("REDIS_DATA_DIR"))
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT"))
+    # How often the embedded Redis fsyncs its AOF (settings/redis_server.py). "auto": "always"
+    # when the bus is Service Bus, "everysec" with the local bus. Only with Service Bus can a
+    # power loss lose a message: it completes messages outside Redis, so the last second of
+    # tasks "everysec" may lose were already completed there; "always" closes that, at a cost
+    # (bridge/README.md). The local bus completes messages in the same AOF, after their tasks,
+    # and a power loss takes both (bridge/durability.py). A REDIS_URL server is configured on
+    # its own side: the bridge logs at start what its policy means.
+    redis_appendfsync: Literal["auto", "always", "everysec"] = Field(
+        "auto", validation_alias=_env("REDIS_APPENDFSYNC")
+    )
 
     # --- Celery worker ---------------------------------------------------------------------------
     worker_pool: Literal["threads", "prefork", "gevent", "solo"] = Field(
@@ -216,6 +235,7 @@ class Settings(
         default_factory=lambda: [
             Route(in_queue="form_iq", processor="feedback", out_queue="form_oq"),
             Route(in_queue="whisper_iq", processor="transcribe", out_queue="whisper_oq"),
+            Route(in_queue="reasoner_iq", processor="reasoner", out_queue="reasoner_oq"),
         ],
         validation_alias=_env("CONDUIT_ROUTES"),
     )
@@ -235,10 +255,16 @@ class Settings(
     local_bus_duplicate_window_s: float = Field(
         600.0, gt=0, validation_alias=_env("LOCAL_BUS_DUPLICATE_WINDOW_SECONDS")
     )
-    # The largest message the bridge sends, and the local bus accepts: Service Bus standard tier's
-    # 256 KiB. Raise it on a premium namespace (up to its configured maximum message size).
+    # The largest message the bridge sends or takes in, and the local bus accepts: Service Bus
+    # standard tier's 256 KiB. Raise it on a premium namespace (up to its maximum message size).
     bridge_max_message_bytes: int = Field(
         256 * 1024, ge=1024, validation_alias=_env("BRIDGE_MAX_MESSAGE_BYTES")
+    )
+    # How deeply a received message's JSON may nest; checked on the text before parsing, so a
+    # small body of deep nesting cannot crash the bridge (RecursionError). Messages Conduit
+    # defines nest 3 levels at most; Python's recursion limit is 1,000 frames.
+    bridge_max_json_depth: int = Field(
+        DEFAULT_MAX_DEPTH, ge=1, le=500, validation_alias=_env("BRIDGE_MAX_JSON_DEPTH")
     )
     # Results a dead bridge took but never acknowledged are taken over after idling this long;
     # longer than any send takes, so a live bridge's in-flight send is never taken from it.
@@ -251,6 +277,11 @@ class Settings(
     bridge_republish_after_s: float | None = Field(
         None, gt=0, validation_alias=_env("BRIDGE_REPUBLISH_AFTER_SECONDS")
     )
+    # A task republished this many times that still ends with no outcome fails outside its
+    # processor every time (a result that cannot be written, a crash in the task wrapper), not
+    # by bad luck: the bridge writes its failure payload (RepublishLimitExceeded) instead of
+    # republishing it forever. Three losses in a row to killed workers are already rare.
+    bridge_max_republishes: int = Field(3, ge=0, validation_alias=_env("BRIDGE_MAX_REPUBLISHES"))
     counter_app_base_url: str | None = Field(None, validation_alias=_env("COUNTER_APP_BASE_URL"))
 
     # --- emulators/ ------------------------------------------------------------------------------
@@ -367,6 +398,13 @@ class Settings(
     def uses_local_bus(self) -> bool:
         return not (self.service_bus_namespace or self.service_bus_connection_string)
 
+    @property
+    def redis_fsync_policy(self) -> AppendFsync:
+        """REDIS_APPENDFSYNC with "auto" resolved: what the embedded Redis is started with."""
+        if self.redis_appendfsync == "auto":
+            return "everysec" if self.uses_local_bus else "always"
+        return self.redis_appendfsync
+
     def pools(self) -> list[Pool]:
         """The three quota pools, each bound to its configured deployment."""
         return [
@@ -416,3 +454,13 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process-wide Settings, read once. Tests call ``get_settings.cache_clear()``."""
     return load_settings()
+
+
+def settings_or_exit(program: str) -> Settings:
+    """:func:`get_settings` for a process's entry point: a wrong setting ends the process with
+    the one line naming it (``program: APP_TPM_QUOTA='lots' is not valid: ...``) on stderr and
+    exit status 1, not a traceback with that line at the bottom."""
+    try:
+        return get_settings()
+    except SettingsError as error:
+        sys.exit(f"{program}: {error}")

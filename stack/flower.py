@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import sys
 
-from settings import configure_logging, get_logger, get_settings
+from settings import configure_logging, get_logger, settings_or_exit
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = settings_or_exit("flower")
     configure_logging(settings)
     env = dict(os.environ)
     if settings.flower_basic_auth:

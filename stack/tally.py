@@ -8,17 +8,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from quota import QuotaStatus
+from stack.results import Result
 from stack.workload import SampleMessage
 
 
 class ResultTally:
-    """Matches results to the inputs they answer (by the body's ``id``)."""
+    """Matches results to the inputs they answer (by the body's ``id``). Results for any other
+    id (a person's own messages, a late answer to an earlier run) are shown, labelled, and
+    counted apart: they say nothing about this run."""
 
     def __init__(self, inputs: Iterable[SampleMessage]) -> None:
         self.inputs = {message.body["id"]: message for message in inputs}
         self.seen: Counter[str] = Counter()
         self.failed: set[str] = set()
-        self.unexpected = 0
+        self.others = 0
 
     @property
     def answered(self) -> int:
@@ -32,28 +35,45 @@ class ResultTally:
     def complete(self) -> bool:
         return self.answered == len(self.inputs)
 
-    def record(self, result: dict[str, Any]) -> str:
+    def waiting(self) -> list[SampleMessage]:
+        """The inputs with no result yet."""
+        return [message for key, message in self.inputs.items() if key not in self.seen]
+
+    def record(self, result: Result) -> str:
         """Count one result; the progress line to print for it."""
-        result_id = str(result.get("id"))
+        body = result.body
+        result_id = str(body.get("id"))
         if result_id not in self.inputs:
-            self.unexpected += 1
-            return f"  ? a result for unknown id {result_id!r}"
+            self.others += 1
+            return (
+                f"  » not from this run, on {result.queue}: id {body.get('id')!r} {outcome(body)}"
+            )
         self.seen[result_id] += 1
         label = self.inputs[result_id].label
         if self.seen[result_id] > 1:
             return f"  ! {label}: a second result (duplicate)"
         position = f"[{self.answered:>2}/{len(self.inputs)}]"
-        if result.get("message") != "SUCCESS":
+        if body.get("message") != "SUCCESS":
             self.failed.add(result_id)
-            error = result.get("error") or {}
-            return f"{position} {label}: FAILED {error.get('type')}: {error.get('detail')}"
-        return f"{position} {label}: {describe(result)}"
+        return f"{position} {label}: {outcome(body)}"
+
+
+def outcome(body: dict[str, Any]) -> str:
+    """A result in a few words: what it found, or why it failed."""
+    if body.get("message") != "SUCCESS":
+        error = body.get("error") or {}
+        if not isinstance(error, dict):
+            error = {"detail": error}
+        return f"FAILED {error.get('type')}: {error.get('detail') or body.get('message')}"
+    return describe(body)
 
 
 def describe(result: dict[str, Any]) -> str:
     if "sentiment" in result:
         return f"{result['sentiment']:<8} {', '.join(result.get('categories', []))[:60]}"
     transcript = result.get("transcript")
+    if transcript is None:
+        return ", ".join(f"{key}={value!r}" for key, value in result.items() if key != "id")[:80]
     if isinstance(transcript, dict):
         segments = len(transcript.get("segments") or [])
         text = transcript.get("text", "")

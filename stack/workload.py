@@ -65,11 +65,12 @@ def feedback_messages(route: Route, run_id: str = "sample") -> list[SampleMessag
     messages = []
     for number, line in enumerate(filter(None, lines), start=1):
         form = json.loads(line)
+        # The file's own ids make each line sendable as it is; a run sends new ones.
         body = {
+            **form,
             "id": f"{run_id}-form-{number}",
             "taskId": f"{run_id}-{number}",
             "app_id": APP_ID,
-            **form,
         }
         messages.append(
             SampleMessage(
@@ -113,5 +114,5 @@ def send_workload(bus: Bus, messages: Sequence[SampleMessage]) -> None:
             body=json.dumps(message.body, ensure_ascii=False), message_id=message.message_id
         )
         by_queue.setdefault(message.route.in_queue, []).append(outgoing)
-    for queue, outgoing in by_queue.items():
-        bus.send(queue, outgoing)
+    for queue, batch in by_queue.items():
+        bus.send(queue, batch)

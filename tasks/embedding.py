@@ -53,11 +53,18 @@ def _checked_tokens(
     return kept, charges
 
 
-def _send(texts: list[str], charge: int, deployment: str, app_id: str) -> list[Vector]:
+def _send(
+    texts: list[str], charge: int, deployment: str, app_id: str, dimensions: int | None = None
+) -> list[Vector]:
+    from openai import omit
+
     embeddings = embedding_client().embeddings.with_raw_response
+    # text-embedding-3 models shorten their vectors on request; others refuse the parameter,
+    # so it is sent only when asked for.
+    shape = omit if dimensions is None else dimensions
 
     def send() -> Any:
-        return embeddings.create(model=deployment, input=texts)
+        return embeddings.create(model=deployment, input=texts, dimensions=shape)
 
     response = call_within_quota(
         "embedding",
@@ -76,9 +83,11 @@ def create_embedding(
     *,
     truncate: bool = False,
     app_id: str | None = None,
+    dimensions: int | None = None,
 ) -> list[Vector]:
     """Vectors for one text or a list of texts, in one request (so at most 2,048 texts): a list
-    of vectors either way, as the older service returned. ``model`` is the deployment."""
+    of vectors either way, as the older service returned. ``model`` is the deployment;
+    ``dimensions`` shortens text-embedding-3 vectors."""
     settings = get_settings()
     deployment = model or settings.embedding_engine
     texts = [text] if isinstance(text, str) else list(text)
@@ -88,7 +97,7 @@ def create_embedding(
             f"{len(texts)}: use create_embedding_batch for more"
         )
     texts, charges = _checked_tokens(texts, deployment, truncate)
-    return _send(texts, sum(charges), deployment, app_id or settings.app_name)
+    return _send(texts, sum(charges), deployment, app_id or settings.app_name, dimensions)
 
 
 def plan_batches(charges: Sequence[int], max_count: int, max_tokens: int) -> Iterator[range]:
@@ -111,6 +120,7 @@ def create_embedding_batch(
     *,
     truncate: bool = False,
     app_id: str | None = None,
+    dimensions: int | None = None,
 ) -> list[Vector]:
     """Vectors for any number of texts, in their order, sent ``batch_size`` texts at most (and
     never more tokens than one request or the embedding TPM allow) at a time."""
@@ -129,5 +139,6 @@ def create_embedding_batch(
             sum(charges[batch.start : batch.stop]),
             deployment,
             app_id or settings.app_name,
+            dimensions,
         )
     return vectors

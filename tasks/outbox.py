@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.commands.core import Script
@@ -51,6 +51,19 @@ def written_key(out_queue: str, task_id: str) -> str:
     return f"{KEY_PREFIX}:{{{out_queue}}}:written:{task_id}"
 
 
+def encode_body(body: dict[str, Any]) -> str:
+    """``body`` as JSON text Redis can store: characters as they are, unless a string holds
+    what UTF-8 cannot carry (a lone surrogate, parsed from a message's ``"\\ud800"``), when
+    the whole body is written with JSON's ``\\u`` escapes. Failing here would fail the task
+    outside its processor, with no outcome written, however often it ran."""
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body)
+    return text
+
+
 def write_result(
     client: redis.Redis, out_queue: str, task_id: str, message_id: str, body: dict[str, Any]
 ) -> str | None:
@@ -61,7 +74,7 @@ def write_result(
         args=[
             task_id,
             message_id,
-            json.dumps(body, ensure_ascii=False),
+            encode_body(body),
             WRITTEN_MARKER_TTL_SECS,
             STREAM_MAX_LENGTH,
         ],
@@ -71,5 +84,5 @@ def write_result(
 
 def written_result(client: redis.Redis, out_queue: str, task_id: str) -> dict[str, Any] | None:
     """The result already written for this task id, if any (so a re-run need not redo the work)."""
-    stored = client.get(written_key(out_queue, task_id))
+    stored = cast(str | None, client.get(written_key(out_queue, task_id)))
     return json.loads(stored) if stored else None

@@ -224,6 +224,8 @@ def test_sigterm_drains_without_losing_or_duplicating(stack):
 
 def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carries_on(stack):
     stack.start_worker()
+    # A queue no route reads: reported, not left to sit silently (issue 10.16).
+    stack.bus.send("nowhere_iq", [OutgoingMessage(body='{"id": "1"}', message_id="stray")])
     bridge = stack.start_bridge()
     bad = {"json": "not json", "array": "[1, 2]", "fields": '{"no_id": true}'}
     stack.bus.send(
@@ -251,6 +253,10 @@ def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carr
     assert reasons["fields"] == ("InvalidFields", "field 'id': Field required")
     assert dead("ghost_iq")["ghost"][0] == "UnknownProcessor"
     assert "'ghost'" in dead("ghost_iq")["ghost"][1]
+    assert read_bridge_stats(stack.client)["unrouted"]["queues"] == [
+        {"queue": "nowhere_iq", "messages": 1}
+    ]
+    assert "messages wait in queue(s) no route reads: nowhere_iq (1)" in bridge.output()
     assert bridge.process.poll() is None
 
 
@@ -280,3 +286,40 @@ def test_redis_stopped_for_five_seconds_loses_nothing(conduit_env, tmp_path):
     finally:
         stack.stop()
         server.stop()
+
+
+def test_an_echo_of_a_lone_surrogate_ends_in_exactly_one_result(stack):
+    # Issue 10.12: "\ud800" is valid JSON text but no UTF-8 string; writing the echo's result
+    # failed outside the processor, and the sweeper republished the task forever.
+    stack.start_worker()
+    bridge = stack.start_bridge()
+    stack.bus.send(
+        "echo_iq",
+        [OutgoingMessage(body='{"id": "0", "text": "a\\ud800b"}', message_id="m-0")],
+    )
+    stack.assert_each_result_exactly_once(1, bridge)
+    [result] = stack.bus.peek("echo_oq", 10)
+    assert json.loads(result.body) == {"id": "0", "text": "a\ud800b", "message": "SUCCESS"}
+
+
+def test_a_deeply_nested_message_is_dead_lettered_alone_and_its_batch_answered(stack):
+    # Issue 10.10: ~1 KB, 500 levels deep in an extra field of a valid message. It made the
+    # bridge exit on every delivery, until its whole batch was dead-lettered.
+    stack.start_worker()
+    bridge = stack.start_bridge()
+    nested = '{"id": "deep", "extra": ' + "[" * 500 + "]" * 500 + "}"
+    stack.bus.send(
+        "echo_iq",
+        [
+            OutgoingMessage(body='{"id": "0"}', message_id="m-0"),
+            OutgoingMessage(body=nested, message_id="deep"),
+            OutgoingMessage(body='{"id": "1"}', message_id="m-1"),
+        ],
+    )
+    stack.assert_each_result_exactly_once(2, bridge)
+    [dead] = stack.bus.dead_letters("echo_iq", 10)
+    assert (dead.message_id, dead.dead_letter_reason) == ("deep", "MalformedJson")
+    assert dead.dead_letter_description == (
+        "body is nested deeper than 64 levels (BRIDGE_MAX_JSON_DEPTH)"
+    )
+    assert bridge.process.poll() is None

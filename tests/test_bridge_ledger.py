@@ -9,9 +9,9 @@ import pytest
 from celery import states
 
 from bridge.celery_publisher import CeleryPublisher
-from bridge.ledger import Ledger, LostTaskSweeper, ledger_key
+from bridge.ledger import Ledger, LostTaskSweeper, ledger_key, republished_key
 from bridge.routing import TaskRequest
-from tasks.outbox import write_result
+from tasks.outbox import stream_key, write_result
 
 
 def request(task_id: str) -> TaskRequest:
@@ -28,7 +28,11 @@ def request(task_id: str) -> TaskRequest:
 @pytest.fixture
 def sweeper(celery_app, redis_client):
     return LostTaskSweeper(
-        Ledger(redis_client), CeleryPublisher(celery_app), ["echo_oq"], republish_after_s=0.2
+        Ledger(redis_client),
+        CeleryPublisher(celery_app),
+        ["echo_oq"],
+        republish_after_s=0.2,
+        max_republishes=2,
     )
 
 
@@ -77,3 +81,86 @@ def test_a_task_still_waiting_in_its_queue_is_not_published_again(sweeper, redis
     time.sleep(0.3)
     assert sweeper.sweep() == 0
     assert redis_client.llen("echo") == 1
+
+
+def wait_overdue(sweeper, out_queue: str = "echo_oq") -> None:
+    """Until every recorded task is overdue again (the sweeper's period is 0.2 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        recorded = sweeper.ledger.client.zcard(ledger_key(out_queue))
+        if len(sweeper.ledger.overdue(out_queue, sweeper.republish_after_s)) == recorded:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the ledger's tasks never became overdue")
+
+
+def test_a_task_that_never_writes_an_outcome_is_answered_after_the_republish_limit(
+    sweeper, celery_app, redis_client
+):
+    # Issue 10.12: a task that fails outside its processor (its result cannot be written) is
+    # FAILURE with no outcome however often it runs; it was republished forever.
+    failing = request("failing")
+    sweeper.ledger.record([failing])
+    for republish in (1, 2):
+        celery_app.backend.store_result(
+            "failing", UnicodeEncodeError("utf-8", "", 0, 1, "x"), states.FAILURE
+        )
+        wait_overdue(sweeper)
+        assert sweeper.sweep() == 1, f"republish {republish}"
+        assert redis_client.lpop("echo") is not None  # a worker takes it, and fails again
+
+    wait_overdue(sweeper)
+    assert sweeper.sweep() == 0  # the limit: answered, not published again
+    assert redis_client.llen("echo") == 0
+
+    [(_, fields)] = redis_client.xrange(stream_key("echo_oq"))
+    assert (fields["task_id"], fields["message_id"]) == ("failing", "m-failing")
+    assert json.loads(fields["body"]) == {
+        "id": "failing",
+        "taskId": None,
+        "message": "failed",
+        "error": {
+            "type": "RepublishLimitExceeded",
+            "detail": "the task ended with no outcome 3 times, last as FAILURE "
+            "(UnicodeEncodeError); not published again after 2 (BRIDGE_MAX_REPUBLISHES)",
+        },
+    }
+    # The next sweep finds it answered and forgets it, counts and all (as the egress would).
+    wait_overdue(sweeper)
+    assert sweeper.sweep() == 0
+    assert redis_client.zcard(ledger_key("echo_oq")) == 0
+    assert redis_client.hlen(republished_key("echo_oq")) == 0
+
+
+def test_an_outcome_written_late_by_a_running_copy_is_not_doubled(sweeper, redis_client):
+    # The sweeper gave up while a republished copy still ran; the copy's outcome comes second
+    # and is dropped by the outbox's write-once, so the message still has exactly one answer.
+    sweeper.give_up(request("late"), RuntimeError("gave up"))
+    assert write_result(redis_client, "echo_oq", "late", "m-late", {"id": "late"}) is None
+    assert redis_client.xlen(stream_key("echo_oq")) == 1
+
+
+def test_a_request_the_publisher_cannot_take_is_answered_not_retried(celery_app, redis_client):
+    class FailsOnOne(CeleryPublisher):
+        def publish(self, requests):
+            if any(r.task_id == "poisoned" for r in requests):
+                raise TypeError("not serialisable")
+            super().publish(requests)
+
+    sweeper = LostTaskSweeper(
+        Ledger(redis_client),
+        FailsOnOne(celery_app),
+        ["echo_oq"],
+        republish_after_s=0.2,
+        max_republishes=3,
+    )
+    sweeper.ledger.record([request("poisoned"), request("fine")])
+    wait_overdue(sweeper)
+    assert sweeper.sweep() == 1  # no exception leaves the sweep (it would stop the bridge)
+    assert {json.loads(m)["headers"]["id"] for m in redis_client.lrange("echo", 0, -1)} == {"fine"}
+    [(_, fields)] = redis_client.xrange(stream_key("echo_oq"))
+    assert fields["task_id"] == "poisoned"
+    assert json.loads(fields["body"])["error"] == {
+        "type": "TypeError",
+        "detail": "not serialisable",
+    }

@@ -26,6 +26,7 @@ from bridge.ingress import Ingress
 from bridge.metrics import Counters
 from bridge.servicebus import ServiceBus
 from settings import Route, load_settings
+from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from tasks.outbox import write_result
 
 _sequence = itertools.count(1)
@@ -352,6 +353,8 @@ def test_ingress_completes_only_what_it_published_and_dead_letters_the_rest(bus,
         high_water=10,
         max_idle_s=1.0,
         celery_queue="echo",
+        max_message_bytes=256 * 1024,
+        max_json_depth=DEFAULT_MAX_DEPTH,
     )
     assert ingress.run_once() == 4
     assert [r.message_id for r in publisher.published] == ["m-0", "m-3"]
@@ -375,6 +378,8 @@ def test_ingress_abandons_the_batch_when_the_broker_fails(bus, namespace):
         high_water=10,
         max_idle_s=1.0,
         celery_queue="echo",
+        max_message_bytes=256 * 1024,
+        max_json_depth=DEFAULT_MAX_DEPTH,
     )
     with pytest.raises(BrokerUnavailable):
         ingress.run_once()
@@ -397,3 +402,47 @@ def test_settings_choose_service_bus_by_connection_string_or_namespace(overrides
         assert bus.client.fully_qualified_namespace == "conduit.servicebus.windows.net"
     finally:
         bus.close()
+
+
+class FakeValueMessage(FakeSdkMessage):
+    """A message sent with an AMQP value body (not data): the SDK hands over the value."""
+
+    def __init__(self, value: Any, message_id: str) -> None:
+        super().__init__("", message_id)
+        self.body_type = AmqpMessageBodyType.VALUE
+        self._value = value
+
+    @property
+    def body(self):
+        return self._value
+
+
+def test_an_amqp_value_too_deep_for_json_is_dead_lettered_alone(bus, namespace):
+    # Converting the value to JSON text recursed past Python's limit inside receive(), where no
+    # per-message guard is: the exception stopped the route's thread, and so the bridge.
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    namespace.queues["echo_iq"] = [
+        FakeValueMessage({"id": "a"}, "m-value"),
+        FakeValueMessage(deep, "m-deep"),
+    ]
+    publisher = FakePublisher()
+    ingress = Ingress(
+        Route.parse("echo_iq:echo:echo_oq"),
+        bus.receiver("echo_iq"),
+        publisher,
+        FakeLedger(),
+        Counters(),
+        batch_size=32,
+        high_water=10,
+        max_idle_s=1.0,
+        celery_queue="echo",
+        max_message_bytes=256 * 1024,
+        max_json_depth=DEFAULT_MAX_DEPTH,
+    )
+    assert ingress.run_once() == 2
+    assert [r.message_id for r in publisher.published] == ["m-value"]
+    [dead] = namespace.dead["echo_iq"]
+    assert (dead.message_id, dead.dead_letter_reason) == ("m-deep", "MalformedJson")
+    assert "AMQP value body" in dead.dead_letter_error_description

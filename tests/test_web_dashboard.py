@@ -1,5 +1,7 @@
-"""The live dashboard: the broadcaster's one-read-per-tick rule, the WebSocket against real
-gunicorn, and the page itself in real headless Chromium while real feedback tasks spend quota."""
+"""The live dashboard: the broadcaster's one-read-per-tick rule, the chart's history in Redis
+(kept with nobody watching, one point a second whatever the number of web processes), the
+WebSocket against real gunicorn, and the page itself in real headless Chromium while real
+feedback tasks spend quota."""
 
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ import pytest
 import redis
 import websocket
 
+from bridge.metrics import Counters, Heartbeat, read_bridge_stats
+from settings import Route
 from settings.redis_server import free_port
 from tests.support.processes import REPO_ROOT, ManagedProcess, python_args
 from web.broadcaster import StatusBroadcaster
+from web.history import ChartHistory
 
 SCREENSHOT_FOR_README = REPO_ROOT / "docs" / "dashboard.png"
 # Set to refresh the README's picture from this test; off so tests leave the tree clean.
@@ -28,14 +33,21 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 # --- the broadcaster, in process -----------------------------------------------------------------
-def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers() -> None:
+def redis_now(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return int(seconds) + int(micros) / 1e6
+
+
+def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers(redis_client) -> None:
     reads = []
+    # One chart point per second is kept: give each tick's point its own (recent) second.
+    start = redis_now(redis_client) - 100
 
     def read() -> dict:
         reads.append(time.monotonic())
-        return {"n": len(reads), "point": {"t": len(reads)}}
+        return {"n": len(reads), "point": {"t": start + len(reads)}}
 
-    broadcaster = StatusBroadcaster(read, tick_s=0.05)
+    broadcaster = StatusBroadcaster(read, ChartHistory(redis_client), tick_s=0.05)
     viewers = [broadcaster.subscribe() for _ in range(5)]
     assert all(json.loads(v.next_frame(timeout=1))["type"] == "history" for v in viewers)
     seen: list[list[int]] = [[] for _ in viewers]
@@ -58,6 +70,47 @@ def test_broadcaster_reads_once_per_tick_whatever_the_number_of_viewers() -> Non
     history = json.loads(late.next_frame(timeout=1))
     broadcaster.unsubscribe(late)
     assert history["type"] == "history" and len(history["points"]) >= len(reads) - 1
+
+
+def test_history_keeps_one_point_a_second_for_every_process_and_forgets_old_ones(
+    redis_client,
+) -> None:
+    second = int(redis_now(redis_client)) - 3
+    web_1, web_2 = ChartHistory(redis_client, keep_s=60), ChartHistory(redis_client, keep_s=60)
+    assert web_1.record({"t": second - 100.5, "series": {}})  # older than the window
+    assert web_1.record({"t": second + 0.1, "series": {"a": 1}})
+    assert not web_2.record({"t": second + 0.6, "series": {"a": 2}})  # the same second: dropped
+    assert web_2.record({"t": second + 1.5, "series": {"a": 3}})
+    assert [point["series"] for point in web_1.recent()] == [{"a": 1}, {"a": 3}]
+    assert web_2.recent() == web_1.recent()
+    assert redis_client.ttl(web_1.key) > 0  # a history nobody writes goes away by itself
+
+
+def test_recording_goes_on_with_nobody_watching_and_a_late_viewer_gets_it(redis_client) -> None:
+    start = redis_now(redis_client) - 100
+    reads: list[int] = []
+
+    def read() -> dict:
+        reads.append(len(reads))
+        return {"point": {"t": start + len(reads), "series": {}}}
+
+    broadcaster = StatusBroadcaster(read, ChartHistory(redis_client), tick_s=0.02)
+    broadcaster.keep_recording()
+    try:
+        deadline = time.monotonic() + 30
+        while len(reads) < 5:
+            assert time.monotonic() < deadline, "the recorder did not tick"
+            time.sleep(0.02)
+        # A broadcaster in another web process, never ticked, serves the same history.
+        other = StatusBroadcaster(read, ChartHistory(redis_client))
+        viewer = other.subscribe()
+        history = json.loads(viewer.next_frame(timeout=1))
+        other.stop()
+        assert len(history["points"]) >= 5
+        assert [p["t"] for p in history["points"]] == sorted(p["t"] for p in history["points"])
+    finally:
+        broadcaster.stop()
+    assert not any(t.name == "dashboard-broadcaster" for t in threading.enumerate())
 
 
 # --- gunicorn ------------------------------------------------------------------------------------
@@ -91,6 +144,38 @@ def evalsha_calls(client: redis.Redis) -> int:
 def frames(socket: websocket.WebSocket) -> Iterator[dict]:
     while True:
         yield json.loads(socket.recv())
+
+
+def test_gunicorn_records_the_chart_with_nobody_watching(start_web, redis_client) -> None:
+    """A page opened after a run shows the minutes before it: under gunicorn the history is
+    recorded from the start, not from the first viewer."""
+    url = start_web()
+    history = ChartHistory(redis_client)
+    deadline = time.monotonic() + 60
+    while len(history.recent()) < 3:
+        assert time.monotonic() < deadline, "gunicorn recorded no chart history"
+        time.sleep(0.2)
+    socket = websocket.create_connection(url.replace("http", "ws") + "/ws/status", timeout=10)
+    try:
+        first = next(frames(socket))
+    finally:
+        socket.close()
+    assert first["type"] == "history"
+    assert len(first["points"]) >= 3
+    assert "completion/gpt-4o" in first["points"][-1]["series"]
+
+
+def test_bridge_counters_say_since_when_they_count(redis_client) -> None:
+    route = Route(in_queue="form_iq", processor="feedback", out_queue="form_oq")
+    counters = Counters()
+    first = Heartbeat(redis_client, "bridge-a", [route], counters)
+    before = redis_now(redis_client)
+    first.beat()
+    counters.add("form_iq", "received", 3)
+    Heartbeat(redis_client, "bridge-b", [route], counters).beat()  # a later bridge: same start
+    [stats] = read_bridge_stats(redis_client)["routes"]
+    assert stats["received"] == 3
+    assert before - 1 <= stats["counting_since"] <= before + 5
 
 
 def test_status_socket_pushes_one_shared_frame_a_second(start_web, redis_client) -> None:
@@ -160,10 +245,10 @@ def chromium_driver(profile_dir: Path):
 
 
 def text_of(driver, selector: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    elements = driver.find_elements(By.CSS_SELECTOR, selector)
-    return elements[0].text if elements else ""
+    """The element's text, read in one step inside the page: the page replaces its table rows
+    every frame, so an element found first and read after may be gone by then (stale)."""
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+    return str(driver.execute_script(script, selector)).strip()
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

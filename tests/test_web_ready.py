@@ -1,5 +1,6 @@
-"""``/ready``: ready only while Redis, the broker, a bridge and a worker are all there, and
-unready, saying why, the moment Redis goes away."""
+"""``/ready``: ready only while Redis, the broker, a bridge, a worker and the Azure OpenAI
+endpoint (here the emulator) are all there, and unready, saying why and where, the moment one
+goes away."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from settings import load_settings
-from settings.redis_server import RedisServer
+from settings.redis_server import RedisServer, free_port
 from tests.support.processes import ManagedProcess, python_args
 from web.app import create_app
 
@@ -20,10 +21,15 @@ def failing(answer) -> set[str]:
 
 
 @pytest.mark.slow
-def test_ready_follows_redis_bridge_and_workers(conduit_env, tmp_path: Path) -> None:
+def test_ready_follows_redis_bridge_and_workers(
+    conduit_env, start_emulator, tmp_path: Path
+) -> None:
+    emulator = start_emulator()
     redis_server = RedisServer(tmp_path / "redis").start()
     env = {**conduit_env, "REDIS_URL": redis_server.url}
-    app = create_app(load_settings(auth_disabled=True, redis_url=redis_server.url))
+    app = create_app(
+        load_settings(auth_disabled=True, redis_url=redis_server.url, emulator_port=emulator.port)
+    )
     client = app.test_client()
     processes: list[ManagedProcess] = []
     try:
@@ -65,7 +71,17 @@ def test_ready_follows_redis_bridge_and_workers(conduit_env, tmp_path: Path) -> 
         )
         ready = client.get("/ready").json
         assert ready["ready"] is True
-        assert set(ready["checks"]) == {"redis", "broker", "bridge", "workers"}
+        assert set(ready["checks"]) == {"redis", "broker", "bridge", "workers", "upstream"}
+        assert emulator.url in ready["checks"]["upstream"]["detail"]
+
+        emulator.process.stop()
+        upstream_gone = client.get("/ready")
+        assert upstream_gone.status_code == 503
+        assert failing(upstream_gone) == {"upstream"}
+        assert (
+            f"{emulator.url} (EMULATOR_HOST/EMULATOR_PORT"
+            in (upstream_gone.json["checks"]["upstream"]["detail"])
+        )
 
         redis_server.stop()
         gone = client.get("/ready")
@@ -76,3 +92,25 @@ def test_ready_follows_redis_bridge_and_workers(conduit_env, tmp_path: Path) -> 
         for process in processes:
             process.stop()
         redis_server.stop()
+
+
+def test_ready_names_an_unreachable_openai_endpoint_and_its_setting(redis_url) -> None:
+    """A wrong APP_OPENAI_API_BASE makes /ready say so at once, naming the URL and the variable,
+    instead of tasks failing minutes later."""
+    wrong = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    embedding = f"http://127.0.0.1:{free_port()}"
+    app = create_app(
+        load_settings(
+            auth_disabled=True,
+            redis_url=redis_url,
+            openai_api_base=wrong,
+            embedding_api_base=embedding,
+        )
+    )
+    answer = app.test_client().get("/ready")
+    assert answer.status_code == 503
+    check = answer.json["checks"]["upstream"]
+    assert not check["ok"]
+    assert f"{wrong} (APP_OPENAI_API_BASE) unreachable: ConnectError" in check["detail"]
+    assert f"{embedding} (APP_EMBEDDING_API_BASE) unreachable" in check["detail"]
+    assert answer.json["checks"]["redis"]["ok"]

@@ -18,6 +18,7 @@ from flask import Flask, current_app
 from quota import QuotaLimiter
 from settings import Settings
 from web.broadcaster import StatusBroadcaster
+from web.history import ChartHistory
 from web.snapshot import SnapshotReader
 from worker import create_celery, queue_names
 
@@ -60,7 +61,7 @@ class Services:
             limiter=limiter,
             celery=create_celery(settings),
             snapshot=reader,
-            broadcaster=StatusBroadcaster(reader.read),
+            broadcaster=StatusBroadcaster(reader.read, ChartHistory(client)),
             version=project_version(),
         )
 

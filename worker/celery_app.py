@@ -10,15 +10,22 @@ timeout another worker receives it. Tasks must therefore be idempotent (tasks/ m
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init, worker_shutdown
 from kombu import Queue
 
-from settings import Settings, configure_logging, get_settings
+from logship import start_log_shipping, stop_log_shipping
+from settings import Settings, configure_logging, get_settings, settings_or_exit
 
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"
 # Task modules the worker imports at start; each later component adds its own.
-TASK_MODULES = ["worker.diagnostics", "worker.observability", "tasks.processors", "tasks.ai_tasks"]
+TASK_MODULES = [
+    "worker.diagnostics",
+    "worker.observability",
+    "tasks.processors",
+    "tasks.ai_tasks",
+    "tasks.search_tasks",
+]
 
 
 def queue_names(settings: Settings) -> list[str]:
@@ -74,4 +81,9 @@ def _use_conduit_logging(**_: object) -> None:
     configure_logging(get_settings())
 
 
-app = create_celery(get_settings())
+# Rotated logs of LOG_DIR go to Blob Storage while the worker runs (logship/).
+worker_init.connect(lambda **_: start_log_shipping(get_settings()), weak=False)
+worker_shutdown.connect(lambda **_: stop_log_shipping(), weak=False)
+
+# `celery -A worker` imports this: a wrong setting ends it with one line, not a traceback.
+app = create_celery(settings_or_exit("worker"))

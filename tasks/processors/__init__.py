@@ -3,7 +3,7 @@
 Importing this package registers every processor (the worker and the bridge both do).
 """
 
-from tasks.processors import echo, feedback, transcribe  # noqa: F401 - registers the processors
+from tasks.processors import echo, feedback, reasoner, transcribe  # noqa: F401 - registers the processors
 from tasks.processors.registry import (
     PROCESSORS,
     Processor,

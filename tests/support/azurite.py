@@ -4,14 +4,20 @@ tests/conftest.py yields its connection string).
 Azurite is installed from tools/azurite/package-lock.json by ``make test-tools``. It keeps its
 blobs in memory, so nothing lands on disk (``--inMemoryPersistence`` and ``--location`` exclude
 each other), and ``--skipApiVersionCheck`` lets it serve an azure-storage-blob newer than itself.
+A test that restarts Azurite passes a ``location`` (blobs kept on disk across the restart) and the
+``port`` of the first run. Azurite's access log (one line per request) is the log file's content;
+:func:`committed_writes` counts from it the writes that created or replaced each blob.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from settings.redis_server import free_port
@@ -31,6 +37,18 @@ def node_missing() -> str | None:
     return f"{' and '.join(missing)} not on PATH: Azurite needs Node.js" if missing else None
 
 
+def require_node() -> None:
+    """Skip the calling test without Node.js on a laptop; fail it on CI, where a skip would hide
+    an untested path."""
+    import pytest
+
+    missing = node_missing()
+    if missing and os.environ.get("CI") == "true":
+        pytest.fail(f"{missing}; CI must run the blob tests")
+    if missing:
+        pytest.skip(missing)
+
+
 def connection_string(port: int) -> str:
     return (
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
@@ -38,9 +56,34 @@ def connection_string(port: int) -> str:
     )
 
 
+# An access-log line of a successful write that makes a blob: Put Blob, or Put Block List.
+_COMMIT = re.compile(
+    rf'"PUT /{ACCOUNT_NAME}/(?P<path>[^?" ]+/[^?" ]+)(?:\?comp=blocklist)? HTTP/[0-9.]+" 201 '
+)
+
+
+def committed_writes(access_log: str) -> Counter[str]:
+    """``container/blob`` → how many times it was written (created or overwritten)."""
+    return Counter(match["path"] for match in _COMMIT.finditer(access_log))
+
+
+@dataclass(frozen=True)
+class AzuriteServer:
+    """A running Azurite: its connection string and the file its access log goes to."""
+
+    connection_string: str
+    log_path: Path
+
+    def committed_writes(self) -> Counter[str]:
+        return committed_writes(self.log_path.read_text(errors="replace"))
+
+
 @contextmanager
-def running_azurite(log_dir: Path) -> Iterator[str]:
-    """An Azurite blob service on a free port until the block ends; yields its connection string."""
+def running_azurite(
+    log_dir: Path, port: int | None = None, location: Path | None = None
+) -> Iterator[str]:
+    """An Azurite blob service on ``port`` (default: a free one) until the block ends; yields
+    its connection string. Blobs live in memory, or under ``location`` when one is given."""
     from azure.storage.blob import BlobServiceClient
 
     if not AZURITE_BLOB.exists():
@@ -48,7 +91,7 @@ def running_azurite(log_dir: Path) -> Iterator[str]:
             f"Azurite is not installed ({AZURITE_BLOB} is missing): run "
             "`make test-tools`, or `npm ci` in tools/azurite"
         )
-    port = free_port()
+    port = port or free_port()
     connection = connection_string(port)
     # No retries: a readiness probe that fails should fail fast and be asked again.
     probe = BlobServiceClient.from_connection_string(connection, retry_total=0)
@@ -63,7 +106,7 @@ def running_azurite(log_dir: Path) -> Iterator[str]:
         "127.0.0.1",
         "--blobPort",
         str(port),
-        "--inMemoryPersistence",
+        *(["--location", str(location)] if location else ["--inMemoryPersistence"]),
         "--skipApiVersionCheck",
         "--disableTelemetry",
     ]

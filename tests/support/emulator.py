@@ -25,6 +25,7 @@ from openai import AzureOpenAI, OpenAI
 
 from settings import EMULATOR_DEV_KEY
 from settings.redis_server import free_port
+from settings.search import SEARCH_EMULATOR_PATH
 from tests.support.processes import ManagedProcess, python_args
 
 API_VERSION = "2024-10-21"
@@ -58,6 +59,11 @@ class RunningEmulator:
             **options,
         }
         return OpenAI(base_url=f"{self.url}/v1", **options)
+
+    @property
+    def search_endpoint(self) -> str:
+        """The Azure AI Search endpoint the emulator serves (give it to the SDK's clients)."""
+        return f"{self.url}{SEARCH_EMULATOR_PATH}"
 
     def client_env(self) -> dict[str, str]:
         """Environment that points a Conduit process (tasks/, web/) at this emulator."""
@@ -107,6 +113,8 @@ class EmulatorStarter:
             **self.base_env,
             "EMULATOR_HOST": "127.0.0.1",
             "EMULATOR_PORT": str(port),
+            # Search indexes on disk: in the test's directory, never the repository's .data/.
+            "EMULATOR_SEARCH_DATA_DIR": str(self.work_dir / f"search-{port}"),
             **env,
         }
         if limits is not None:

@@ -100,6 +100,11 @@
   function renderBridge(bridge, time) {
     const beating = bridge.bridges.filter((b) => b.alive).length;
     byId("bridge-state").textContent = beating ? "(" + beating + " running)" : "(no heartbeat)";
+    // The counters are totals kept in Redis: say since when they count.
+    const starts = bridge.routes.map((route) => route.counting_since).filter((t) => t);
+    byId("bridge-since").textContent = starts.length
+      ? "counting since " + new Date(Math.min(...starts) * 1000).toLocaleString()
+      : "";
     const before = previousBridge;
     replaceRows(byId("bridge").tBodies[0], bridge.routes.map((route) => {
       const row = document.createElement("tr");
