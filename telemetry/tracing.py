@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import AnyValue
 
 from settings import Settings, get_logger, get_settings
 
@@ -37,6 +42,35 @@ class _State:
 
     lock = threading.Lock()
     provider: Any = None
+
+
+class NoLoneClientCalls(Sampler):
+    """Samples the spans that start a trace: a client call outside any traced work (the bridge
+    polling Redis every second, a probe of the upstream) starts none, or Redis's
+    instrumentation alone would fill the exporter with one-span traces; the rest are kept at
+    ``ratio``."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(  # noqa: PLR0917 - the SDK's signature
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Mapping[str, AnyValue] | None = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if kind == SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP)
+        return self._ratio.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"NoLoneClientCalls{{{self._ratio.get_description()}}}"
 
 
 def _traces_url(endpoint: str) -> str:
@@ -72,7 +106,7 @@ def configure_tracing(
             ConsoleSpanExporter,
             SimpleSpanProcessor,
         )
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ParentBased
 
         resource = Resource.create(
             {
@@ -81,7 +115,8 @@ def configure_tracing(
             }
         )
         provider = TracerProvider(
-            resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.tracing_sample_ratio))
+            resource=resource,
+            sampler=ParentBased(root=NoLoneClientCalls(settings.tracing_sample_ratio)),
         )
         if endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -16,7 +16,8 @@ from telemetry.fleet_metrics import FleetMetrics
 from tests.support.otlp import running_otlp_receiver
 from tests.support.processes import REPO_ROOT
 
-TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+PRODUCER_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{PRODUCER_TRACE_ID}-b7ad6b7169203331-01"
 
 
 def test_tracing_off_sets_up_nothing_and_starts_no_thread() -> None:
@@ -113,3 +114,23 @@ def test_fleet_metrics_add_up_in_redis(redis_client) -> None:
 def test_an_undeclared_metric_is_refused(redis_client) -> None:
     with pytest.raises(ValueError, match="declare it"):
         FleetMetrics(redis_client).count("conduit_made_up_total")
+
+
+def test_a_client_call_outside_traced_work_starts_no_trace() -> None:
+    from opentelemetry.sdk.trace.sampling import Decision, ParentBased
+    from opentelemetry.trace import SpanKind
+
+    from telemetry.tracing import NoLoneClientCalls
+
+    sampler = ParentBased(root=NoLoneClientCalls(1.0))
+    trace_id = int(PRODUCER_TRACE_ID, 16)
+    # The bridge polling Redis with nothing going on: dropped.
+    assert sampler.should_sample(None, trace_id, "LLEN", SpanKind.CLIENT).decision == Decision.DROP
+    # A message arriving: kept, and so is a Redis call made while handling it.
+    assert sampler.should_sample(None, trace_id, "receive", SpanKind.CONSUMER).decision == (
+        Decision.RECORD_AND_SAMPLE
+    )
+    parent = context_from_carrier({"traceparent": TRACEPARENT})
+    assert sampler.should_sample(parent, trace_id, "LLEN", SpanKind.CLIENT).decision == (
+        Decision.RECORD_AND_SAMPLE
+    )
