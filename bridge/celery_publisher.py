@@ -10,12 +10,14 @@ that was not published would lose it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import redis
 from celery import Celery
 from kombu.exceptions import KombuError, SerializationError
+from opentelemetry import context
+from opentelemetry.context import Context
 
 from bridge.errors import BrokerUnavailable
 from bridge.routing import TaskRequest
@@ -43,24 +45,36 @@ class CeleryPublisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def publish(self, requests: Sequence[TaskRequest]) -> None:
-        """Publish every request, or raise BrokerUnavailable (see the module docstring)."""
+    def publish(
+        self, requests: Sequence[TaskRequest], traces: Mapping[str, Context] | None = None
+    ) -> None:
+        """Publish every request, or raise BrokerUnavailable (see the module docstring).
+
+        ``traces`` maps a task id to the trace context its message arrived in: each task is
+        published inside it, so Celery's instrumentation carries it in the task's headers."""
         if not requests:
             return
+        traces = traces or {}
         with (
             _mapped_errors(f"publishing {len(requests)} task(s)"),
             self.app.producer_pool.acquire(block=True) as producer,
             producer.batch(max_size=10 * len(requests)),
         ):
             for request in requests:
-                self.app.send_task(
-                    request.task_name,
-                    args=[request.body],
-                    kwargs={"out_queue": request.out_queue, "message_id": request.message_id},
-                    task_id=request.task_id,
-                    queue=request.queue,
-                    producer=producer,
-                )
+                trace_context = traces.get(request.task_id)
+                token = context.attach(trace_context) if trace_context is not None else None
+                try:
+                    self.app.send_task(
+                        request.task_name,
+                        args=[request.body],
+                        kwargs={"out_queue": request.out_queue, "message_id": request.message_id},
+                        task_id=request.task_id,
+                        queue=request.queue,
+                        producer=producer,
+                    )
+                finally:
+                    if token is not None:
+                        context.detach(token)
 
     def backlog(self, queue: str) -> int:
         """Messages waiting in a Celery queue (not yet taken by a worker)."""

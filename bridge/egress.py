@@ -20,19 +20,23 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
 import redis
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, SpanKind
 
-from bridge.bus_api import Bus, OutgoingMessage
+from bridge.bus_api import Bus, OutgoingMessage, PropertyValue
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
 from bridge.ledger import Ledger
 from bridge.metrics import Counters
 from settings import get_logger
 from tasks.outbox import stream_key
 from tasks.processors.base import failure_payload
+from telemetry import context_from_carrier, current_carrier, tracer
+from telemetry.tracing import tracing_enabled
 
 log = get_logger(__name__)
 
@@ -44,6 +48,15 @@ FORGET_CONSUMER_AFTER_MS = 3600 * 1000
 FAILURE_RETRY_SECS = 1.0
 
 Entry = tuple[str, dict[str, str] | None]
+
+
+def current_carrier_of(span: Span) -> dict[str, str]:
+    """``span``'s context as message properties (``traceparent``)."""
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        return current_carrier()
+    finally:
+        context.detach(token)
 
 
 class ResultTooLarge(Exception):
@@ -168,13 +181,20 @@ class Egress:
             return 0
         out_queue = self.out_queue_of[stream]
         results = []
+        spans: list[Span] = []
         for entry_id, fields in entries:
             if fields and {"task_id", "message_id", "body"} <= fields.keys():
+                properties: dict[str, PropertyValue] = {}
+                if tracing_enabled():
+                    span = self.send_span(out_queue, fields)
+                    spans.append(span)
+                    properties = dict(current_carrier_of(span))
                 results.append(
                     OutgoingMessage(
                         body=fields["body"],
                         message_id=fields["task_id"],
                         correlation_id=fields["message_id"],
+                        application_properties=properties,
                     )
                 )
             elif fields:  # deleted entries come back as None: nothing to send, just acknowledge
@@ -184,6 +204,33 @@ class Egress:
                     out_queue,
                     fields,
                 )
+        try:
+            return self.send_results(stream, out_queue, entries, results)
+        finally:
+            for span in spans:
+                span.end()
+
+    def send_span(self, out_queue: str, fields: Mapping[str, str]) -> Span:
+        """The result's send, in the trace of the task that wrote it (its outbox entry carries
+        the ``traceparent``); the message sent carries this span's, so the trace goes on."""
+        return tracer.start_span(
+            f"bridge.send {out_queue}",
+            context=context_from_carrier(fields),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "servicebus",
+                "messaging.destination.name": out_queue,
+                "messaging.message.id": fields["task_id"],
+            },
+        )
+
+    def send_results(
+        self,
+        stream: str,
+        out_queue: str,
+        entries: Sequence[Entry],
+        results: Sequence[OutgoingMessage],
+    ) -> int:
         messages = [self.sendable(out_queue, result) for result in results]
         try:
             self.bus.send(out_queue, messages)

@@ -17,7 +17,11 @@ so a backlog waits in the bus, not in Redis memory.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 
 from bridge.bus_api import ReceivedMessage, Receiver
 from bridge.celery_publisher import CeleryPublisher
@@ -26,6 +30,8 @@ from bridge.ledger import Ledger
 from bridge.metrics import Counters
 from bridge.routing import Rejection, TaskRequest, route_message, unhandled
 from settings import Route, get_logger
+from telemetry import context_from_carrier, tracer
+from telemetry.tracing import tracing_enabled
 
 log = get_logger(__name__)
 
@@ -144,6 +150,7 @@ class Ingress:
         make the bridge exit and its batch come back, again and again, until every message of
         it is dead-lettered for its delivery count."""
         accepted: list[tuple[ReceivedMessage, TaskRequest]] = []
+        spans: dict[str, Span] = {}
         for message in batch:
             try:
                 outcome = route_message(
@@ -158,8 +165,11 @@ class Ingress:
                 self.dead_letter(message, outcome)
             else:
                 accepted.append((message, outcome))
+        if tracing_enabled():
+            spans = {request.task_id: self.receive_span(m, request) for m, request in accepted}
+        traces = {task_id: trace.set_span_in_context(span) for task_id, span in spans.items()}
         try:
-            self.record_and_publish([request for _, request in accepted])
+            self.record_and_publish([request for _, request in accepted], traces)
             published = [message for message, _ in accepted]
         except BrokerUnavailable:
             lost = self.receiver.abandon([message for message, _ in accepted])
@@ -172,23 +182,46 @@ class Ingress:
                 len(accepted),
                 type(error).__name__,
             )
-            published = self.publish_one_by_one(accepted)
+            published = self.publish_one_by_one(accepted, traces)
+        finally:
+            for span in spans.values():
+                span.end()
         self.complete(published)
 
-    def record_and_publish(self, requests: Sequence[TaskRequest]) -> None:
+    def receive_span(self, message: ReceivedMessage, request: TaskRequest) -> Span:
+        """The message's span in the bridge: a child of the producer's ``traceparent`` when the
+        message carries one, so the producer's trace goes on through Conduit."""
+        return tracer.start_span(
+            f"bridge.receive {self.route.in_queue}",
+            context=context_from_carrier(message.application_properties),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "servicebus",
+                "messaging.destination.name": self.route.in_queue,
+                "messaging.message.id": message.message_id,
+                "conduit.task_id": request.task_id,
+                "conduit.processor": self.route.processor,
+            },
+        )
+
+    def record_and_publish(
+        self, requests: Sequence[TaskRequest], traces: Mapping[str, Context] | None = None
+    ) -> None:
         self.ledger.record(requests)
-        self.publisher.publish(requests)
+        self.publisher.publish(requests, traces)
         self.counters.add(self.route.in_queue, "published", len(requests))
 
     def publish_one_by_one(
-        self, accepted: Sequence[tuple[ReceivedMessage, TaskRequest]]
+        self,
+        accepted: Sequence[tuple[ReceivedMessage, TaskRequest]],
+        traces: Mapping[str, Context],
     ) -> list[ReceivedMessage]:
         """Record and publish each message alone, dead-lettering the ones that fail; returns
         those published. The broker failing on the way abandons the rest, as for a batch."""
         published: list[ReceivedMessage] = []
         for index, (message, request) in enumerate(accepted):
             try:
-                self.record_and_publish([request])
+                self.record_and_publish([request], traces)
             except BrokerUnavailable:
                 self.complete(published)
                 rest = [message for message, _ in accepted[index:]]

@@ -26,6 +26,7 @@ from bridge.unrouted import UnroutedReporter
 from logship import start_log_shipping, stop_log_shipping
 from settings import Settings, configure_logging, get_logger
 from tasks.processors import UnknownProcessor, get_processor
+from telemetry import configure_tracing
 
 log = get_logger(__name__)
 
@@ -161,6 +162,7 @@ class Bridge:
 def run_bridge(settings: Settings) -> int:
     """``python -m bridge``: run until SIGTERM/SIGINT; the process exit status."""
     configure_logging(settings)
+    configure_tracing("conduit-bridge", settings=settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

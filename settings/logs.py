@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from logging.handlers import TimedRotatingFileHandler
 
 import colorlog
+from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
@@ -77,11 +78,17 @@ def log_context(**fields: object) -> Iterator[None]:
 
 
 class ContextFilter(logging.Filter):
-    """Copies the current log context onto each record, so formatters can print it."""
+    """Copies the current log context onto each record, so formatters can print it, and the
+    active span's ``trace_id`` / ``span_id`` (W3C hex) when tracing is on, so a log line leads
+    to its trace."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         for name, value in (_context.get() or {}).items():
             setattr(record, name, value)
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            record.trace_id = format(span_context.trace_id, "032x")
+            record.span_id = format(span_context.span_id, "016x")
         return True
 
 
@@ -158,7 +165,8 @@ class _ContextSuffix(logging.Filter):
     """Renders the context fields as ` [task_id=... app_id=...]` for the console format."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        pairs = [f"{n}={getattr(record, n)}" for n in CONTEXT_FIELDS if getattr(record, n, None)]
+        names = (*CONTEXT_FIELDS, "trace_id")
+        pairs = [f"{n}={getattr(record, n)}" for n in names if getattr(record, n, None)]
         record.context = f" [{' '.join(pairs)}]" if pairs else ""
         return True
 

@@ -18,6 +18,8 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
+from telemetry import TRACEPARENT, current_carrier, tracer
+
 KEY_PREFIX = "conduit:outbox"
 # How long a task id is remembered as written: far longer than any redelivery can take.
 WRITTEN_MARKER_TTL_SECS = 7 * 24 * 3600
@@ -25,12 +27,17 @@ WRITTEN_MARKER_TTL_SECS = 7 * 24 * 3600
 STREAM_MAX_LENGTH = 100_000
 
 _WRITE_ONCE = """
--- KEYS[1] stream, KEYS[2] written marker; ARGV: task_id, message_id, body, marker ttl, maxlen
+-- KEYS[1] stream, KEYS[2] written marker
+-- ARGV: task_id, message_id, body, marker ttl, maxlen, traceparent ('' when not traced)
 -- Returns the new entry id, or false when this task id was written before.
 local task_id, message_id, body = ARGV[1], ARGV[2], ARGV[3]
-local marker_ttl, max_length = tonumber(ARGV[4]), tonumber(ARGV[5])
+local marker_ttl, max_length, traceparent = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 if not redis.call('SET', KEYS[2], body, 'NX', 'EX', marker_ttl) then
   return false
+end
+if traceparent ~= '' then
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_length, '*', 'task_id', task_id,
+                    'message_id', message_id, 'body', body, 'traceparent', traceparent)
 end
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_length, '*',
                   'task_id', task_id, 'message_id', message_id, 'body', body)
@@ -68,17 +75,22 @@ def write_result(
     client: redis.Redis, out_queue: str, task_id: str, message_id: str, body: dict[str, Any]
 ) -> str | None:
     """Append ``body`` to ``out_queue``'s outbox once per task id: the new entry id, or None
-    when this task id was written before."""
-    entry_id = _write_once_script(client)(
-        keys=[stream_key(out_queue), written_key(out_queue, task_id)],
-        args=[
-            task_id,
-            message_id,
-            encode_body(body),
-            WRITTEN_MARKER_TTL_SECS,
-            STREAM_MAX_LENGTH,
-        ],
-    )
+    when this task id was written before. The entry carries the current trace's
+    ``traceparent``, so the bridge's send continues the message's trace."""
+    with tracer.start_as_current_span(
+        "outbox.write", attributes={"conduit.out_queue": out_queue, "conduit.task_id": task_id}
+    ):
+        entry_id = _write_once_script(client)(
+            keys=[stream_key(out_queue), written_key(out_queue, task_id)],
+            args=[
+                task_id,
+                message_id,
+                encode_body(body),
+                WRITTEN_MARKER_TTL_SECS,
+                STREAM_MAX_LENGTH,
+                current_carrier().get(TRACEPARENT, ""),
+            ],
+        )
     return entry_id or None
 
 

@@ -110,10 +110,10 @@ class FailsOnOne(CeleryPublisher):
         super().__init__(app)
         self.poisoned_task_id = poisoned_task_id
 
-    def publish(self, requests: Sequence[TaskRequest]) -> None:
+    def publish(self, requests: Sequence[TaskRequest], traces=None) -> None:
         if any(request.task_id == self.poisoned_task_id for request in requests):
             raise TypeError("Object of type bytes is not JSON serializable")
-        super().publish(requests)
+        super().publish(requests, traces)
 
 
 def test_an_unexpected_error_in_a_batch_is_pinned_on_its_message(bus, celery_app, redis_client):

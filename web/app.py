@@ -7,6 +7,7 @@
 - ``quota_api`` ``/api/v1/quota``: every pool and deployment with its per-app breakdown
 - ``health``    ``/health`` (liveness, open) and ``/ready`` (Redis, broker, bridge, workers)
 - ``dashboard`` ``/dashboard`` and its WebSocket ``/ws/status``
+- ``metrics``   ``/metrics``: the fleet in Prometheus's text format (web/metrics.py)
 
 Every endpoint but ``/`` and ``/health`` needs a credential (see :mod:`web.auth`).
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 from flask import Flask, request
 
 from settings import Settings, get_logger, get_settings
-from web import calls, counter, dashboard, health, media, quota_api
+from telemetry import instrument_flask
+from web import calls, counter, dashboard, health, media, metrics, quota_api
 from web.auth import Authenticator
 from web.errors import register_error_handlers
 from web.extensions import sock
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _require_credentials() -> None:
         authenticator.authenticate(request, request.endpoint)
 
+    instrument_flask(app)
     Services.create(settings).init_app(app)
     sock.init_app(app)
     register_error_handlers(app)
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         dashboard.blueprint,
         media.blueprint,
         calls.blueprint,
+        metrics.blueprint,
     ):
         app.register_blueprint(blueprint)
     return app

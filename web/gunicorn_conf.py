@@ -23,6 +23,7 @@ from gunicorn import util as gunicorn_util
 
 from logship import start_log_shipping, stop_log_shipping
 from settings import configure_logging, settings_or_exit
+from telemetry import configure_tracing
 
 _settings = settings_or_exit("web")
 
@@ -70,6 +71,8 @@ gunicorn_util.write_error = write_json_error
 
 def post_fork(server: Any, worker: Any) -> None:
     configure_logging(_settings)
+    # After the fork: a span exporter's thread does not survive one.
+    configure_tracing("conduit-web")
     start_log_shipping(_settings)  # workers sharing LOG_DIR coordinate through its state file
 
 

@@ -39,6 +39,7 @@ class Services:
     redis: redis.Redis
     limiter: QuotaLimiter
     celery: Celery
+    snapshot: SnapshotReader
     broadcaster: StatusBroadcaster
     version: str
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -59,6 +60,7 @@ class Services:
             redis=client,
             limiter=limiter,
             celery=create_celery(settings),
+            snapshot=reader,
             broadcaster=StatusBroadcaster(reader.read, ChartHistory(client)),
             version=project_version(),
         )

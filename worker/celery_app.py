@@ -25,7 +25,13 @@ patch_closed_channel_connparams()
 # The queue for anything not routed elsewhere (ping, internal chores).
 DEFAULT_QUEUE = "conduit"
 # Task modules the worker imports at start; each later component adds its own.
-TASK_MODULES = ["worker.diagnostics", "tasks.processors", "tasks.ai_tasks", "tasks.search_tasks"]
+TASK_MODULES = [
+    "worker.diagnostics",
+    "worker.observability",
+    "tasks.processors",
+    "tasks.ai_tasks",
+    "tasks.search_tasks",
+]
 
 
 def queue_names(settings: Settings) -> list[str]:

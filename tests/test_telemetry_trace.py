@@ -1,0 +1,109 @@
+"""One message is one trace: producer → bridge → worker → Azure OpenAI → outbox → output queue.
+
+Real processes (bridge, Celery worker, the OpenAI emulator) export their spans over OTLP/HTTP
+to a receiver this test runs; the producer's ``traceparent`` on the Service Bus message is
+continued, and the result sent to the output queue carries the trace onward.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from bridge.bus import OutgoingMessage
+from bridge.local_bus import LocalBus
+from bridge.metrics import HEARTBEATS_KEY
+from tests.support.otlp import ReceivedSpan, running_otlp_receiver
+from tests.support.processes import ManagedProcess, python_args
+
+pytestmark = pytest.mark.slow
+
+PRODUCER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+PRODUCER_SPAN = "b7ad6b7169203331"
+RESULT_TIMEOUT_SECS = 120.0
+
+
+def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
+    """The span ids above ``span``, nearest first, as far as the received spans go."""
+    parents = {s.span_id: s.parent_id for s in spans}
+    chain, current = [], span.parent_id
+    while current in parents:
+        chain.append(current)
+        current = parents[current]
+    return [*chain, current]
+
+
+def by_name(spans: list[ReceivedSpan], prefix: str) -> ReceivedSpan:
+    matches = [span for span in spans if span.name.startswith(prefix)]
+    assert len(matches) == 1, f"{prefix}: {[(s.service, s.name) for s in spans]}"
+    return matches[0]
+
+
+def test_one_message_is_one_trace_across_the_processes(
+    start_emulator, start_worker, conduit_env, redis_client, tmp_path
+) -> None:
+    emulator = start_emulator()
+    with running_otlp_receiver() as receiver:
+        env = {
+            **conduit_env,
+            **emulator.client_env(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            # Export within a tenth of a second instead of five: the test waits for the spans.
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "BRIDGE_MAX_IDLE_SECONDS": "1",
+        }
+        start_worker(**env)
+        bridge = ManagedProcess(
+            python_args("-m", "bridge"), env, tmp_path / "bridge.log", name="bridge"
+        )
+        bridge.ready = lambda: (
+            redis_client.zscore(HEARTBEATS_KEY, f"{socket.gethostname()}:{bridge.pid}") is not None
+        )
+        bridge.start()
+        try:
+            bus = LocalBus(redis_client)
+            form = {"id": "f-1", "language": "en", "text": "The delivery was quick and kind."}
+            bus.send(
+                "form_iq",
+                [
+                    OutgoingMessage(
+                        body=json.dumps(form),
+                        message_id="traced-1",
+                        application_properties={
+                            "traceparent": f"00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01"
+                        },
+                    )
+                ],
+            )
+            bridge.wait_until(
+                lambda: bool(bus.peek("form_oq", 1)), RESULT_TIMEOUT_SECS, "the result"
+            )
+            [result] = bus.peek("form_oq", 1)
+            expected = ("bridge.receive", "apply_async/", "run/", "outbox.write", "bridge.send")
+            spans = receiver.wait_for(
+                lambda s: all(any(x.name.startswith(name) for x in s) for name in expected),
+                RESULT_TIMEOUT_SECS,
+                "every process's spans",
+            )
+        finally:
+            bridge.stop()
+
+    trace = [span for span in spans if span.trace_id == PRODUCER_TRACE]
+    receive = by_name(trace, "bridge.receive form_iq")
+    publish = by_name(trace, "apply_async/")
+    run = by_name(trace, "run/")
+    write = by_name(trace, "outbox.write")
+    send = by_name(trace, "bridge.send form_oq")
+
+    assert receive.parent_id == PRODUCER_SPAN
+    assert (receive.service, publish.service, send.service) == ("conduit-bridge",) * 3
+    assert (run.service, write.service) == ("conduit-worker",) * 2
+    assert publish.parent_id == receive.span_id
+    assert run.parent_id == publish.span_id
+    assert run.span_id in ancestors(write, trace)
+    assert send.parent_id == write.span_id
+    # The result on the output queue carries the trace on, from the send span.
+    assert result.application_properties["traceparent"] == f"00-{PRODUCER_TRACE}-{send.span_id}-01"
+    assert receive.attributes["messaging.message.id"] == "traced-1"
