@@ -10,8 +10,10 @@ once and reported with what was counted so far, since the upstream received it.
 Voice turns are interactive traffic. The quota has no priority lanes yet; when it does
 (``quota_call(..., lane="interactive")``), :func:`_quota_slot` is the one place to change.
 
-    >>> for text in stream_chat(messages, max_tokens=80, app_id="voice"):
-    ...     speak(text)
+With a completion endpoint (the emulator, or Azure) configured::
+
+    for text in stream_chat(messages, max_tokens=80, app_id="voice"):
+        speak(text)
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ Keys (one hash per metric; a field per label set, and per bucket for histograms)
     conduit:metrics:histogram:<name>   "<labels json>|<bucket i>" -> observations in bucket i
                                        "<labels json>|sum", "...|count"
 
-    >>> metrics = FleetMetrics(redis_client)
-    >>> metrics.count("conduit_tasks_total", task="ai.send_prompt", state="succeeded")
-    >>> metrics.observe("conduit_upstream_request_duration_seconds", 0.42, pool="completion")
+With a Redis client::
+
+    metrics = FleetMetrics(redis_client)
+    metrics.count("conduit_tasks_total", task="ai.send_prompt", state="succeeded")
+    metrics.observe("conduit_upstream_request_duration_seconds", 0.42, pool="completion")
 """
 
 from __future__ import annotations

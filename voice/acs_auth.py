@@ -7,7 +7,9 @@ immutable id (``ACS_RESOURCE_ID``). A token passes only when all of these hold a
 expired. Every failure is one :class:`AcsAuthError` whose message is safe to return (it says which
 rule failed, never key material).
 
-    >>> claims = AcsTokenVerifier.from_settings(settings).verify(request.headers["Authorization"])
+In a request handler::
+
+    claims = AcsTokenVerifier.from_settings(settings).verify(request.headers["Authorization"])
 
 Keys are cached by PyJWT's ``PyJWKClient`` and fetched again when a token names an unknown ``kid``
 (a key rotation).

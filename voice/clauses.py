@@ -7,8 +7,10 @@ has :data:`MIN_CLAUSE_WORDS` words (shorter pieces sound choppy). A clause that 
 punctuation still starts early and is never held whole.
 
     >>> splitter = ClauseSplitter()
-    >>> splitter.feed("Hello there. How")   # ['Hello there.']
-    >>> splitter.flush()                    # 'How'
+    >>> splitter.feed("Hello there. How")
+    ['Hello there.']
+    >>> splitter.flush()
+    'How'
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ as fit in ``max_tokens`` (oldest dropped first; the newest message always stays)
 
     >>> memory = ConversationHistory(max_tokens=2000)
     >>> memory.append_to_history("user", "what is the weather today")
-    >>> memory.messages("You are a phone agent.")
+    >>> memory.messages("You are a phone agent.")  # doctest: +NORMALIZE_WHITESPACE
+    [{'role': 'system', 'content': 'You are a phone agent.'},
+     {'role': 'user', 'content': 'what is the weather today'}]
 """
 
 from __future__ import annotations

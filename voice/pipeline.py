@@ -13,8 +13,10 @@ clauses), empties every queue of data frames, and delivers the :class:`~voice.fr
 to each stage as a system frame. Frames a stage pushes for work begun before the interruption are
 dropped by :meth:`Stage.push`, so nothing stale reaches the writer.
 
-    >>> pipeline = Pipeline([HearingStage(...), TurnStage(...), SpeechStage(...), writer])
-    >>> pipeline.start(); pipeline.put(frame); ...; pipeline.stop()
+In outline::
+
+    pipeline = Pipeline([HearingStage(...), TurnStage(...), SpeechStage(...), writer])
+    pipeline.start(); pipeline.put(frame); ...; pipeline.stop()
 """
 
 from __future__ import annotations

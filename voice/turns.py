@@ -5,7 +5,8 @@ caller is *speaking* (so a click or a cough does not barge in), and silence must
 ``stop_secs`` before they have *stopped* (so a pause between words does not end the turn).
 
     >>> turns = TurnDetector(start_secs=0.064, stop_secs=0.2)
-    >>> turns.feed(True, 0.032, now)     # -> None, "started" or "stopped"
+    >>> [turns.feed(True, 0.032, window_end=0.032 * n) for n in range(3)]  # 32 ms VAD windows
+    [None, 'started', None]
 """
 
 from __future__ import annotations

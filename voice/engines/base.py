@@ -9,9 +9,11 @@ always local: Silero or webrtcvad). A handler never builds engines itself: it is
 :class:`EngineProvider` (``acquire()`` / ``release()``), so pooling can replace
 :class:`FreshEngines` without touching the handlers.
 
-    >>> provider = FreshEngines(settings)
-    >>> with provider.engines() as engines:
-    ...     engines.recognizer.start_utterance()
+For example::
+
+    provider = FreshEngines(settings)
+    with provider.engines() as engines:
+        engines.recognizer.start_utterance()
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The handler factory, keyed by ``ACS_STREAMING_MODE`` (the older system's name and values).
 
-    >>> handler = create_handler(settings.acs_streaming_mode, socket, call_id=..., settings=...,
-    ...                          engines=provider)
-    >>> handler.run()
+On an accepted media socket::
+
+    handler = create_handler(settings.acs_streaming_mode, socket, call_id=..., settings=...,
+                             engines=provider)
+    handler.run()
 
 A mode is one line of registration: ``register_handler("VOICE_LIVE", VoiceLiveHandler)`` (call
 control registers VOICE_LIVE next to its handler). Every handler takes the same keyword
