@@ -16,8 +16,9 @@ import websocket
 from emulators.acs.tokens import TokenIssuer
 from settings.calls import ACS_EMULATOR_RESOURCE_ID
 from tests.support.acs_emulator import RunningAcsEmulator
+from tests.support.browser import chromium_driver, text_of
 from tests.support.calls_web import CALLS_API_KEY, CallsWebStarter
-from tests.test_web_dashboard import chromium_driver, text_of, wait_for
+from tests.support.waiting import wait_until
 
 WAIT_SECS = 120.0
 
@@ -111,7 +112,7 @@ def test_calls_panel_and_call_page_in_chromium(
     driver = chromium_driver(tmp_path / "chromium-profile")
     try:
         driver.get(f"{url}/dashboard?access_token={CALLS_API_KEY}")
-        wait_for(
+        wait_until(
             lambda: text_of(driver, "#calls-state") == "live", 30, "the calls socket to go live"
         )
         placed = calls_acs.place_call(
@@ -120,10 +121,10 @@ def test_calls_panel_and_call_page_in_chromium(
             target_api_key=CALLS_API_KEY,
         )
         row = f'tr[data-call-id="{placed["call_id"]}"]'
-        wait_for(
+        wait_until(
             lambda: text_of(driver, f"{row} td.caller") == "+15550100", 60, "the call in the panel"
         )
-        wait_for(
+        wait_until(
             lambda: text_of(driver, f"{row} td.media") == "started",
             60,
             "media streaming in the panel",
@@ -132,8 +133,8 @@ def test_calls_panel_and_call_page_in_chromium(
         from selenium.webdriver.common.by import By
 
         driver.find_element(By.CSS_SELECTOR, f"{row} td.call a").click()
-        wait_for(lambda: text_of(driver, "#connection") == "live", 30, "the call page to go live")
-        wait_for(
+        wait_until(lambda: text_of(driver, "#connection") == "live", 30, "the call page to go live")
+        wait_until(
             lambda: len(driver.find_elements(By.CSS_SELECTOR, "#transcript li.assistant")) >= 2,
             WAIT_SECS,
             "both answers on the call page",
@@ -142,6 +143,8 @@ def test_calls_panel_and_call_page_in_chromium(
             e.text for e in driver.find_elements(By.CSS_SELECTOR, "#transcript li.user .text")
         ]
         assert "weather" in caller_lines[0].lower() and "thank" in caller_lines[1].lower()
-        wait_for(lambda: text_of(driver, "#call-state") == "disconnected", WAIT_SECS, "the hang-up")
+        wait_until(
+            lambda: text_of(driver, "#call-state") == "disconnected", WAIT_SECS, "the hang-up"
+        )
     finally:
         driver.quit()

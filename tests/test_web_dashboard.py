@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -22,6 +21,7 @@ import websocket
 
 from bridge.metrics import Counters, Heartbeat, read_bridge_stats
 from settings import Route
+from tests.support.browser import chromium_driver, text_of
 from tests.support.processes import REPO_ROOT
 from tests.support.waiting import wait_until
 from web.broadcaster import StatusBroadcaster, Subscription
@@ -30,7 +30,6 @@ from web.history import ChartHistory
 SCREENSHOT_FOR_README = REPO_ROOT / "docs" / "dashboard.png"
 # Set to refresh the README's picture from this test; off so tests leave the tree clean.
 UPDATE_SCREENSHOT = os.environ.get("UPDATE_DASHBOARD_SCREENSHOT") == "1"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 # --- the broadcaster, in process -----------------------------------------------------------------
@@ -204,42 +203,6 @@ def test_status_socket_pushes_one_shared_frame_a_second(start_web, redis_client)
     finally:
         for s in sockets:
             s.close()
-
-
-# --- the page in headless Chromium ---------------------------------------------------------------
-def chromium_driver(profile_dir: Path):
-    chromium = shutil.which("chromium")
-    if not (chromium and Path(CHROMEDRIVER).exists()):
-        pytest.fail(
-            "Debian chromium and chromium-driver are needed: `make test` installs them "
-            "(apt-get install -y chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1100",
-        f"--user-data-dir={profile_dir}",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-
-
-def text_of(driver, selector: str) -> str:
-    """The element's text, read in one step inside the page: the page replaces its table rows
-    every frame, so an element found first and read after may be gone by then (stale)."""
-    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
-    return str(driver.execute_script(script, selector)).strip()
 
 
 @pytest.mark.slow
