@@ -141,10 +141,10 @@ def test_an_outcome_written_late_by_a_running_copy_is_not_doubled(sweeper, redis
 
 def test_a_request_the_publisher_cannot_take_is_answered_not_retried(celery_app, redis_client):
     class FailsOnOne(CeleryPublisher):
-        def publish(self, requests):
+        def publish(self, requests, traces=None):
             if any(r.task_id == "poisoned" for r in requests):
                 raise TypeError("not serialisable")
-            super().publish(requests)
+            super().publish(requests, traces)
 
     sweeper = LostTaskSweeper(
         Ledger(redis_client),

@@ -61,5 +61,5 @@ def test_no_quota_left_means_no_request_is_sent(conduit, monkeypatch) -> None:
     assert "".join(stream_chat(MESSAGES, max_tokens=60, app_id="voice"))
     with pytest.raises(QuotaExhausted) as refused:
         next(stream_chat(MESSAGES, max_tokens=60, app_id="voice"))
-    assert refused.value.retry_after_s > 0
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
     assert conduit.stats()["deployments"][CHAT]["requests"] == 1

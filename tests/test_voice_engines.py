@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from settings.config import Settings
+from settings.config import Settings, load_settings
 from settings.redis_server import free_port
 from voice.engines.base import EngineError, FreshEngines, engines_from_settings
 from voice.engines.local import LocalRecognizer, LocalSynthesizer, read_phrases
@@ -15,7 +15,7 @@ QUESTION = "what is the weather today"
 
 
 def azure_settings(**values) -> Settings:
-    return Settings(_env_file=None, voice_engine="azure", **values)
+    return load_settings(voice_engine="azure", **values)
 
 
 def unreachable_endpoint() -> str:
@@ -93,7 +93,7 @@ def test_local_recognizer_is_exact_with_phrases_and_hears_something_without(tmp_
 
 
 def test_fresh_engines_reuse_released_sets() -> None:
-    provider = FreshEngines(Settings(_env_file=None), max_idle=1)
+    provider = FreshEngines(load_settings(), max_idle=1)
     first = provider.acquire()
     provider.release(first)
     assert provider.acquire() is first

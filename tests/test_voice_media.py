@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websocket
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.jwks import new_rsa_key, private_pem, serve_jwks
 from tests.support.web import WebStarter
@@ -63,7 +64,7 @@ def expected_answer(env: dict[str, str], question: str) -> str:
         max_retries=0,
         timeout=CLIENT_TIMEOUT_SECS,
     )
-    messages = [
+    messages: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": question},
     ]
@@ -332,7 +333,7 @@ def test_acs_tokens_are_checked_before_the_upgrade(secured_url, acs_key) -> None
         "unknown kid": sign_token(pem, AUDIENCE, kid="nope"),
         "alg none": jwt.encode(
             {"iss": "https://acscallautomation.communication.azure.com", "aud": AUDIENCE,
-             "exp": now + 60}, None, algorithm="none", headers={"kid": "acs"}),
+             "exp": now + 60}, "", algorithm="none", headers={"kid": "acs"}),
         "garbage": "not.a.token",
     }  # fmt: skip
     for case, token in cases.items():

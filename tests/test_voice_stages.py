@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from settings.config import Settings
+from settings.config import load_settings
 from tests.support.stages import StageHarness
 from voice.engines.base import Engines
 from voice.engines.local import LocalRecognizer, LocalSynthesizer, SileroVad, WebRtcVad
@@ -268,7 +268,8 @@ def writer_with(recorder: Recorder, spoken: list) -> PacedWriter:
 
 
 def test_writer_paces_frames_in_real_time_and_reports_the_whole_reply() -> None:
-    recorder, spoken = Recorder(), []
+    recorder = Recorder()
+    spoken: list[tuple[int, str, bool]] = []
     writer = writer_with(recorder, spoken)
     with StageHarness(writer) as harness:
         harness.feed(AudioMetadata(sample_rate=16000))
@@ -285,7 +286,8 @@ def test_writer_paces_frames_in_real_time_and_reports_the_whole_reply() -> None:
 
 
 def test_writer_stops_at_once_on_interruption_and_keeps_only_what_was_heard() -> None:
-    recorder, spoken = Recorder(), []
+    recorder = Recorder()
+    spoken: list[tuple[int, str, bool]] = []
     writer = writer_with(recorder, spoken)
     with StageHarness(writer) as harness:
         harness.feed(AudioMetadata(sample_rate=16000))
@@ -333,7 +335,7 @@ def test_pipeline_interruption_drops_queued_work_in_every_stage() -> None:
 
 
 def test_settings_name_the_voice_variables() -> None:
-    settings = Settings(_env_file=None)
+    settings = load_settings()
     assert settings.acs_streaming_mode == "MEDIA" and settings.voice_engine == "local"
     assert json.loads(json.dumps(settings.vad_stop_secs)) == 0.2
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from voice.frames import Frame
 from voice.pipeline import Stage
@@ -46,13 +46,12 @@ class StageHarness(Generic[S]):
         for frame in frames:
             assert self.stage.queue.put(frame, WAIT_SECS), "the stage did not take the frame"
 
-    def frames(self) -> list[Frame]:
+    # Any, not Frame: a test reads the concrete frames the stage pushed (LLMText, AudioOut ...).
+    def frames(self) -> list[Any]:
         with self._lock:
             return list(self.out)
 
-    def wait_for(
-        self, done: Callable[[list[Frame]], bool], timeout: float = WAIT_SECS
-    ) -> list[Frame]:
+    def wait_for(self, done: Callable[[list[Any]], bool], timeout: float = WAIT_SECS) -> list[Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.stage.error is not None:
