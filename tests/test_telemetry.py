@@ -134,3 +134,64 @@ def test_a_client_call_outside_traced_work_starts_no_trace() -> None:
     assert sampler.should_sample(parent, trace_id, "LLEN", SpanKind.CLIENT).decision == (
         Decision.RECORD_AND_SAMPLE
     )
+
+
+def test_a_voice_turn_is_one_trace_with_its_marks() -> None:
+    script = """
+import time
+from telemetry import configure_tracing
+from telemetry.tracing import shutdown_tracing
+from voice.latency import LatencySamples, LatencyTool
+assert configure_tracing("conduit-web")
+tool = LatencyTool("call-7", process=None)
+eou = time.monotonic()
+tool.begin_turn(1, eou)
+for point, after in (("stt_final", 0.05), ("llm_first_token", 0.12), ("tts_first_audio", 0.2),
+                     ("first_frame", 0.25)):
+    tool.mark(1, point, at=eou + after)
+print(tool.end_turn(1))
+tool.barge_in(eou + 1.0, eou + 1.04)
+shutdown_tracing()
+"""
+    with running_otlp_receiver() as receiver:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "CONDUIT_ENV_FILE": "/dev/null",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        spans = receiver.wait_for(
+            lambda s: {x.name for x in s} >= {"voice.turn", "voice.barge_in"}, 10, "voice spans"
+        )
+    (turn,) = [s for s in spans if s.name == "voice.turn"]
+    (barge_in,) = [s for s in spans if s.name == "voice.barge_in"]
+    assert turn.parent_id == "" and turn.trace_id != barge_in.trace_id  # one turn, one trace
+    assert turn.events == ("stt_final", "llm_first_token", "tts_first_audio", "first_frame")
+    assert turn.attributes["conduit.call_id"] == "call-7"
+    assert turn.attributes["conduit.first_frame_ms"] == 250.0
+    assert barge_in.attributes["conduit.barge_in_ms"] == 40.0
+
+
+def test_voice_turns_add_to_the_fleet_histogram(redis_client) -> None:
+    from voice import latency
+
+    latency._fleet_metrics.cache_clear()
+    tool = latency.LatencyTool("call-8", process=latency.LatencySamples())
+    tool.begin_turn(1, 100.0)
+    tool.mark(1, "first_frame", at=100.3)
+    tool.end_turn(1)
+    latency._fleet_metrics.cache_clear()
+
+    samples = FleetMetrics(redis_client).read_histograms()["conduit_voice_turn_seconds"]
+    (first_frame,) = [h for h in samples if h.labels == {"stage": "first_frame"}]
+    assert first_frame.count == 1
+    assert dict(first_frame.cumulative)[0.3] == 1 and dict(first_frame.cumulative)[0.2] == 0

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from settings import load_settings
 from telemetry.fleet_metrics import FleetMetrics
+from voice.calls import ACTIVE_CALLS
 from web.app import create_app
 
 
@@ -37,13 +38,17 @@ def test_metrics_follow_quota_tasks_and_upstream_calls(client, redis_client) -> 
     assert before[("conduit_quota_locked_tokens", pool)] == 100
     assert before[("conduit_quota_limit_tokens", pool)] == 1000
     assert ("conduit_celery_tasks_in_progress", ()) in before
+    assert before[("conduit_voice_calls_active", ())] == 0
 
     fleet = FleetMetrics(redis_client)
     fleet.count("conduit_tasks_total", task="ai.send_prompt", state="succeeded")
     fleet.count("conduit_upstream_requests_total", pool="completion", status="429")
     fleet.observe("conduit_upstream_request_duration_seconds", 0.3, pool="completion")
 
+    redis_client.zadd(ACTIVE_CALLS, {"call-1": 1.0})
+
     after = scrape(client)
+    assert after[("conduit_voice_calls_active", ())] == 1
     task = (("state", "succeeded"), ("task", "ai.send_prompt"))
     assert after[("conduit_tasks_total", task)] == 1
     throttled = (("pool", "completion"), ("status", "429"))

@@ -11,7 +11,10 @@ VAD heard, not the moment we decided the turn was over):
 
 Each call has its tool; finished turns also go into the process-wide :data:`PROCESS_LATENCIES`
 (the last :data:`SAMPLES_KEPT` of each), which ``GET /api/v1/media/status`` reports as p50/p95.
-Every finished turn is logged as one JSON line with the call id (numbers only, never words).
+Every finished turn is logged as one JSON line with the call id (numbers only, never words),
+is one trace (a ``voice.turn`` span from the end of speech to the first frame out, each mark a
+span event, the figures as attributes) when tracing is on, and adds to the fleet's
+``conduit_voice_turn_seconds`` histogram for ``/metrics``.
 
 The older API also works: ``tool.start("greeting_ttfb")`` ... ``tool.stop("greeting_ttfb")``.
 """
@@ -23,7 +26,17 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
+from functools import cache
 from typing import Any
+
+import redis
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
+
+from settings import get_settings
+from telemetry import tracer
+from telemetry.fleet_metrics import FleetMetrics
+from telemetry.tracing import tracing_enabled
 
 log = logging.getLogger("conduit.voice.latency")
 
@@ -86,6 +99,39 @@ class LatencySamples:
 PROCESS_LATENCIES = LatencySamples()
 
 
+@cache
+def _fleet_metrics() -> FleetMetrics:
+    return FleetMetrics(redis.Redis.from_url(get_settings().broker_url))
+
+
+def _wall_ns(monotonic_s: float, now_monotonic: float, now_ns: int) -> int:
+    """A ``time.monotonic()`` reading as the wall-clock nanoseconds spans are stamped with."""
+    return now_ns - int((now_monotonic - monotonic_s) * 1e9)
+
+
+def _trace_turn(
+    call_id: str, turn: int, outcome: str, marks: dict[str, float], figures: dict[str, float]
+) -> None:
+    """The finished turn as one trace: spans are made after the fact, from the marks' times."""
+    now_monotonic, now_ns = time.monotonic(), time.time_ns()
+    span = tracer.start_span(
+        "voice.turn",
+        context=Context(),  # a root: one turn, one trace
+        kind=SpanKind.SERVER,
+        start_time=_wall_ns(marks["eou"], now_monotonic, now_ns),
+        attributes={
+            "conduit.call_id": call_id,
+            "conduit.turn": turn,
+            "conduit.outcome": outcome,
+            **{f"conduit.{k}": v for k, v in figures.items()},
+        },
+    )
+    for point in _MARKS:
+        if point in marks:
+            span.add_event(point, timestamp=_wall_ns(marks[point], now_monotonic, now_ns))
+    span.end(end_time=_wall_ns(max(marks.values()), now_monotonic, now_ns))
+
+
 class LatencyTool:
     """One call's turn timings; every method may be called from any of the call's threads."""
 
@@ -123,6 +169,8 @@ class LatencyTool:
         }
         for metric, value in figures.items():
             self._add(metric, value)
+        if tracing_enabled():
+            _trace_turn(self.call_id, turn, outcome, marks, figures)
         log.info(
             "voice turn %s",
             outcome,
@@ -133,6 +181,15 @@ class LatencyTool:
     def barge_in(self, detected_at: float, stopped_at: float) -> float:
         value = round((stopped_at - detected_at) * 1000, 1)
         self._add(BARGE_IN_METRIC, value)
+        if tracing_enabled():
+            now_monotonic, now_ns = time.monotonic(), time.time_ns()
+            span = tracer.start_span(
+                "voice.barge_in",
+                context=Context(),
+                start_time=_wall_ns(detected_at, now_monotonic, now_ns),
+                attributes={"conduit.call_id": self.call_id, f"conduit.{BARGE_IN_METRIC}": value},
+            )
+            span.end(end_time=_wall_ns(stopped_at, now_monotonic, now_ns))
         log.info("voice barge-in", extra={"call_id": self.call_id, BARGE_IN_METRIC: value})
         return value
 
@@ -141,6 +198,9 @@ class LatencyTool:
             self.samples[metric].append(value)
         if self._process is not None:
             self._process.add(metric, value)
+            # The process's calls count for the fleet too (a tool without a process is a test's).
+            stage = metric.removesuffix("_ms")
+            _fleet_metrics().observe("conduit_voice_turn_seconds", value / 1000, stage=stage)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -13,7 +13,7 @@ or ``X-API-Key`` as for the rest of the API (web/auth.py).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Response
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from telemetry.fleet_metrics import COUNTERS, HISTOGRAMS, FleetMetrics
+from voice.calls import ACTIVE_CALLS
 from web.services import services
 
 blueprint = Blueprint("metrics", __name__)
@@ -57,11 +58,15 @@ BRIDGE_COUNTERS = (
 class FleetCollector(Collector):
     """Turns one snapshot and the fleet's counters into metric families, per scrape."""
 
-    def __init__(self, snapshot: dict[str, Any], fleet: FleetMetrics) -> None:
+    def __init__(self, snapshot: dict[str, Any], fleet: FleetMetrics, active_calls: int) -> None:
         self._snapshot = snapshot
         self._fleet = fleet
+        self._active_calls = active_calls
 
     def collect(self) -> Iterator[Metric]:
+        calls = GaugeMetricFamily("conduit_voice_calls_active", "Phone calls in progress.")
+        calls.add_metric([], self._active_calls)
+        yield calls
         yield from self._quota()
         yield from self._queues()
         yield from self._bridge()
@@ -149,5 +154,8 @@ def _bound(bound: float) -> str:
 def metrics() -> Response:
     conduit = services()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(conduit.snapshot.read(), FleetMetrics(conduit.redis)))
+    active_calls = cast(int, conduit.redis.zcard(ACTIVE_CALLS))
+    registry.register(
+        FleetCollector(conduit.snapshot.read(), FleetMetrics(conduit.redis), active_calls)
+    )
     return Response(generate_latest(registry), content_type=PROMETHEUS_CONTENT_TYPE)
