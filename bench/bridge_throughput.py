@@ -21,6 +21,10 @@ The Redis is started as ``REDIS_APPENDFSYNC=auto`` starts it for the local bus (
 in the figures: everysec); ``bridge_ingress_fsync_always_per_s`` is the same ingress, in the
 same rounds, on a second Redis that fsyncs every write (as ``auto`` does for Service Bus), and
 ``fsync_always_vs_default`` the second over the first: what closing the power-loss window costs.
+
+The end-to-end figures are medians over ``TRACING_ROUNDS`` runs with tracing off, alternated with
+as many with every process exporting its spans over OTLP to a local receiver:
+``tracing_overhead`` is the e2e throughput lost with tracing on, as a fraction (target ≤ 0.10).
 ``load_avg_before``/``load_avg_after`` are the machine's load averages around the run.
 """
 
@@ -54,10 +58,13 @@ from bridge.routing import TaskRequest
 from settings import Route, load_settings
 from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.redis_server import RedisServer
+from tests.support.otlp import running_otlp_receiver
 from tests.support.processes import celery_worker_args
 
 ROUTE = Route.parse("bench_iq:echo:bench_oq")
 ROUNDS = 3
+# End-to-end runs with tracing off and on, alternated (each starts a worker and a bridge).
+TRACING_ROUNDS = 2
 # Steady pace of the latency phase: far below what the path sustains, so no queue builds up.
 LATENCY_RATE_PER_S = 20.0
 START_TIMEOUT_SECS = 60.0
@@ -273,7 +280,24 @@ def main(argv: list[str] | None = None) -> None:
             "bridge_ingress_fsync_always_per_s": round(median(ingress_always), 1),
             "fsync_always_vs_default": round(median(ingress_always) / median(ingress), 2),
         }
-        figures |= measure_e2e(app, bus, env, Path(scratch), args.burst)
+        # End to end with tracing off and on (every process exporting OTLP to a local receiver),
+        # alternated so the machine's drift falls on both alike.
+        untraced, traced = [], []
+        with running_otlp_receiver(decode=False) as receiver:
+            traced_env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+            for _ in range(TRACING_ROUNDS):
+                untraced.append(measure_e2e(app, bus, env, Path(scratch), args.burst))
+                traced.append(measure_e2e(app, bus, traced_env, Path(scratch), args.burst))
+            exported = {"requests": receiver.requests, "bytes": receiver.bytes}
+        figures |= {key: median([run[key] for run in untraced]) for key in untraced[0]}
+        traced_per_s = median([run["e2e_per_s"] for run in traced])
+        figures |= {
+            "e2e_traced_per_s": round(traced_per_s, 1),
+            "e2e_traced_p50_ms": median([run["e2e_p50_ms"] for run in traced]),
+            "tracing_overhead": round(1 - traced_per_s / figures["e2e_per_s"], 3),
+            "tracing_rounds": TRACING_ROUNDS,
+            "otlp_exports": exported,
+        }
         app.close()
         client.close()
     figures["load_avg_before"] = [round(load, 2) for load in load_before]
@@ -284,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         f"ingress {figures['bridge_ingress_per_s']}/s vs raw "
         f"{figures['raw_publish_per_s']}/s (ratio {figures['ratio']}); e2e "
         f"{figures['e2e_per_s']}/s, p50 {figures['e2e_p50_ms']} ms, "
-        f"p95 {figures['e2e_p95_ms']} ms",
+        f"p95 {figures['e2e_p95_ms']} ms; tracing on costs "
+        f"{figures['tracing_overhead']:.1%} of e2e throughput",
     )
 
 

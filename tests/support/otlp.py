@@ -37,17 +37,27 @@ def _value(any_value: Any) -> Any:
 
 
 class OtlpReceiver:
-    def __init__(self) -> None:
+    """Keeps every span it receives, decoded; or, with ``decode=False`` (a benchmark, where
+    decoding would take the cores being measured, as a collector on another host would not),
+    only counts the requests and bytes."""
+
+    def __init__(self, decode: bool = True) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.requests = 0
+        self.bytes = 0
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                receiver._add(request)
+                with receiver._lock:
+                    receiver.requests += 1
+                    receiver.bytes += len(body)
+                if decode:
+                    request = ExportTraceServiceRequest()
+                    request.ParseFromString(body)
+                    receiver._add(request)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -99,8 +109,8 @@ class OtlpReceiver:
 
 
 @contextmanager
-def running_otlp_receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
+def running_otlp_receiver(decode: bool = True) -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver(decode)
     thread = threading.Thread(target=receiver._server.serve_forever, name="otlp-receiver")
     thread.start()
     try:
