@@ -1,4 +1,4 @@
-"""The quota limiter: every decision is one EVALSHA of ``limiter.lua`` on the shared Redis.
+"""The quota limiter: every decision is one EVALSHA of a script in ``lua/`` on the shared Redis.
 
     limiter = QuotaLimiter(redis.Redis.from_url(settings.broker_url))
     decision = limiter.acquire("completion", "gpt-4o", tokens=1200, app_id="feedback")
@@ -8,15 +8,14 @@
 
 :class:`AsyncQuotaLimiter` is the same on ``redis.asyncio``. Both are thin: the rules, keys and
 reply parsing live in :mod:`quota.sansio`; here a call is sent and its reply parsed. Each call is
-one EVALSHA of the script's SHA1; when Redis answers NOSCRIPT (first use, a restart, SCRIPT FLUSH)
-the script is loaded and the call sent once more. Safe to share between threads.
+one EVALSHA of its script's SHA1 (quota.scripts); when Redis answers NOSCRIPT (first use, a
+restart, SCRIPT FLUSH) the script is loaded and the call sent once more. Safe to share between
+threads.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from importlib.resources import files
 from typing import Any, TypeVar
 
 import redis
@@ -33,10 +32,9 @@ from quota.sansio import (
     QuotaStatus,
     Settlement,
 )
+from quota.scripts import sha_of, source_of
 from settings import Settings, get_settings
 
-LIMITER_SCRIPT = files("quota").joinpath("limiter.lua").read_text()
-LIMITER_SHA = hashlib.sha1(LIMITER_SCRIPT.encode()).hexdigest()
 # The script marks its own errors (a window mismatch) so they are told apart from Redis's.
 _SCRIPT_ERROR_MARK = "CONDUIT "
 
@@ -89,12 +87,12 @@ class QuotaLimiter(_LimiterBase):
 
     def _run(self, call: Call[T]) -> T:
         # Not redis-py's Script: its per-call bookkeeping cost a third of a decision.
-        command = (LIMITER_SHA, len(call.keys), *call.keys, *call.args)
+        command = (sha_of(call.script), len(call.keys), *call.keys, *call.args)
         try:
             try:
                 reply = self.client.evalsha(*command)
             except redis.exceptions.NoScriptError:
-                self.client.script_load(LIMITER_SCRIPT)
+                self.client.script_load(source_of(call.script))
                 reply = self.client.evalsha(*command)
         except redis.ResponseError as error:
             raise _quota_error(error) from None
@@ -177,12 +175,12 @@ class AsyncQuotaLimiter(_LimiterBase):
         super().__init__(client, settings, **options)
 
     async def _run(self, call: Call[T]) -> T:
-        command = (LIMITER_SHA, len(call.keys), *call.keys, *call.args)
+        command = (sha_of(call.script), len(call.keys), *call.keys, *call.args)
         try:
             try:
                 reply = await self.client.evalsha(*command)
             except redis.exceptions.NoScriptError:
-                await self.client.script_load(LIMITER_SCRIPT)
+                await self.client.script_load(source_of(call.script))
                 reply = await self.client.evalsha(*command)
         except redis.ResponseError as error:
             raise _quota_error(error) from None

@@ -4,7 +4,7 @@ Imports no redis (STYLE.md: code that does no I/O lives apart from code that doe
 and asyncio limiters share every rule here and differ only in how they send a :class:`Call`:
 
     call = protocol.acquire("completion", "gpt-4o", 1200, "feedback")
-    reply = client.evalsha(LIMITER_SHA, len(call.keys), *call.keys, *call.args)
+    reply = client.evalsha(sha_of(call.script), len(call.keys), *call.keys, *call.args)
     decision, server_time_us = call.parse(reply)
 
 Bad input raises :class:`QuotaError` here, before anything reaches Redis, so state is unchanged.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from quota.errors import QuotaError
+from quota.scripts import ScriptName
 from settings import Settings
 
 PoolName = Literal["completion", "embedding", "whisper"]
@@ -96,8 +97,10 @@ class QuotaStatus(NamedTuple):
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One script invocation: its keys and arguments, and how to read its reply."""
+    """One script invocation: which script (quota.scripts), its keys and arguments, and how to
+    read its reply."""
 
+    script: ScriptName
     keys: tuple[str, ...]
     args: tuple[str | int, ...]
     parse: Callable[[Any], T]
@@ -187,14 +190,13 @@ class QuotaProtocol:
         self.charge_models = {pool: settings.quota_charge_model for pool in POOLS}
         self.charge_models.update(charge_models or {})
         self.registry_key = f"{prefix}:deployments"
-        # The script's constant settings, one argument per pool: every argument costs the
-        # client time to encode and the script time to convert.
-        self._settings_arg = {
-            pool.name: f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
-            f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000} "
-            f"{pool.tpm} {pool.rpm}"
-            for pool in settings.pools()
-        }
+        # The scripts' constant settings as one argument, and each pool's default limits as
+        # another: every argument costs the client time to encode and the script time to convert.
+        self._layout_arg = (
+            f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
+            f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000}"
+        )
+        self._limits_arg = {pool.name: f"{pool.tpm} {pool.rpm}" for pool in settings.pools()}
 
     # --- keys ------------------------------------------------------------------------------------
     def keys(self, pool: str, deployment: str) -> tuple[str, str, str]:
@@ -233,10 +235,15 @@ class QuotaProtocol:
 
     # --- calls -----------------------------------------------------------------------------------
     def _call(
-        self, pool: str, deployment: str, op: str, *extra: str | int, parse: Callable[[Any], T]
+        self,
+        script: ScriptName,
+        pool: str,
+        deployment: str,
+        *extra: str | int,
+        parse: Callable[[Any], T],
     ) -> Call[T]:
-        args = (op, self._settings_arg[check_pool(pool)], *extra)
-        return Call(self.keys(pool, check_deployment(deployment)), args, parse)
+        args = (self._layout_arg, self._limits_arg[check_pool(pool)], *extra)
+        return Call(script, self.keys(pool, check_deployment(deployment)), args, parse)
 
     def acquire(
         self, pool: str, deployment: str, tokens: int, app_id: str
@@ -246,7 +253,7 @@ class QuotaProtocol:
         def parse(reply: Sequence[Any]) -> tuple[Decision, int]:
             return self._decision(pool, deployment, tokens, reply), int(reply[0])
 
-        return self._call(pool, deployment, "acquire", tokens, check_app_id(app_id), parse=parse)
+        return self._call("acquire", pool, deployment, tokens, check_app_id(app_id), parse=parse)
 
     def report(
         self, request_id: str, prompt_tokens: int, completion_tokens: int, pool: str | None = None
@@ -256,6 +263,7 @@ class QuotaProtocol:
             "completion_tokens", completion_tokens
         )
         return self._call(
+            "settle",
             ref.pool,
             ref.deployment,
             "report",
@@ -268,7 +276,12 @@ class QuotaProtocol:
     def release(self, request_id: str, pool: str | None = None) -> Call[Settlement]:
         ref = self._ref(request_id, pool)
         return self._call(
-            ref.pool, ref.deployment, "release", ref.lock_id, parse=self._settlement(request_id)
+            "settle",
+            ref.pool,
+            ref.deployment,
+            "release",
+            ref.lock_id,
+            parse=self._settlement(request_id),
         )
 
     def observe(
@@ -290,9 +303,9 @@ class QuotaProtocol:
             else check_count("remaining_requests", remaining_requests, maximum=10**9)
         )
         return self._call(
+            "observe",
             pool,
             deployment,
-            "observe",
             tokens,
             requests,
             parse=lambda reply: ExternalUsage(int(reply[2]), int(reply[3])),
@@ -300,7 +313,7 @@ class QuotaProtocol:
 
     def status(self, pool: str, deployment: str) -> Call[QuotaStatus]:
         return self._call(
-            pool, deployment, "status", parse=lambda reply: self._status(pool, deployment, reply)
+            "status", pool, deployment, parse=lambda reply: self._status(pool, deployment, reply)
         )
 
     # --- replies ---------------------------------------------------------------------------------

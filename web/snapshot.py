@@ -10,14 +10,13 @@ instead of costing another round trip.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import redis
 
 from bridge.metrics import read_bridge_stats
 from quota import QuotaLimiter, QuotaStatus
-from quota.limiter import LIMITER_SCRIPT
+from quota.scripts import sha_of, source_of
 
 # kombu's Redis transport keeps messages delivered to workers but not yet acked in this hash.
 UNACKED_KEY = "unacked"
@@ -29,8 +28,6 @@ class SnapshotReader:
     def __init__(self, client: redis.Redis, limiter: QuotaLimiter, queues: list[str]) -> None:
         self._client = client
         self._protocol = limiter.protocol
-        # EVALSHA by the script's digest: no load round trip unless Redis lost the script.
-        self._script_sha = hashlib.sha1(LIMITER_SCRIPT.encode()).hexdigest()
         self._queues = queues
         self._deployments = self._protocol.known_deployments([])
 
@@ -38,8 +35,8 @@ class SnapshotReader:
         try:
             return self._read_once()
         except redis.exceptions.NoScriptError:
-            # Redis restarted or its scripts were flushed: load the limiter again and retry.
-            self._client.script_load(LIMITER_SCRIPT)
+            # Redis restarted or its scripts were flushed: load the status script again and retry.
+            self._client.script_load(source_of("status"))
             return self._read_once()
 
     def _read_once(self) -> dict[str, Any]:
@@ -48,7 +45,8 @@ class SnapshotReader:
         pipe.time()
         pipe.smembers(self._protocol.registry_key)
         for call in calls:
-            pipe.evalsha(self._script_sha, len(call.keys), *call.keys, *call.args)
+            # EVALSHA by the script's digest: no load round trip unless Redis lost the script.
+            pipe.evalsha(sha_of(call.script), len(call.keys), *call.keys, *call.args)
         for queue in self._queues:
             pipe.llen(queue)
         pipe.hlen(UNACKED_KEY)
