@@ -39,6 +39,8 @@ from settings import Settings, get_settings
 _SCRIPT_ERROR_MARK = "CONDUIT "
 
 T = TypeVar("T")
+# The state hash's fields set_limits writes (absent: the settings' limits).
+LIMIT_FIELDS = ("tpm", "rpm")
 
 
 def _quota_error(error: redis.ResponseError) -> Exception:
@@ -104,15 +106,19 @@ class QuotaLimiter(_LimiterBase):
             self.client.sadd(self.protocol.registry_key, member)
             self._registered.add(member)
 
-    def acquire(self, pool: str, deployment: str, tokens: int, app_id: str) -> Decision:
-        """Lock ``tokens`` and one request, or refuse with the exact wait until they fit."""
-        return self.acquire_timed(pool, deployment, tokens, app_id)[0]
+    def acquire(
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
+    ) -> Decision:
+        """Lock ``tokens`` and one request on the first deployment of ``deployment`` (a model or
+        one deployment) with room, or refuse with the exact wait until one has.
+        ``decision.deployment`` says where the request must go."""
+        return self.acquire_timed(pool, deployment, tokens, app_id, lane)[0]
 
     def acquire_timed(
-        self, pool: str, deployment: str, tokens: int, app_id: str
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
     ) -> tuple[Decision, int]:
         """``acquire`` and the server time it decided at (µs), for audits and benchmarks."""
-        call = self.protocol.acquire(pool, deployment, tokens, app_id)
+        call = self.protocol.acquire(pool, deployment, tokens, app_id, lane)
         self._register(pool, deployment)
         return self._run(call)
 
@@ -130,6 +136,15 @@ class QuotaLimiter(_LimiterBase):
     def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
         """Give back a lock whose call never reached upstream."""
         return self._run(self.protocol.release(request_id, pool))
+
+    def reject(self, request_id: str, cooldown_s: float, *, pool: str | None = None) -> Settlement:
+        """The upstream answered 429 (or 5xx): keep the charge, and skip the deployment for
+        ``cooldown_s`` in every process."""
+        return self._run(self.protocol.reject(request_id, cooldown_s, pool))
+
+    def restamp(self, request_id: str, *, pool: str | None = None) -> Settlement:
+        """Count the lock's charge from now: the request leaves later than the margin covers."""
+        return self._run(self.protocol.restamp(request_id, pool))
 
     def observe_upstream(
         self,
@@ -157,6 +172,10 @@ class QuotaLimiter(_LimiterBase):
             for pool, deployment in self.protocol.known_deployments(members)
         ]
 
+    def model_status(self, pool: str, model: str) -> list[QuotaStatus]:
+        """Each deployment of ``model`` (one when it has no spill-over)."""
+        return [self.status(pool, name) for name in self.protocol.deployments_of(pool, model)]
+
     def set_limits(
         self, pool: str, deployment: str, tpm: int | None = None, rpm: int | None = None
     ) -> None:
@@ -164,6 +183,10 @@ class QuotaLimiter(_LimiterBase):
         limits = self.protocol.limits_mapping(pool, tpm, rpm)
         self.client.hset(self.protocol.limits_key(pool, deployment), mapping=limits)
         self._register(pool, deployment)
+
+    def clear_limits(self, pool: str, deployment: str) -> None:
+        """Forget limits set at run time: the settings' values apply again, in every process."""
+        self.client.hdel(self.protocol.limits_key(pool, deployment), *LIMIT_FIELDS)
 
 
 class AsyncQuotaLimiter(_LimiterBase):
@@ -192,13 +215,15 @@ class AsyncQuotaLimiter(_LimiterBase):
             await self.client.sadd(self.protocol.registry_key, member)
             self._registered.add(member)
 
-    async def acquire(self, pool: str, deployment: str, tokens: int, app_id: str) -> Decision:
-        return (await self.acquire_timed(pool, deployment, tokens, app_id))[0]
+    async def acquire(
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
+    ) -> Decision:
+        return (await self.acquire_timed(pool, deployment, tokens, app_id, lane))[0]
 
     async def acquire_timed(
-        self, pool: str, deployment: str, tokens: int, app_id: str
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
     ) -> tuple[Decision, int]:
-        call = self.protocol.acquire(pool, deployment, tokens, app_id)
+        call = self.protocol.acquire(pool, deployment, tokens, app_id, lane)
         await self._register(pool, deployment)
         return await self._run(call)
 
@@ -216,6 +241,14 @@ class AsyncQuotaLimiter(_LimiterBase):
 
     async def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
         return await self._run(self.protocol.release(request_id, pool))
+
+    async def reject(
+        self, request_id: str, cooldown_s: float, *, pool: str | None = None
+    ) -> Settlement:
+        return await self._run(self.protocol.reject(request_id, cooldown_s, pool))
+
+    async def restamp(self, request_id: str, *, pool: str | None = None) -> Settlement:
+        return await self._run(self.protocol.restamp(request_id, pool))
 
     async def observe_upstream(
         self,
@@ -244,3 +277,9 @@ class AsyncQuotaLimiter(_LimiterBase):
         limits = self.protocol.limits_mapping(pool, tpm, rpm)
         await self.client.hset(self.protocol.limits_key(pool, deployment), mapping=limits)
         await self._register(pool, deployment)
+
+    async def model_status(self, pool: str, model: str) -> list[QuotaStatus]:
+        return [await self.status(pool, name) for name in self.protocol.deployments_of(pool, model)]
+
+    async def clear_limits(self, pool: str, deployment: str) -> None:
+        await self.client.hdel(self.protocol.limits_key(pool, deployment), *LIMIT_FIELDS)

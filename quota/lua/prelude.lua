@@ -24,7 +24,12 @@ pool+model, so a script touches one Redis Cluster slot however many deployments 
           ("app tokens requests;..."); for each older bucket in the window "<bucket>:t" /
           "<bucket>:r" tokens and requests, "<bucket>:t:<app>" / "<bucket>:r:<app>" per app,
           "<bucket>:apps" its apps ("a,b"); "layout" the "bucket_us margin_buckets" this pool
-          counts in; "tpm", "rpm" limits set at run time (absent: the defaults the caller sends)
+          counts in; "tpm", "rpm" limits set at run time (absent: the defaults the caller sends);
+          "cool" until when (µs) the deployment is skipped after the upstream refused or failed;
+          "interactive" when an interactive acquire last asked (kept on the model's first
+          deployment, which every acquire of the model loads)
+          An app charged in the interactive lane is booked as "<app>!i", in the batch lane as
+          "<app>", so status can show use per lane and per app from the same counts.
   locks   hash: lock id -> "<bucket>|<tokens>|<app>|<expires_us>", or a "done"/"expired" tombstone
   expiry  zset: lock id scored by when its lock expires or its tombstone is purged (µs)
 
@@ -57,7 +62,7 @@ local server_time = redis.call('TIME')
 server_time = tonumber(server_time[1]) * 1000000 + tonumber(server_time[2])
 
 -- The deployment being weighed: load() fills these from its keys, save() writes them back.
-local state, locks, expiry, stored
+local state, locks, expiry, stored, cool
 local head, tokens, requests, sub_requests, locked_tokens, locked_requests, seq
 local now, current, tpm, rpm, sub_rpm
 -- The open bucket (`head`): app -> {tokens, requests}, and its apps in the order first charged.
@@ -178,11 +183,11 @@ local function sweep()
 end
 
 -- Make deployment `k` (its KEYS 3k-2 .. 3k) the one weighed, with the window moved to now.
--- `extra` names more state fields to read; they come back as stored[6], stored[7] ...
 -- Returns an error message when this process counts in another layout than the pool.
-local function load(k, default_tpm, default_rpm, ...)
+local function load(k, default_tpm, default_rpm)
   state, locks, expiry = KEYS[3 * k - 2], KEYS[3 * k - 1], KEYS[3 * k]
-  stored = redis.call('HMGET', state, 'totals', 'open', 'layout', 'tpm', 'rpm', ...)
+  stored = redis.call('HMGET', state, 'totals', 'open', 'layout', 'tpm', 'rpm', 'cool',
+    'interactive')
   if stored[3] and stored[3] ~= layout then
     return 'CONDUIT quota window mismatch: this pool counts in "' .. stored[3]
       .. '" (bucket us, margin buckets), the caller in "' .. layout .. '"; every process must'
@@ -202,6 +207,7 @@ local function load(k, default_tpm, default_rpm, ...)
   tpm = tonumber(stored[4]) or default_tpm
   rpm = tonumber(stored[5]) or default_rpm
   sub_rpm = math.max(1, math.floor(rpm * SUB / WINDOW))
+  cool = tonumber(stored[6]) or 0
 
   open, open_apps = {}, {}
   for app, t, r in string.gmatch(stored[2] or '', '([^ ;]+) (%-?%d+) (%-?%d+)') do
@@ -236,6 +242,14 @@ local function wait_for(excess, name, span)
     if freed >= excess then return (bucket + span + 1) * bucket_us - now end
   end
   return (current + span + 1) * bucket_us - now
+end
+
+-- Skip this deployment until `until_us` (never shortening a cool-down already set).
+local function cool_down(until_us)
+  if until_us > cool then
+    cool = until_us
+    redis.call('HSET', state, 'cool', int(cool))
+  end
 end
 
 local function find_lock(id)
