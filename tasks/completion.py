@@ -18,11 +18,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from settings import get_settings
-from tasks.clients import completion_client
 from tasks.errors import PermanentError
 from tasks.prompts import Message, format_prompt
 from tasks.token_estimates import estimate_tokens, text_tokens
-from tasks.upstream import Usage, call_within_quota
+from tasks.upstream import QuotaCall, Usage, call_within_quota
 
 __all__ = [
     "chat_completion",
@@ -55,13 +54,15 @@ def _create(
     settings = get_settings()
     deployment = model or settings.openai_engine
     options = {name: value for name, value in options.items() if value is not None}
-    completions = completion_client().chat.completions.with_raw_response
     estimate = estimate_tokens(messages, deployment, max_tokens)
     if response_model is None:
 
-        def send() -> Any:
-            return completions.create(
-                model=deployment, messages=list(messages), max_tokens=max_tokens, **options
+        def send(call: QuotaCall) -> Any:
+            return call.client.chat.completions.with_raw_response.create(
+                model=call.deployment,
+                messages=list(messages),
+                max_tokens=max_tokens,
+                **options,
             )
     else:
         from openai.lib._parsing._completions import type_to_response_format_param
@@ -71,9 +72,9 @@ def _create(
             [json.dumps(type_to_response_format_param(response_model))], deployment
         )[0]
 
-        def send() -> Any:
-            return completions.parse(
-                model=deployment,
+        def send(call: QuotaCall) -> Any:
+            return call.client.chat.completions.with_raw_response.parse(
+                model=call.deployment,
                 messages=list(messages),
                 max_tokens=max_tokens,
                 response_format=response_model,

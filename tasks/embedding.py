@@ -13,9 +13,8 @@ from typing import Any
 
 from settings import get_settings
 from settings.tiktoken_offline import encoding_for_model
-from tasks.clients import embedding_client
 from tasks.errors import InvalidInput
-from tasks.upstream import Usage, call_within_quota
+from tasks.upstream import QuotaCall, Usage, call_within_quota
 
 # Azure's limits for one embeddings request.
 MAX_INPUTS_PER_REQUEST = 2048
@@ -54,10 +53,8 @@ def _checked_tokens(
 
 
 def _send(texts: list[str], charge: int, deployment: str, app_id: str) -> list[Vector]:
-    embeddings = embedding_client().embeddings.with_raw_response
-
-    def send() -> Any:
-        return embeddings.create(model=deployment, input=texts)
+    def send(call: QuotaCall) -> Any:
+        return call.client.embeddings.with_raw_response.create(model=call.deployment, input=texts)
 
     response = call_within_quota(
         "embedding",
