@@ -316,8 +316,9 @@ class QuotaProtocol:
             for deployment in pool.deployments
         }
         for member in members:
-            pool, _, deployment = _text(member).partition(":")
-            known.add((pool, deployment))
+            pool, _, name = _text(member).partition(":")
+            # A model acquired by name stands for its deployments.
+            known.update((pool, deployment) for deployment in self.deployments_of(pool, name))
         return sorted(known)
 
     def limits_mapping(self, pool: str, tpm: int | None, rpm: int | None) -> dict[str, int]:
