@@ -4,16 +4,21 @@ Same paths, request and response shapes as before (``/lock``, ``/report``, ``/re
 ``/status``, the same under ``/embedding/`` and ``/whisper/``): a refusal is HTTP 200 with
 ``allowed: false`` and the older wording, an id the limiter does not know is 400 ``{"detail"}``.
 What changed is underneath: the counts live in Redis, shared by every replica, in a sliding window.
-Each pool is the deployment settings name for it (APP_OPENAI_ENGINE, APP_EMBEDDING_ENGINE,
-APP_WHISPER_ENGINE).
+Each pool is the model settings name for it (APP_OPENAI_ENGINE, APP_EMBEDDING_ENGINE,
+APP_WHISPER_ENGINE); with spill-over deployments a lock may land on any of them, and ``/status``
+adds them up.
+
+Counts are strict JSON integers: ``"10"``, ``true`` or ``1e3`` are a 400 naming the field, not a
+number guessed at. While the quota's Redis is unreachable every route answers 503 with the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
-from pydantic import BaseModel
+import redis
+from flask import Blueprint, Response, request
+from pydantic import BaseModel, StrictInt, ValidationError
 
 from quota import QuotaError, QuotaStatus
 from settings import Settings
@@ -32,9 +37,18 @@ REQUEST_STATUS_FIELDS = (
 )
 
 
+# Redis errors that mean "the quota store is unreachable now", not "the request is wrong".
+UNREACHABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.BusyLoadingError,
+)
+
+
 class TokenRequest(BaseModel):
     app_id: str
-    token_count: int
+    token_count: StrictInt
 
 
 class WhisperRateRequest(BaseModel):
@@ -44,15 +58,15 @@ class WhisperRateRequest(BaseModel):
 class TokenReport(BaseModel):
     app_id: str
     request_id: str
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: StrictInt
+    completion_tokens: StrictInt
     rate_request_id: str | None = None  # accepted and ignored: request_id names both halves
 
 
 class EmbeddingReport(BaseModel):
     app_id: str
     request_id: str
-    prompt_tokens: int
+    prompt_tokens: StrictInt
 
 
 class ReleaseRequest(BaseModel):
@@ -77,21 +91,53 @@ def deployment_of(pool: str, settings: Settings) -> str:
     return next(p.deployment for p in settings.pools() if p.name == pool)
 
 
-def counter_status(status: QuotaStatus) -> dict[str, Any]:
-    """The older ``/status`` body: token fields for token pools, request fields for all."""
-    fields = REQUEST_STATUS_FIELDS
-    if status.pool != "whisper":
+def counter_status(statuses: list[QuotaStatus]) -> dict[str, Any]:
+    """The older ``/status`` body for a model (its deployments added up): token fields for
+    token pools, request fields for all."""
+    fields: tuple[str, ...] = REQUEST_STATUS_FIELDS
+    if statuses[0].pool != "whisper":
         fields = TOKEN_STATUS_FIELDS + fields
-    values = status._asdict()
-    # The older counter answered whole seconds.
+    values = [status._asdict() for status in statuses]
+    # The older counter answered whole seconds; the model resets when its last deployment does.
     return {
-        name: round(values[name]) if name == "reset_time_seconds" else values[name]
+        name: round(max(value[name] for value in values))
+        if name == "reset_time_seconds"
+        else sum(value[name] for value in values)
         for name in fields
     }
 
 
+class BadCount(ValueError):
+    """A count in the body is not a strict JSON integer."""
+
+
 def _body(model: type[BaseModel]) -> Any:
-    return model.model_validate(request.get_json(force=True))
+    try:
+        return model.model_validate(request.get_json(force=True))
+    except ValidationError as error:
+        wrong = [problem for problem in error.errors() if problem["type"] == "int_type"]
+        if not wrong:
+            raise  # missing fields and the like: the FastAPI-shaped 422
+        field = ".".join(str(part) for part in wrong[0]["loc"])
+        raise BadCount(
+            f"{field} must be a JSON integer (digits only: no quotes, decimal point, exponent or "
+            f"true/false), got {wrong[0]['input']!r}"
+        ) from None
+
+
+@blueprint.errorhandler(BadCount)
+def _bad_count(error: BadCount) -> tuple[Response, int]:
+    return json_error(400, str(error))
+
+
+def unreachable(error: Exception) -> tuple[Response, int]:
+    """503 with the reason: the quota store is down, which is neither the caller's fault nor a
+    bug here (web/quota_api.py registers it too)."""
+    return json_error(503, f"quota store unreachable (QUOTA_REDIS_URL / REDIS_URL): {error}")
+
+
+for _error in UNREACHABLE:
+    blueprint.register_error_handler(_error, unreachable)
 
 
 @blueprint.get("/")
@@ -154,7 +200,8 @@ def release(pool: str):
 
 def status(pool: str):
     conduit = services()
-    return counter_status(conduit.limiter.status(pool, deployment_of(pool, conduit.settings)))
+    model = deployment_of(pool, conduit.settings)
+    return counter_status(conduit.limiter.model_status(pool, model))
 
 
 for _pool, _prefix in POOL_PREFIXES.items():
