@@ -21,7 +21,6 @@ from flask import Blueprint, Response, request
 from pydantic import BaseModel, StrictInt, ValidationError
 
 from quota import QuotaError, QuotaStatus
-from settings import Settings
 from web.errors import json_error
 from web.services import services
 
@@ -87,8 +86,9 @@ REPORT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def deployment_of(pool: str, settings: Settings) -> str:
-    return next(p.deployment for p in settings.pools() if p.name == pool)
+def _model_of(pool: str) -> str:
+    # The limiter's protocol holds the pools built once; settings.pools() builds them per call.
+    return services().limiter.protocol.defaults[pool].deployment
 
 
 def counter_status(statuses: list[QuotaStatus]) -> dict[str, Any]:
@@ -162,9 +162,7 @@ def lock(pool: str):
     conduit = services()
     tokens = getattr(body, "token_count", 0)
     try:
-        decision = conduit.limiter.acquire(
-            pool, deployment_of(pool, conduit.settings), tokens, body.app_id
-        )
+        decision = conduit.limiter.acquire(pool, _model_of(pool), tokens, body.app_id)
     except QuotaError as error:
         return json_error(400, str(error))
     answer: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
@@ -199,9 +197,7 @@ def release(pool: str):
 
 
 def status(pool: str):
-    conduit = services()
-    model = deployment_of(pool, conduit.settings)
-    return counter_status(conduit.limiter.model_status(pool, model))
+    return counter_status(services().limiter.model_status(pool, _model_of(pool)))
 
 
 for _pool, _prefix in POOL_PREFIXES.items():
