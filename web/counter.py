@@ -20,7 +20,7 @@ import redis
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, StrictInt, ValidationError
 
-from quota import QuotaError, QuotaStatus
+from quota import QuotaError, QuotaLimiter, QuotaStatus
 from web.errors import json_error
 from web.services import services
 
@@ -111,13 +111,15 @@ class BadCount(ValueError):
     """A count in the body is not a strict JSON integer."""
 
 
-def _body(model: type[BaseModel]) -> Any:
+def parse_body(model: type[BaseModel], data: object) -> Any:
+    """``data`` (decoded JSON) as ``model``; a count that is not a strict integer is
+    :class:`BadCount` (400), anything else wrong a pydantic ValidationError (the FastAPI 422)."""
     try:
-        return model.model_validate(request.get_json(force=True))
+        return model.model_validate(data)
     except ValidationError as error:
         wrong = [problem for problem in error.errors() if problem["type"] == "int_type"]
         if not wrong:
-            raise  # missing fields and the like: the FastAPI-shaped 422
+            raise
         field = ".".join(str(part) for part in wrong[0]["loc"])
         raise BadCount(
             f"{field} must be a JSON integer (digits only: no quotes, decimal point, exponent or "
@@ -125,15 +127,67 @@ def _body(model: type[BaseModel]) -> Any:
         ) from None
 
 
+# The answers to POST /lock, /report and /release, shared by the Flask views below and the
+# WSGI fast path (web/counter_fast.py): (HTTP status, JSON body).
+Answer = tuple[int, dict[str, Any]]
+
+
+def lock_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
+    body = parse_body(LOCK_MODELS[pool], data)
+    tokens = getattr(body, "token_count", 0)
+    try:
+        decision = limiter.acquire(
+            pool, limiter.protocol.defaults[pool].deployment, tokens, body.app_id
+        )
+    except QuotaError as error:
+        return 400, {"detail": str(error)}
+    answer: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
+    if pool != "whisper":
+        rate_id = decision.request_id.partition(":")[2] if decision.request_id else None
+        answer["rate_request_id"] = rate_id
+    answer["message"] = decision.reason
+    return 200, answer
+
+
+def report_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
+    body = parse_body(REPORT_MODELS[pool], data)
+    try:
+        limiter.report(
+            body.request_id,
+            getattr(body, "prompt_tokens", 0),
+            getattr(body, "completion_tokens", 0),
+            pool=pool,
+        )
+    except QuotaError as error:
+        return 400, {"detail": f"Failed to report usage: {error}"}
+    return 200, {"success": True}
+
+
+def release_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
+    body = parse_body(ReleaseRequest, data)
+    try:
+        limiter.release(body.request_id, pool=pool)
+    except QuotaError as error:
+        return 400, {"detail": f"Failed to release: {error}"}
+    return 200, {"success": True}
+
+
+ANSWERS = {"lock": lock_answer, "report": report_answer, "release": release_answer}
+
+
 @blueprint.errorhandler(BadCount)
 def _bad_count(error: BadCount) -> tuple[Response, int]:
     return json_error(400, str(error))
 
 
+def unreachable_detail(error: Exception) -> str:
+    return f"quota store unreachable (QUOTA_REDIS_URL / REDIS_URL): {error}"
+
+
 def unreachable(error: Exception) -> tuple[Response, int]:
     """503 with the reason: the quota store is down, which is neither the caller's fault nor a
-    bug here (web/quota_api.py registers it too)."""
-    return json_error(503, f"quota store unreachable (QUOTA_REDIS_URL / REDIS_URL): {error}")
+    bug here (web/quota_api.py and web/counter_fast.py answer it too)."""
+    return json_error(503, unreachable_detail(error))
 
 
 for _error in UNREACHABLE:
@@ -157,43 +211,21 @@ def root():
     }
 
 
+def _answer(action: str, pool: str) -> tuple[dict[str, Any], int]:
+    status, body = ANSWERS[action](services().limiter, pool, request.get_json(force=True))
+    return body, status
+
+
 def lock(pool: str):
-    body = _body(LOCK_MODELS[pool])
-    conduit = services()
-    tokens = getattr(body, "token_count", 0)
-    try:
-        decision = conduit.limiter.acquire(pool, _model_of(pool), tokens, body.app_id)
-    except QuotaError as error:
-        return json_error(400, str(error))
-    answer: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
-    if pool != "whisper":
-        rate_id = decision.request_id.partition(":")[2] if decision.request_id else None
-        answer["rate_request_id"] = rate_id
-    answer["message"] = decision.reason
-    return answer
+    return _answer("lock", pool)
 
 
 def report(pool: str):
-    body = _body(REPORT_MODELS[pool])
-    try:
-        services().limiter.report(
-            body.request_id,
-            getattr(body, "prompt_tokens", 0),
-            getattr(body, "completion_tokens", 0),
-            pool=pool,
-        )
-    except QuotaError as error:
-        return json_error(400, f"Failed to report usage: {error}")
-    return {"success": True}
+    return _answer("report", pool)
 
 
 def release(pool: str):
-    body = _body(ReleaseRequest)
-    try:
-        services().limiter.release(body.request_id, pool=pool)
-    except QuotaError as error:
-        return json_error(400, f"Failed to release: {error}")
-    return {"success": True}
+    return _answer("release", pool)
 
 
 def status(pool: str):
