@@ -270,3 +270,25 @@ def test_status_is_503_with_the_reason_while_redis_is_down(tmp_path) -> None:
             assert refused.status_code == 503
     finally:
         server.stop()
+
+
+def test_the_hot_routes_need_the_credential_like_every_other(redis_url: str) -> None:
+    key = "k" * 32
+    app = create_app(load_settings(auth_api_key=key))
+    with app.test_client() as client:
+        body = {"app_id": "app1", "token_count": 1}
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer x.y.z"}):
+            refused = client.post("/lock", json=body, headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "detail" in refused.json
+        granted = client.post("/lock", json=body, headers={"X-API-Key": key})
+        assert granted.status_code == 200 and granted.json["allowed"] is True
+        release = client.post(
+            "/release",
+            json={"app_id": "app1", "request_id": granted.json["request_id"]},
+            headers={"X-API-Key": key},
+        )
+        assert release.json == {"success": True}
+        # GET on a POST route still reaches Flask (405), as does every other route.
+        assert client.get("/lock", headers={"X-API-Key": key}).status_code == 405
