@@ -57,8 +57,11 @@ def _endpoint(settings: Settings, base: str | None, version: str, key: str | Non
             settings.openai_timeout_s,
         )
     completion_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    base_url = base or settings.openai_api_base
+    if base_url is None:  # not embedded, so APP_OPENAI_API_BASE is set: settings say so
+        raise ValueError("APP_OPENAI_API_BASE is not set")
     return Endpoint(
-        base or settings.openai_api_base,
+        base_url,
         version,
         settings.openai_client_kind,
         key or completion_key,
