@@ -251,13 +251,14 @@ class Settings(
     quota_app_shares: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, validation_alias=_env("QUOTA_APP_SHARES")
     )
-    # After a 429 without a retry-after header, every process skips the deployment this long
-    # (Azure's usual retry-after for a minute window is a few seconds).
+    # After a 429 every process skips the deployment for its retry-after, but at most this long
+    # (and this long when the 429 has none). Short on purpose: the 429's x-ratelimit-remaining
+    # headers are booked at once, so our own count then paces the backlog; the cool-down only has
+    # to stop the stampede. Azure's retry-after is when *that* request would fit, up to a whole
+    # window, and skipping every request for that long cost a benchmark a quarter of its quota.
     quota_cooldown_s: float = Field(
-        10.0, gt=0, le=600, validation_alias=_env("QUOTA_COOLDOWN_SECONDS")
+        3.0, gt=0, le=600, validation_alias=_env("QUOTA_COOLDOWN_SECONDS")
     )
-    # After a 5xx, a model with more than one deployment skips the failing one this long (one
-    # deployment alone is not skipped: there is nowhere else to go, and its retries are paced).
     quota_error_cooldown_s: float = Field(
         5.0, ge=0, le=600, validation_alias=_env("QUOTA_ERROR_COOLDOWN_SECONDS")
     )

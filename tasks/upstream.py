@@ -16,7 +16,7 @@ or :func:`call_within_quota` (one request, built on it):
    charges the difference so we stop over-spending;
 4. **report** the usage the answer states, or on failure settle the lock: a request the upstream
    never received (no connection) is **released**; one it refused with 429 keeps its charge and
-   puts the deployment in a cool-down every process sees (its ``retry-after``, else
+   puts the deployment in a cool-down every process sees (its ``retry-after``, at most
    QUOTA_COOLDOWN_SECONDS), so a backlog waits once instead of each task earning its own 429; a
    5xx keeps the charge and, when the model has another deployment, cools the failing one down
    (QUOTA_ERROR_COOLDOWN_SECONDS); any other failure after sending is reported with no usage,
@@ -187,8 +187,9 @@ class QuotaCall:
             self.report(usage.prompt_tokens, usage.completion_tokens)
         elif status == 429:
             assert isinstance(error, openai.APIStatusError)
-            wait_s = retry_after_s(error.response.headers) or protocol.cooldown_s
-            self._settle(lambda: self.limiter.reject(self.request_id, min(wait_s, 3600)))
+            hint_s = retry_after_s(error.response.headers)
+            cooldown_s = min(hint_s or protocol.cooldown_s, protocol.cooldown_s)
+            self._settle(lambda: self.limiter.reject(self.request_id, cooldown_s))
         elif status is not None and status >= 500:
             cooldown_s = protocol.error_cooldown_s if self.deployments > 1 else 0.0
             self._settle(lambda: self.limiter.reject(self.request_id, cooldown_s))
