@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.report import median, percentile, write_result
 from settings.redis_server import RedisServer, free_port
@@ -131,7 +132,7 @@ def measure(pair: Pair, threads: int) -> dict[str, float]:
     }
 
 
-def wait_for_port(port: int, process) -> None:  # type: ignore[no-untyped-def]
+def wait_for_port(port: int, process: Any) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -147,7 +148,7 @@ def wait_for_port(port: int, process) -> None:  # type: ignore[no-untyped-def]
     raise RuntimeError(f"server on {port} not ready in {READY_TIMEOUT_SECS} s")
 
 
-def main() -> None:  # noqa: PLR0915 - one run, start to finish, reads best in order
+def main() -> None:
     import subprocess
 
     from quota import SyncTokenClient
@@ -166,7 +167,7 @@ def main() -> None:  # noqa: PLR0915 - one run, start to finish, reads best in o
             "LOG_LEVEL": "WARNING",
         }
         old_port, conduit_port = free_port(), free_port()
-        logs = [open(work_dir / name, "wb") for name in ("old.log", "conduit.log")]  # noqa: SIM115
+        logs = [open(work_dir / name, "wb") for name in ("old.log", "conduit.log")]
         servers = [
             subprocess.Popen(
                 [
@@ -209,9 +210,7 @@ def main() -> None:  # noqa: PLR0915 - one run, start to finish, reads best in o
             old = HttpPairs(old_port, {})
             conduit = HttpPairs(conduit_port, {"X-API-Key": API_KEY})
             os.environ.update({name: env[name] for name in ("REDIS_URL", "CONDUIT_ENV_FILE")})
-            settings = load_settings(
-                redis_url=server.url, tpm_quota=BIG_LIMIT, rpm_quota=BIG_LIMIT
-            )
+            settings = load_settings(redis_url=server.url, tpm_quota=BIG_LIMIT, rpm_quota=BIG_LIMIT)
             direct = SyncTokenClient("bench", settings=settings)
 
             def direct_pair() -> None:
@@ -256,7 +255,7 @@ def main() -> None:  # noqa: PLR0915 - one run, start to finish, reads best in o
             for threads in THREAD_COUNTS
         }
 
-    result = {
+    result: dict[str, Any] = {
         "duration_s": DURATION_S,
         "repeats": REPEATS,
         "threads": list(THREAD_COUNTS),
@@ -281,4 +280,4 @@ def main() -> None:  # noqa: PLR0915 - one run, start to finish, reads best in o
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
