@@ -46,6 +46,8 @@ _REQUEST_ID = re.compile(
 )
 # The suffix an app's interactive charges are booked under (app ids cannot contain "!").
 INTERACTIVE_MARK = "!i"
+# Deployment names whose acquire arguments are kept built (a fleet has a handful).
+MAX_CACHED_NAMES = 1024
 # Fractions travel to the script as parts per million, so it computes in whole numbers.
 PPM = 1_000_000
 _BUCKET_FIELD = re.compile(r"(?P<bucket>\d+):(?P<kind>[tr])(?::(?P<app>.+))?")
@@ -249,6 +251,8 @@ class QuotaProtocol:
         )
         self._reserve_ppm = round(settings.quota_interactive_reserve * PPM)
         self._idle_us = round(settings.quota_interactive_idle_s * 1_000_000)
+        # Per (pool, name): what every acquire of it sends (see _acquire_parts).
+        self._parts: dict[tuple[str, str], tuple[Target, tuple[str, ...], tuple[str, ...]]] = {}
         # Each pool's model, and each of its deployments on its own (a caller naming one
         # deployment of a model is held to that deployment, counted under the model's keys).
         self._targets: dict[tuple[str, str], Target] = {}
@@ -367,22 +371,35 @@ class QuotaProtocol:
         check_count("tokens", tokens)
         check_app_id(app_id)
         interactive = check_lane(lane) == "interactive"
-        target = self.target(pool, name)
-        keys = tuple(
-            key
-            for deployment in target.deployments
-            for key in self.keys(pool, target.model, deployment.name)
-        )
+        target, keys, limits = self._acquire_parts(pool, name)
         share_ppm = round(self.shares.get(app_id, 0) * PPM)
         lane_arg = f"{'i' if interactive else 'b'} {self._reserve_ppm} {self._idle_us} {share_ppm}"
         booked = app_id + INTERACTIVE_MARK if interactive else app_id
-        limits = tuple(f"{deployment.tpm} {deployment.rpm}" for deployment in target.deployments)
 
         def parse(reply: Sequence[Any]) -> tuple[Decision, int]:
             return self._decision(pool, target, app_id, tokens, reply), int(reply[0])
 
         args: tuple[str | int, ...] = (self._layout_arg, tokens, booked, lane_arg, *limits)
         return Call("acquire", keys, args, parse)
+
+    def _acquire_parts(
+        self, pool: str, name: str
+    ) -> tuple[Target, tuple[str, ...], tuple[str, ...]]:
+        """The target, keys and default-limit arguments of ``name``: the same on every acquire,
+        so built (and validated) once per name, not once per decision."""
+        parts = self._parts.get((pool, name))
+        if parts is None:
+            target = self.target(pool, name)
+            keys = tuple(
+                key
+                for deployment in target.deployments
+                for key in self.keys(pool, target.model, deployment.name)
+            )
+            limits = tuple(f"{item.tpm} {item.rpm}" for item in target.deployments)
+            if len(self._parts) >= MAX_CACHED_NAMES:  # names come from callers: stay bounded
+                self._parts.clear()
+            parts = self._parts[pool, name] = (target, keys, limits)
+        return parts
 
     def report(
         self, request_id: str, prompt_tokens: int, completion_tokens: int, pool: str | None = None
