@@ -4,12 +4,21 @@
 
 One emulator deployment with a token limit ``T`` per (shortened) window, an embedded Redis, and
 one real ``celery worker``. The same workload (completion tasks with mixed prompt sizes and
-``max_tokens``, queued at once, a backlog of several windows) runs three ways:
+``max_tokens``, queued at once, a backlog of several windows) runs these ways:
 
-- ``conduit``: the ``ai.chat_completion`` task, inside quota/ with ``charge=azure``;
+- ``conduit``: the ``ai.chat_completion`` task, inside quota/ with ``charge=azure``, naming the
+  one deployment;
 - ``naive``: no limiter; the SDK retries a 429 itself, honouring ``retry-after``;
 - ``fixed_window``: the older service's counter: tokens counted in fixed windows, trued up to
-  actual usage after each call, a refusal retried when the window turns.
+  actual usage after each call, a refusal retried when the window turns;
+- ``spillover``: the task names the logical model, served by two deployments (``T`` and
+  ``T2``, APP_OPENAI_DEPLOYMENTS); a larger backlog in proportion; utilization is of T + T2;
+- ``shared``: ``conduit`` while an outside client (this process, straight to the emulator)
+  spends about SHARED_FRACTION of T. Conduit learns of it from the answers' x-ratelimit headers,
+  and a 429 keeps its charge and cools the deployment down for every worker. Figures:
+  ``conduit_share_of_rest`` (Conduit's accepted tokens in the trailing window ÷ what the outside
+  client left of T, averaged), ``upstream_429`` (Conduit's only), ``outside_429``, and
+  ``repeated_requests`` when the emulator's stats count them.
 
 Per way: ``utilization`` (tokens the upstream accepted in the trailing window ÷ T, averaged over
 the windows after the first while the backlog lasts), ``upstream_429`` (answers the emulator
@@ -23,12 +32,16 @@ of a bucket (a sixtieth of the window) already gone: conduit can spend T per 21-
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +54,13 @@ from settings.redis_server import RedisServer
 
 DEPLOYMENT = "bench-gpt"
 TPM = 6000  # per emulator window
+# Spill-over: the logical model and its second deployment, with a smaller limit.
+MODEL = "bench-model"
+DEPLOYMENT_2 = "bench-gpt-2"
+TPM_2 = 3000
+SHARED_FRACTION = 0.3
+OUTSIDE_APP_MESSAGES = [{"role": "user", "content": "An outside client's short question."}]
+OUTSIDE_MAX_TOKENS = 40
 WINDOW_SECS = 20  # the emulator's and quota/'s
 TASKS = 120
 # The backlog outlasts the first window and this many more; utilization is measured over them.
@@ -55,7 +75,7 @@ RESULT_TIMEOUT_SECS = 900
 FIXED_WINDOW_KEY = "bench:fixed-window"
 
 
-def workload(seed: int = 7) -> list[dict[str, Any]]:
+def workload(seed: int = 7, tasks: int = TASKS) -> list[dict[str, Any]]:
     """The same mixed requests for every way: short and long prompts, small and large answers."""
     rng = random.Random(seed)
     words = "quota window token request deployment limit answer prompt worker".split()
@@ -71,7 +91,7 @@ def workload(seed: int = 7) -> list[dict[str, Any]]:
             ],
             "max_tokens": rng.choice([50, 100, 200, 300]),
         }
-        for _ in range(TASKS)
+        for _ in range(tasks)
     ]
 
 
@@ -125,20 +145,36 @@ WAYS = {
     "conduit": "ai.chat_completion",
     "naive": "bench.naive_completion",
     "fixed_window": "bench.fixed_window_completion",
+    "spillover": "ai.chat_completion",
+    "shared": "ai.chat_completion",
 }
+# Which deployments a way's tokens are counted on, and the model its tasks name (None: none).
+WAY_DEPLOYMENTS = {"spillover": (DEPLOYMENT, DEPLOYMENT_2)}
+WAY_MODEL = {"conduit": DEPLOYMENT, "shared": DEPLOYMENT, "spillover": None}
 
 
 # --- running one way -----------------------------------------------------------------------------
 
 
-def accepted_tokens(emulator) -> tuple[int, int]:
-    stats = emulator.stats()["deployments"].get(DEPLOYMENT, {})
-    return stats.get("tokens_charged", 0), stats.get("throttled", 0)
+def accepted_tokens(emulator, deployments: tuple[str, ...] = (DEPLOYMENT,)) -> tuple[int, int]:
+    stats = emulator.stats()["deployments"]
+    entries = [stats.get(name, {}) for name in deployments]
+    return (
+        sum(entry.get("tokens_charged", 0) for entry in entries),
+        sum(entry.get("throttled", 0) for entry in entries),
+    )
 
 
-def window_utilization(samples: list[tuple[float, int]], window_s: float) -> float:
-    """The mean over time of (tokens accepted in the trailing window) ÷ T, from samples of the
-    cumulative count taken since the first request; only samples a full window in count."""
+def window_utilization(
+    samples: list[tuple[float, int]],
+    window_s: float,
+    limit: int = TPM,
+    outside: Callable[[float, float], int] | None = None,
+) -> float:
+    """The mean over time of (tokens accepted in the trailing window) ÷ ``limit``, from samples
+    of the cumulative count taken since the first request; only samples a full window in count.
+    With ``outside`` (tokens an outside client got accepted between two times), its part of each
+    window is taken from both the count and the limit: the share of what it left."""
     times = [t for t, _ in samples]
     ratios = []
     for t, total in samples:
@@ -146,41 +182,121 @@ def window_utilization(samples: list[tuple[float, int]], window_s: float) -> flo
             continue
         # The last sample at or before t - window: the count a window ago.
         earlier = max(i for i, sample_t in enumerate(times) if sample_t <= t - window_s)
-        ratios.append((total - samples[earlier][1]) / TPM)
+        theirs = outside(times[earlier], t) if outside else 0
+        ratios.append((total - samples[earlier][1] - theirs) / (limit - theirs))
     return sum(ratios) / len(ratios)
+
+
+class OutsideClient:
+    """Another client of the deployment, outside Conduit: one fixed small request at a pace that
+    spends SHARED_FRACTION of T per window, straight to the emulator; its 429s are its own."""
+
+    def __init__(self, emulator, window_s: float) -> None:
+        self.client = emulator.azure_client()
+        emulator.reset()
+        self.client.chat.completions.create(
+            model=DEPLOYMENT, messages=OUTSIDE_APP_MESSAGES, max_tokens=OUTSIDE_MAX_TOKENS
+        )
+        self.per_call = emulator.stats()["deployments"][DEPLOYMENT]["tokens_charged"]
+        emulator.reset()
+        self.interval_s = self.per_call / (SHARED_FRACTION * TPM / window_s)
+        self.accepted_at: list[float] = []
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        import openai
+
+        next_at = time.time()
+        while not self._stop.wait(max(0.0, next_at - time.time())):
+            next_at += self.interval_s
+            try:
+                self.client.chat.completions.create(
+                    model=DEPLOYMENT, messages=OUTSIDE_APP_MESSAGES, max_tokens=OUTSIDE_MAX_TOKENS
+                )
+                self.accepted_at.append(time.time())
+            except openai.RateLimitError:
+                self.refused += 1
+
+    def tokens_between(self, start: float, end: float) -> int:
+        return self.per_call * sum(start < at <= end for at in list(self.accepted_at))
+
+    def __enter__(self) -> OutsideClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def run_way(way: str, app, emulator, redis_url: str) -> dict[str, float | int]:
     redis.Redis.from_url(redis_url).flushall()
     emulator.reset()
     window = emulator.stats()["window_s"]
-    submitted = time.time()
-    results = [
-        app.send_task(
-            WAYS[way], args=[request["messages"]], kwargs={"max_tokens": request["max_tokens"]}
-        )
-        for request in workload()
-    ]
-    samples = []
-    while time.time() - submitted < (1 + MEASURED_WINDOWS) * window:
-        samples.append((time.time(), accepted_tokens(emulator)[0]))
-        time.sleep(SAMPLE_EVERY_SECS)
-    backlog_left = sum(not result.ready() for result in results)
-    for result in results:
-        # Not raised: a naive task can run out of SDK retries on 429s, and that is a figure too.
-        result.get(timeout=RESULT_TIMEOUT_SECS, propagate=False)
+    deployments = WAY_DEPLOYMENTS.get(way, (DEPLOYMENT,))
+    limit = TPM + TPM_2 if way == "spillover" else TPM
+    # The backlog grows with the limit, so it outlasts the measured windows in every way.
+    requests = workload(tasks=TASKS * limit // TPM)
+    outside = OutsideClient(emulator, window) if way == "shared" else None
+    options = {"model": WAY_MODEL[way]} if way in WAY_MODEL else {}
+    with outside or contextlib.nullcontext():
+        submitted = time.time()
+        results = [
+            app.send_task(
+                WAYS[way],
+                args=[request["messages"]],
+                kwargs={"max_tokens": request["max_tokens"], **options},
+            )
+            for request in requests
+        ]
+        samples = []
+        while time.time() - submitted < (1 + MEASURED_WINDOWS) * window:
+            samples.append((time.time(), accepted_tokens(emulator, deployments)[0]))
+            time.sleep(SAMPLE_EVERY_SECS)
+        backlog_left = sum(not result.ready() for result in results)
+        for result in results:
+            # Not raised: a naive task can run out of SDK retries on 429s, and that is a figure.
+            result.get(timeout=RESULT_TIMEOUT_SECS, propagate=False)
     durations = [result.date_done.timestamp() - submitted for result in results]
-    return {
-        "utilization": round(window_utilization(samples, window), 4),
-        "upstream_429": accepted_tokens(emulator)[1],
+    throttled = accepted_tokens(emulator, deployments)[1]
+    figures: dict[str, float | int] = {
+        "utilization": round(window_utilization(samples, window, limit), 4),
+        "upstream_429": throttled - (outside.refused if outside else 0),
         "p50_task_s": round(percentile(durations, 0.5), 2),
         "p95_task_s": round(percentile(durations, 0.95), 2),
         "backlog_after_measurement": backlog_left,
         "failed_tasks": sum(result.failed() for result in results),
+        "tasks": len(requests),
     }
+    if way == "spillover":
+        per_deployment = emulator.stats()["deployments"]
+        figures["tokens_per_deployment"] = {  # type: ignore[assignment]
+            name: per_deployment.get(name, {}).get("tokens_charged", 0) for name in deployments
+        }
+    if outside is not None:
+        figures["conduit_share_of_rest"] = round(
+            window_utilization(samples, window, limit, outside.tokens_between), 4
+        )
+        figures["outside_429"] = outside.refused
+        figures["outside_tokens"] = outside.per_call * len(outside.accepted_at)
+    stats = emulator.stats()
+    repeated = stats.get("repeated_requests")
+    if repeated is None:
+        repeated = stats["deployments"].get(DEPLOYMENT, {}).get("repeated_requests")
+    if repeated is not None:
+        figures["repeated_requests"] = repeated
+    return figures
 
 
 def main() -> None:
+    """Every way, recorded; ``python -m bench.quota_utilization conduit shared`` runs only those
+    and prints their figures."""
+    chosen = sys.argv[1:] or list(WAYS)
+    unknown = set(chosen) - set(WAYS)
+    if unknown:
+        raise SystemExit(f"unknown ways {sorted(unknown)}: choose from {', '.join(WAYS)}")
     from tests.support.emulator import EmulatorStarter
     from tests.support.processes import ManagedProcess, python_args
     from worker import create_celery
@@ -193,7 +309,13 @@ def main() -> None:
             "REDIS_URL": server.url,
             "QUOTA_WINDOW_SECONDS": str(WINDOW_SECS),
             "QUOTA_CHARGE_MODEL": "azure",
-            "APP_OPENAI_ENGINE": DEPLOYMENT,
+            "APP_OPENAI_ENGINE": MODEL,
+            "APP_OPENAI_DEPLOYMENTS": json.dumps(
+                [
+                    {"name": DEPLOYMENT, "tpm": TPM, "rpm": 100_000},
+                    {"name": DEPLOYMENT_2, "tpm": TPM_2, "rpm": 100_000},
+                ]
+            ),
             "APP_TPM_QUOTA": str(TPM),
             "APP_RPM_QUOTA": "100000",
             "LOG_LEVEL": "WARNING",
@@ -202,7 +324,10 @@ def main() -> None:
         starter = EmulatorStarter(work_dir, env)
         try:
             emulator = starter(
-                limits={DEPLOYMENT: {"tpm": TPM, "rpm": 100_000}},
+                limits={
+                    DEPLOYMENT: {"tpm": TPM, "rpm": 100_000},
+                    DEPLOYMENT_2: {"tpm": TPM_2, "rpm": 100_000},
+                },
                 EMULATOR_WINDOW_SECONDS=str(WINDOW_SECS),
                 EMULATOR_FIRST_TOKEN_MS=str(FIRST_TOKEN_MS),
                 EMULATOR_TOKEN_MS=str(TOKEN_MS),
@@ -216,6 +341,7 @@ def main() -> None:
                         "REDIS_URL",
                         "QUOTA_WINDOW_SECONDS",
                         "APP_OPENAI_ENGINE",
+                        "APP_OPENAI_DEPLOYMENTS",
                         "APP_TPM_QUOTA",
                     )
                 }
@@ -249,15 +375,21 @@ def main() -> None:
                 name="worker",
                 ready=lambda: bool(app.control.ping([hostname], timeout=0.5)),
             ):
-                figures = {way: run_way(way, app, emulator, server.url) for way in WAYS}
+                figures = {way: run_way(way, app, emulator, server.url) for way in chosen}
             app.close()
         finally:
             starter.close()
+    if set(chosen) != set(WAYS):  # a partial run (to look at one way): printed, not recorded
+        print(json.dumps(figures, indent=2))
+        return
     conduit = figures["conduit"]
     write_result(
         "quota_utilization",
         {
             "deployment_tpm": TPM,
+            "spillover_tpm": [TPM, TPM_2],
+            "shared_fraction": SHARED_FRACTION,
+            "load_average": os.getloadavg(),
             "window_s": WINDOW_SECS,
             "quota_upstream_margin_s": load_settings().quota_upstream_margin_s,
             "tasks": TASKS,
@@ -267,7 +399,11 @@ def main() -> None:
         },
         f"conduit utilization {conduit['utilization']:.3f} with {conduit['upstream_429']} "
         f"upstream 429s; naive {figures['naive']['upstream_429']} 429s, fixed_window "
-        f"{figures['fixed_window']['upstream_429']} 429s",
+        f"{figures['fixed_window']['upstream_429']} 429s; spillover "
+        f"{figures['spillover']['utilization']:.3f} of T+T2 with "
+        f"{figures['spillover']['upstream_429']} 429s; shared: share of the rest "
+        f"{figures['shared']['conduit_share_of_rest']:.3f}, {figures['shared']['upstream_429']} "
+        f"429s, {figures['shared']['failed_tasks']} failed",
     )
 
 

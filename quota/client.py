@@ -24,6 +24,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from quota.connect import quota_redis
 from quota.errors import QuotaError
 from quota.limiter import AsyncQuotaLimiter, QuotaLimiter
 from quota.sansio import Decision, QuotaStatus, check_pool
@@ -92,7 +93,7 @@ class _ClientBase(_OlderNames):
         self, app_id: str, settings: Settings, deployments: Mapping[str, str] | None
     ) -> None:
         self.app_id = app_id
-        self.deployments = {pool.name: pool.deployment for pool in settings.pools()}
+        self.deployments: dict[str, str] = {pool.name: pool.deployment for pool in settings.pools()}
         self.deployments.update(deployments or {})
 
     def _deployment(self, pool: str) -> str:
@@ -120,8 +121,12 @@ class TokenClient(_ClientBase):
     ) -> None:
         settings = settings or get_settings()
         super().__init__(app_id, settings, deployments)
-        self._own_redis = None if limiter else redis.asyncio.Redis.from_url(settings.broker_url)
-        self.limiter = limiter or AsyncQuotaLimiter(self._own_redis, settings)
+        self._own_redis: redis.asyncio.Redis | None = None
+        if limiter is None:
+            # Quota's own Redis (QUOTA_REDIS_URL, else REDIS_URL).
+            self._own_redis = redis.asyncio.Redis.from_url(settings.quota_url)
+            limiter = AsyncQuotaLimiter(self._own_redis, settings)
+        self.limiter = limiter
 
     async def lock(self, pool: str, token_count: int = 0) -> LockResult:
         decision = await self.limiter.acquire(
@@ -176,8 +181,12 @@ class SyncTokenClient(_ClientBase):
     ) -> None:
         settings = settings or get_settings()
         super().__init__(app_id, settings, deployments)
-        self._own_redis = None if limiter else redis.Redis.from_url(settings.broker_url)
-        self.limiter = limiter or QuotaLimiter(self._own_redis, settings)
+        self._own_redis: redis.Redis | None = None
+        if limiter is None:
+            # Quota's own Redis (QUOTA_REDIS_URL, else REDIS_URL; a cluster when it says so).
+            self._own_redis = quota_redis(settings)
+            limiter = QuotaLimiter(self._own_redis, settings)
+        self.limiter = limiter
 
     def lock(self, pool: str, token_count: int = 0) -> LockResult:
         decision = self.limiter.acquire(pool, self._deployment(pool), token_count, self.app_id)

@@ -1,4 +1,4 @@
-"""The quota limiter: every decision is one EVALSHA of ``limiter.lua`` on the shared Redis.
+"""The quota limiter: every decision is one EVALSHA of a script in ``lua/`` on the shared Redis.
 
     limiter = QuotaLimiter(redis.Redis.from_url(settings.broker_url))
     decision = limiter.acquire("completion", "gpt-4o", tokens=1200, app_id="feedback")
@@ -8,15 +8,14 @@
 
 :class:`AsyncQuotaLimiter` is the same on ``redis.asyncio``. Both are thin: the rules, keys and
 reply parsing live in :mod:`quota.sansio`; here a call is sent and its reply parsed. Each call is
-one EVALSHA of the script's SHA1; when Redis answers NOSCRIPT (first use, a restart, SCRIPT FLUSH)
-the script is loaded and the call sent once more. Safe to share between threads.
+one EVALSHA of its script's SHA1 (quota.scripts); when Redis answers NOSCRIPT (first use, a
+restart, SCRIPT FLUSH) the script is loaded and the call sent once more. Safe to share between
+threads.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from importlib.resources import files
 from typing import Any, TypeVar
 
 import redis
@@ -33,14 +32,15 @@ from quota.sansio import (
     QuotaStatus,
     Settlement,
 )
+from quota.scripts import sha_of, source_of
 from settings import Settings, get_settings
 
-LIMITER_SCRIPT = files("quota").joinpath("limiter.lua").read_text()
-LIMITER_SHA = hashlib.sha1(LIMITER_SCRIPT.encode()).hexdigest()
 # The script marks its own errors (a window mismatch) so they are told apart from Redis's.
 _SCRIPT_ERROR_MARK = "CONDUIT "
 
 T = TypeVar("T")
+# The state hash's fields set_limits writes (absent: the settings' limits).
+LIMIT_FIELDS = ("tpm", "rpm")
 
 
 def _quota_error(error: redis.ResponseError) -> Exception:
@@ -89,12 +89,12 @@ class QuotaLimiter(_LimiterBase):
 
     def _run(self, call: Call[T]) -> T:
         # Not redis-py's Script: its per-call bookkeeping cost a third of a decision.
-        command = (LIMITER_SHA, len(call.keys), *call.keys, *call.args)
+        command = (sha_of(call.script), len(call.keys), *call.keys, *call.args)
         try:
             try:
                 reply = self.client.evalsha(*command)
             except redis.exceptions.NoScriptError:
-                self.client.script_load(LIMITER_SCRIPT)
+                self.client.script_load(source_of(call.script))
                 reply = self.client.evalsha(*command)
         except redis.ResponseError as error:
             raise _quota_error(error) from None
@@ -106,15 +106,19 @@ class QuotaLimiter(_LimiterBase):
             self.client.sadd(self.protocol.registry_key, member)
             self._registered.add(member)
 
-    def acquire(self, pool: str, deployment: str, tokens: int, app_id: str) -> Decision:
-        """Lock ``tokens`` and one request, or refuse with the exact wait until they fit."""
-        return self.acquire_timed(pool, deployment, tokens, app_id)[0]
+    def acquire(
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
+    ) -> Decision:
+        """Lock ``tokens`` and one request on the first deployment of ``deployment`` (a model or
+        one deployment) with room, or refuse with the exact wait until one has.
+        ``decision.deployment`` says where the request must go."""
+        return self.acquire_timed(pool, deployment, tokens, app_id, lane)[0]
 
     def acquire_timed(
-        self, pool: str, deployment: str, tokens: int, app_id: str
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
     ) -> tuple[Decision, int]:
         """``acquire`` and the server time it decided at (µs), for audits and benchmarks."""
-        call = self.protocol.acquire(pool, deployment, tokens, app_id)
+        call = self.protocol.acquire(pool, deployment, tokens, app_id, lane)
         self._register(pool, deployment)
         return self._run(call)
 
@@ -132,6 +136,15 @@ class QuotaLimiter(_LimiterBase):
     def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
         """Give back a lock whose call never reached upstream."""
         return self._run(self.protocol.release(request_id, pool))
+
+    def reject(self, request_id: str, cooldown_s: float, *, pool: str | None = None) -> Settlement:
+        """The upstream answered 429 (or 5xx): keep the charge, and skip the deployment for
+        ``cooldown_s`` in every process."""
+        return self._run(self.protocol.reject(request_id, cooldown_s, pool))
+
+    def restamp(self, request_id: str, *, pool: str | None = None) -> Settlement:
+        """Count the lock's charge from now: the request leaves later than the margin covers."""
+        return self._run(self.protocol.restamp(request_id, pool))
 
     def observe_upstream(
         self,
@@ -159,6 +172,10 @@ class QuotaLimiter(_LimiterBase):
             for pool, deployment in self.protocol.known_deployments(members)
         ]
 
+    def model_status(self, pool: str, model: str) -> list[QuotaStatus]:
+        """Each deployment of ``model`` (one when it has no spill-over)."""
+        return [self.status(pool, name) for name in self.protocol.deployments_of(pool, model)]
+
     def set_limits(
         self, pool: str, deployment: str, tpm: int | None = None, rpm: int | None = None
     ) -> None:
@@ -166,6 +183,10 @@ class QuotaLimiter(_LimiterBase):
         limits = self.protocol.limits_mapping(pool, tpm, rpm)
         self.client.hset(self.protocol.limits_key(pool, deployment), mapping=limits)
         self._register(pool, deployment)
+
+    def clear_limits(self, pool: str, deployment: str) -> None:
+        """Forget limits set at run time: the settings' values apply again, in every process."""
+        self.client.hdel(self.protocol.limits_key(pool, deployment), *LIMIT_FIELDS)
 
 
 class AsyncQuotaLimiter(_LimiterBase):
@@ -177,12 +198,12 @@ class AsyncQuotaLimiter(_LimiterBase):
         super().__init__(client, settings, **options)
 
     async def _run(self, call: Call[T]) -> T:
-        command = (LIMITER_SHA, len(call.keys), *call.keys, *call.args)
+        command = (sha_of(call.script), len(call.keys), *call.keys, *call.args)
         try:
             try:
                 reply = await self.client.evalsha(*command)
             except redis.exceptions.NoScriptError:
-                await self.client.script_load(LIMITER_SCRIPT)
+                await self.client.script_load(source_of(call.script))
                 reply = await self.client.evalsha(*command)
         except redis.ResponseError as error:
             raise _quota_error(error) from None
@@ -194,13 +215,15 @@ class AsyncQuotaLimiter(_LimiterBase):
             await self.client.sadd(self.protocol.registry_key, member)
             self._registered.add(member)
 
-    async def acquire(self, pool: str, deployment: str, tokens: int, app_id: str) -> Decision:
-        return (await self.acquire_timed(pool, deployment, tokens, app_id))[0]
+    async def acquire(
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
+    ) -> Decision:
+        return (await self.acquire_timed(pool, deployment, tokens, app_id, lane))[0]
 
     async def acquire_timed(
-        self, pool: str, deployment: str, tokens: int, app_id: str
+        self, pool: str, deployment: str, tokens: int, app_id: str, lane: str = "batch"
     ) -> tuple[Decision, int]:
-        call = self.protocol.acquire(pool, deployment, tokens, app_id)
+        call = self.protocol.acquire(pool, deployment, tokens, app_id, lane)
         await self._register(pool, deployment)
         return await self._run(call)
 
@@ -218,6 +241,14 @@ class AsyncQuotaLimiter(_LimiterBase):
 
     async def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
         return await self._run(self.protocol.release(request_id, pool))
+
+    async def reject(
+        self, request_id: str, cooldown_s: float, *, pool: str | None = None
+    ) -> Settlement:
+        return await self._run(self.protocol.reject(request_id, cooldown_s, pool))
+
+    async def restamp(self, request_id: str, *, pool: str | None = None) -> Settlement:
+        return await self._run(self.protocol.restamp(request_id, pool))
 
     async def observe_upstream(
         self,
@@ -246,3 +277,9 @@ class AsyncQuotaLimiter(_LimiterBase):
         limits = self.protocol.limits_mapping(pool, tpm, rpm)
         await self.client.hset(self.protocol.limits_key(pool, deployment), mapping=limits)
         await self._register(pool, deployment)
+
+    async def model_status(self, pool: str, model: str) -> list[QuotaStatus]:
+        return [await self.status(pool, name) for name in self.protocol.deployments_of(pool, model)]
+
+    async def clear_limits(self, pool: str, deployment: str) -> None:
+        await self.client.hdel(self.protocol.limits_key(pool, deployment), *LIMIT_FIELDS)

@@ -22,7 +22,8 @@ import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, Retrying, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, Retrying, stop_after_attempt, stop_any
+from tenacity.stop import stop_base
 
 from quota.errors import QuotaExceeded
 
@@ -57,8 +58,23 @@ def _jittered(wait_s: float) -> float:
     return wait_s + random.uniform(0, JITTER_FRACTION * wait_s + JITTER_FLOOR_S)
 
 
+def _error(retry_state: RetryCallState) -> BaseException | None:
+    """The error the attempt ended in; None when it succeeded."""
+    outcome = retry_state.outcome
+    return outcome.exception() if outcome is not None else None
+
+
 def _refusal(retry_state: RetryCallState) -> bool:
-    return is_quota_refusal(retry_state.outcome.exception())
+    error = _error(retry_state)
+    return error is not None and is_quota_refusal(error)
+
+
+def _refusal_of(retry_state: RetryCallState) -> BaseException:
+    """The refusal a wait is computed for (tenacity waits only after a refused attempt)."""
+    error = _error(retry_state)
+    if error is None:
+        raise RuntimeError("tenacity asked how long to wait after an attempt that succeeded")
+    return error
 
 
 def with_token_limit_retry_decorator(
@@ -66,21 +82,24 @@ def with_token_limit_retry_decorator(
 ) -> Callable[[F], F]:
     """Retry the decorated function (sync or async) up to ``max_retries`` times on refusal."""
 
-    def too_long(retry_state: RetryCallState) -> bool:
-        return max_wait_s is not None and retry_state.upcoming_sleep > max_wait_s
+    class TooLong(stop_base):
+        """Stop when the next wait would exceed ``max_wait_s``."""
 
-    stop = stop_after_attempt(max_retries + 1) | too_long
+        def __call__(self, retry_state: RetryCallState) -> bool:
+            return max_wait_s is not None and retry_state.upcoming_sleep > max_wait_s
+
+    stop = stop_any(stop_after_attempt(max_retries + 1), TooLong())
 
     # The older wording carries no wait: ask the token client when its pool frees up.
     def wait(retry_state: RetryCallState) -> float:
-        error = retry_state.outcome.exception()
+        error = _refusal_of(retry_state)
         known = getattr(error, "retry_after_s", None)
         if known is None:
             known = _status_method(token_client, error)()["reset_time_seconds"]
         return _jittered(known)
 
     async def async_wait(retry_state: RetryCallState) -> float:
-        error = retry_state.outcome.exception()
+        error = _refusal_of(retry_state)
         known = getattr(error, "retry_after_s", None)
         if known is None:
             known = (await _status_method(token_client, error)())["reset_time_seconds"]
@@ -91,7 +110,13 @@ def with_token_limit_retry_decorator(
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                retrying = AsyncRetrying(retry=_refusal, wait=async_wait, stop=stop, reraise=True)
+                retrying = AsyncRetrying(
+                    retry=_refusal,
+                    # tenacity awaits an async wait; its stubs only know sync ones.
+                    wait=async_wait,  # type: ignore[arg-type]
+                    stop=stop,
+                    reraise=True,
+                )
                 return await retrying(func, *args, **kwargs)
 
             return run_async  # type: ignore[return-value]

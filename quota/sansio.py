@@ -4,7 +4,7 @@ Imports no redis (STYLE.md: code that does no I/O lives apart from code that doe
 and asyncio limiters share every rule here and differ only in how they send a :class:`Call`:
 
     call = protocol.acquire("completion", "gpt-4o", 1200, "feedback")
-    reply = client.evalsha(LIMITER_SHA, len(call.keys), *call.keys, *call.args)
+    reply = client.evalsha(sha_of(call.script), len(call.keys), *call.keys, *call.args)
     decision, server_time_us = call.parse(reply)
 
 Bad input raises :class:`QuotaError` here, before anything reaches Redis, so state is unchanged.
@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from quota.errors import QuotaError
-from settings import Settings
+from quota.scripts import ScriptName
+from settings import Deployment, Pool, Settings
 
 PoolName = Literal["completion", "embedding", "whisper"]
 ChargeModel = Literal["azure", "usage"]
+# interactive: voice turns and user-facing calls, which may use the reserve; batch: the rest.
+Lane = Literal["interactive", "batch"]
+LANES: tuple[Lane, ...] = ("interactive", "batch")
 
 POOLS: tuple[PoolName, ...] = ("completion", "embedding", "whisper")
 DEFAULT_PREFIX = "conduit:quota"
@@ -36,7 +40,16 @@ MAX_TOKENS = 10_000_000
 
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _APP_ID = re.compile(r"[A-Za-z0-9_.@/-]{1,100}")
-_REQUEST_ID = re.compile(r"(?P<pool>[a-z]+)/(?P<deployment>[^/:]+)/t(?P<seq>\d+):r(?P=seq)")
+# pool/deployment/t<n>:r<n>, or pool/model/deployment/... for a deployment of a spill-over model
+_REQUEST_ID = re.compile(
+    r"(?P<pool>[a-z]+)/(?:(?P<model>[^/:]+)/)?(?P<deployment>[^/:]+)/t(?P<seq>\d+):r(?P=seq)"
+)
+# The suffix an app's interactive charges are booked under (app ids cannot contain "!").
+INTERACTIVE_MARK = "!i"
+# Deployment names whose acquire arguments are kept built (a fleet has a handful).
+MAX_CACHED_NAMES = 1024
+# Fractions travel to the script as parts per million, so it computes in whole numbers.
+PPM = 1_000_000
 _BUCKET_FIELD = re.compile(r"(?P<bucket>\d+):(?P<kind>[tr])(?::(?P<app>.+))?")
 _OPEN_BUCKET = re.compile(r"([^ ;]+) (-?\d+) (-?\d+)")
 
@@ -44,12 +57,16 @@ T = TypeVar("T")
 
 
 class Decision(NamedTuple):
-    """What ``acquire`` answers. ``retry_after_s`` is None when the request can never fit."""
+    """What ``acquire`` answers. ``retry_after_s`` is None when the request can never fit.
+
+    ``deployment`` is where the request must go: the deployment of the model that took the
+    charge (or, refused, the one that clears soonest)."""
 
     allowed: bool
     request_id: str | None
     retry_after_s: float | None
     reason: str | None
+    deployment: str | None = None
 
 
 class Settlement(NamedTuple):
@@ -72,7 +89,11 @@ class AppUsage(NamedTuple):
 
 
 class QuotaStatus(NamedTuple):
-    """One pool+deployment now. ``used`` excludes ``locked``; both count toward the limit."""
+    """One pool+deployment now. ``used`` excludes ``locked``; both count toward the limit.
+
+    ``lanes`` splits what the window holds between the interactive and batch lanes;
+    ``limits_from`` is "runtime" while set_limits values apply, else "settings";
+    ``cooldown_s`` how long the deployment is still skipped after a 429 or 5xx."""
 
     pool: str
     deployment: str
@@ -86,18 +107,27 @@ class QuotaStatus(NamedTuple):
     locked_requests: int
     reset_time_seconds: float  # until the oldest charge in the window leaves it
     apps: dict[str, AppUsage]
+    lanes: dict[str, AppUsage] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
+    model: str = ""
+    limits_from: Literal["settings", "runtime"] = "settings"
+    cooldown_s: float = 0.0
+    reserve_active: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        """The older counter's ``GET /status`` fields, plus pool, limits and the per-app split."""
+        """The older counter's ``GET /status`` fields, plus pool, limits, the per-app and per-lane
+        split, where the limits come from and any cool-down."""
         fields = self._asdict()
         fields["apps"] = {app: usage._asdict() for app, usage in self.apps.items()}
+        fields["lanes"] = {lane: usage._asdict() for lane, usage in self.lanes.items()}
         return fields
 
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One script invocation: its keys and arguments, and how to read its reply."""
+    """One script invocation: which script (quota.scripts), its keys and arguments, and how to
+    read its reply."""
 
+    script: ScriptName
     keys: tuple[str, ...]
     args: tuple[str | int, ...]
     parse: Callable[[Any], T]
@@ -105,6 +135,7 @@ class Call(Generic[T]):
 
 class RequestRef(NamedTuple):
     pool: PoolName
+    model: str
     deployment: str
     lock_id: str
 
@@ -112,7 +143,7 @@ class RequestRef(NamedTuple):
 def check_pool(pool: str) -> PoolName:
     if pool not in POOLS:
         raise QuotaError(f"unknown quota pool {pool!r}: use one of {', '.join(POOLS)}")
-    return pool  # type: ignore[return-value]
+    return pool
 
 
 def check_deployment(deployment: str) -> str:
@@ -142,9 +173,17 @@ def check_limit(name: str, value: object) -> int:
     return value
 
 
-def format_request_id(pool: str, deployment: str, lock_id: int | str) -> str:
-    """The older ``"token_id:rate_id"`` shape; both halves name the same lock."""
-    return f"{pool}/{deployment}/t{lock_id}:r{lock_id}"
+def check_lane(lane: str) -> Lane:
+    if lane not in LANES:
+        raise QuotaError(f"lane {lane!r} must be one of {', '.join(LANES)}")
+    return lane
+
+
+def format_request_id(pool: str, model: str, deployment: str, lock_id: int | str) -> str:
+    """The older ``"token_id:rate_id"`` shape; both halves name the same lock. A deployment of a
+    spill-over model carries the model too, whose hash tag its keys are under."""
+    where = deployment if model == deployment else f"{model}/{deployment}"
+    return f"{pool}/{where}/t{lock_id}:r{lock_id}"
 
 
 def parse_request_id(request_id: object) -> RequestRef:
@@ -154,15 +193,25 @@ def parse_request_id(request_id: object) -> RequestRef:
             f"request_id {request_id!r} is not one acquire() returned "
             "(expected pool/deployment/t<n>:r<n>)"
         )
-    return RequestRef(match["pool"], match["deployment"], match["seq"])  # type: ignore[arg-type]
+    deployment = match["deployment"]
+    model = match["model"] or deployment
+    return RequestRef(match["pool"], model, deployment, match["seq"])
 
 
 def _text(value: bytes | str | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class Target(NamedTuple):
+    """What a name a caller passes resolves to: the model whose hash tag the keys are under, and
+    the deployments an acquire may choose from, in spill-over order, with their default limits."""
+
+    model: str
+    deployments: tuple[Deployment, ...]
+
+
 class QuotaProtocol:
-    """Builds every limiter call for one configuration (window, limits, charge models)."""
+    """Builds every limiter call for one configuration (window, limits, lanes, shares, models)."""
 
     def __init__(
         self,
@@ -181,40 +230,99 @@ class QuotaProtocol:
         # rounded up for the same reason.
         margin_us = round(settings.quota_upstream_margin_s * 1_000_000)
         self.margin_buckets = math.ceil(margin_us / self.bucket_us)
+        self.margin_s = self.margin_buckets * self.bucket_us / 1e6
         self.lock_ttl_s = settings.quota_lock_ttl_s
         self.prefix = prefix
-        self.defaults = {pool.name: pool for pool in settings.pools()}
-        self.charge_models = {pool: settings.quota_charge_model for pool in POOLS}
+        self.defaults: dict[str, Pool] = {pool.name: pool for pool in settings.pools()}
+        self.charge_models: dict[str, ChargeModel] = {
+            pool: settings.quota_charge_model for pool in POOLS
+        }
         self.charge_models.update(charge_models or {})
         self.registry_key = f"{prefix}:deployments"
-        # The script's constant settings, one argument per pool: every argument costs the
-        # client time to encode and the script time to convert.
-        self._settings_arg = {
-            pool.name: f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
-            f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000} "
-            f"{pool.tpm} {pool.rpm}"
-            for pool in settings.pools()
-        }
+        self.interactive_idle_s = settings.quota_interactive_idle_s
+        self.cooldown_s = settings.quota_cooldown_s
+        self.error_cooldown_s = settings.quota_error_cooldown_s
+        self.shares = dict(settings.quota_app_shares)
+        # The scripts' constant settings as one argument: every argument costs the client time to
+        # encode and the script time to convert.
+        self._layout_arg = (
+            f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
+            f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000}"
+        )
+        self._reserve_ppm = round(settings.quota_interactive_reserve * PPM)
+        self._idle_us = round(settings.quota_interactive_idle_s * 1_000_000)
+        # Per (pool, name): what every acquire of it sends (see _acquire_parts).
+        self._parts: dict[tuple[str, str], tuple[Target, tuple[str, ...], tuple[str, ...]]] = {}
+        # Each pool's model, and each of its deployments on its own (a caller naming one
+        # deployment of a model is held to that deployment, counted under the model's keys).
+        self._targets: dict[tuple[str, str], Target] = {}
+        for pool in settings.pools():
+            self._targets[pool.name, pool.deployment] = Target(
+                pool.deployment, tuple(pool.deployments)
+            )
+            for deployment in pool.deployments:
+                if deployment.name != pool.deployment:
+                    self._targets[pool.name, deployment.name] = Target(
+                        pool.deployment, (deployment,)
+                    )
+
+    # --- names -----------------------------------------------------------------------------------
+    def target(self, pool: str, name: str) -> Target:
+        """The model and deployments ``name`` (a model or one deployment) stands for; a name not
+        in settings is a deployment of its own with the pool's limits."""
+        check_pool(pool)
+        known = self._targets.get((pool, check_deployment(name)))
+        if known is not None:
+            return known
+        defaults = self.defaults[pool]
+        return Target(name, (Deployment(name=name, tpm=defaults.tpm, rpm=defaults.rpm),))
+
+    def deployment(self, pool: str, name: str) -> Deployment:
+        """The settings of one deployment (its endpoint, key and default limits)."""
+        target = self.target(pool, name)
+        for deployment in target.deployments:
+            if deployment.name == name:
+                return deployment
+        raise QuotaError(
+            f"{pool} model {name!r} has {len(target.deployments)} deployments: name one of "
+            f"{', '.join(deployment.name for deployment in target.deployments)}"
+        )
+
+    def deployments_of(self, pool: str, name: str) -> list[str]:
+        return [deployment.name for deployment in self.target(pool, name).deployments]
 
     # --- keys ------------------------------------------------------------------------------------
-    def keys(self, pool: str, deployment: str) -> tuple[str, str, str]:
-        """state, locks, expiry: one hash tag per pool+deployment (Redis Cluster)."""
-        base = f"{self.prefix}:{{{pool}:{deployment}}}"
+    def keys(self, pool: str, model: str, deployment: str | None = None) -> tuple[str, str, str]:
+        """state, locks, expiry of one deployment, under one hash tag per pool+model, so a script
+        weighing all of a model's deployments stays in one Redis Cluster slot. A deployment named
+        like its model keeps the keys it had before spill-over existed."""
+        base = f"{self.prefix}:{{{pool}:{model}}}"
+        if deployment is not None and deployment != model:
+            base = f"{base}:{deployment}"
         return f"{base}:state", f"{base}:locks", f"{base}:expiry"
+
+    def deployment_keys(self, pool: str, deployment: str) -> tuple[str, str, str]:
+        target = self.target(pool, deployment)
+        return self.keys(pool, target.model, self.deployment(pool, deployment).name)
 
     def limits_key(self, pool: str, deployment: str) -> str:
         """Limits live in the state hash, so a decision reads them in the same command."""
-        return self.keys(check_pool(pool), check_deployment(deployment))[0]
+        return self.deployment_keys(pool, deployment)[0]
 
     def registry_member(self, pool: str, deployment: str) -> str:
         return f"{pool}:{deployment}"
 
     def known_deployments(self, members: Sequence[bytes | str]) -> list[tuple[str, str]]:
         """Every pool+deployment in settings or seen in Redis, in a stable order."""
-        known = {(pool.name, pool.deployment) for pool in self.defaults.values()}
+        known: set[tuple[str, str]] = {
+            (pool.name, deployment.name)
+            for pool in self.defaults.values()
+            for deployment in pool.deployments
+        }
         for member in members:
-            pool, _, deployment = _text(member).partition(":")
-            known.add((pool, deployment))
+            pool, _, name = _text(member).partition(":")
+            # A model acquired by name stands for its deployments.
+            known.update((pool, deployment) for deployment in self.deployments_of(pool, name))
         return sorted(known)
 
     def limits_mapping(self, pool: str, tpm: int | None, rpm: int | None) -> dict[str, int]:
@@ -232,21 +340,66 @@ class QuotaProtocol:
         return limits
 
     # --- calls -----------------------------------------------------------------------------------
-    def _call(
-        self, pool: str, deployment: str, op: str, *extra: str | int, parse: Callable[[Any], T]
+    def _deployment_call(
+        self,
+        script: ScriptName,
+        pool: str,
+        model: str,
+        deployment: Deployment,
+        *extra: str | int,
+        parse: Callable[[Any], T],
     ) -> Call[T]:
-        args = (op, self._settings_arg[check_pool(pool)], *extra)
-        return Call(self.keys(pool, check_deployment(deployment)), args, parse)
+        args = (self._layout_arg, f"{deployment.tpm} {deployment.rpm}", *extra)
+        return Call(script, self.keys(pool, model, deployment.name), args, parse)
+
+    def _call(
+        self,
+        script: ScriptName,
+        pool: str,
+        deployment: str,
+        *extra: str | int,
+        parse: Callable[[Any], T],
+    ) -> Call[T]:
+        model = self.target(pool, deployment).model
+        settings = self.deployment(pool, deployment)
+        return self._deployment_call(script, pool, model, settings, *extra, parse=parse)
 
     def acquire(
-        self, pool: str, deployment: str, tokens: int, app_id: str
+        self, pool: str, name: str, tokens: int, app_id: str, lane: str = "batch"
     ) -> Call[tuple[Decision, int]]:
+        """Weigh every deployment ``name`` stands for, in order, in one script call."""
         check_count("tokens", tokens)
+        check_app_id(app_id)
+        interactive = check_lane(lane) == "interactive"
+        target, keys, limits = self._acquire_parts(pool, name)
+        share_ppm = round(self.shares.get(app_id, 0) * PPM)
+        lane_arg = f"{'i' if interactive else 'b'} {self._reserve_ppm} {self._idle_us} {share_ppm}"
+        booked = app_id + INTERACTIVE_MARK if interactive else app_id
 
         def parse(reply: Sequence[Any]) -> tuple[Decision, int]:
-            return self._decision(pool, deployment, tokens, reply), int(reply[0])
+            return self._decision(pool, target, app_id, tokens, reply), int(reply[0])
 
-        return self._call(pool, deployment, "acquire", tokens, check_app_id(app_id), parse=parse)
+        args: tuple[str | int, ...] = (self._layout_arg, tokens, booked, lane_arg, *limits)
+        return Call("acquire", keys, args, parse)
+
+    def _acquire_parts(
+        self, pool: str, name: str
+    ) -> tuple[Target, tuple[str, ...], tuple[str, ...]]:
+        """The target, keys and default-limit arguments of ``name``: the same on every acquire,
+        so built (and validated) once per name, not once per decision."""
+        parts = self._parts.get((pool, name))
+        if parts is None:
+            target = self.target(pool, name)
+            keys = tuple(
+                key
+                for deployment in target.deployments
+                for key in self.keys(pool, target.model, deployment.name)
+            )
+            limits = tuple(f"{item.tpm} {item.rpm}" for item in target.deployments)
+            if len(self._parts) >= MAX_CACHED_NAMES:  # names come from callers: stay bounded
+                self._parts.clear()
+            parts = self._parts[pool, name] = (target, keys, limits)
+        return parts
 
     def report(
         self, request_id: str, prompt_tokens: int, completion_tokens: int, pool: str | None = None
@@ -255,21 +408,45 @@ class QuotaProtocol:
         actual = check_count("prompt_tokens", prompt_tokens) + check_count(
             "completion_tokens", completion_tokens
         )
-        return self._call(
-            ref.pool,
-            ref.deployment,
-            "report",
-            ref.lock_id,
-            actual,
-            self.charge_models[ref.pool],
-            parse=self._settlement(request_id),
+        return self._settle(
+            ref, request_id, "report", ref.lock_id, actual, self.charge_models[ref.pool]
         )
 
     def release(self, request_id: str, pool: str | None = None) -> Call[Settlement]:
         ref = self._ref(request_id, pool)
-        return self._call(
-            ref.pool, ref.deployment, "release", ref.lock_id, parse=self._settlement(request_id)
+        return self._settle(ref, request_id, "release", ref.lock_id)
+
+    def reject(
+        self, request_id: str, cooldown_s: float, pool: str | None = None
+    ) -> Call[Settlement]:
+        """The upstream refused (429) or failed (5xx) the request: keep its charge, and skip its
+        deployment for ``cooldown_s`` in every process (0: no cool-down)."""
+        ref = self._ref(request_id, pool)
+        if not 0 <= cooldown_s <= 3600:
+            raise QuotaError(f"cooldown_s must be from 0 to 3600 seconds, got {cooldown_s!r}")
+        return self._settle(ref, request_id, "reject", ref.lock_id, round(cooldown_s * 1e6))
+
+    def restamp(self, request_id: str, pool: str | None = None) -> Call[Settlement]:
+        """The request is sent only now: count its charge from now."""
+        ref = self._ref(request_id, pool)
+        return self._settle(ref, request_id, "restamp", ref.lock_id)
+
+    def _settle(self, ref: RequestRef, request_id: str, *args: str | int) -> Call[Settlement]:
+        deployment = self._deployment_of_ref(ref)
+        return self._deployment_call(
+            "settle", ref.pool, ref.model, deployment, *args, parse=self._settlement(request_id)
         )
+
+    def _deployment_of_ref(self, ref: RequestRef) -> Deployment:
+        check_deployment(ref.model)
+        target = self.target(ref.pool, ref.model)
+        for deployment in target.deployments:
+            if deployment.name == ref.deployment:
+                return deployment
+        # Not in our settings (another process's, or settings changed): the pool's defaults.
+        defaults = self.defaults[ref.pool]
+        name = check_deployment(ref.deployment)
+        return Deployment(name=name, tpm=defaults.tpm, rpm=defaults.rpm)
 
     def observe(
         self,
@@ -290,17 +467,21 @@ class QuotaProtocol:
             else check_count("remaining_requests", remaining_requests, maximum=10**9)
         )
         return self._call(
+            "observe",
             pool,
             deployment,
-            "observe",
             tokens,
             requests,
             parse=lambda reply: ExternalUsage(int(reply[2]), int(reply[3])),
         )
 
     def status(self, pool: str, deployment: str) -> Call[QuotaStatus]:
+        model = self.target(pool, deployment).model
         return self._call(
-            pool, deployment, "status", parse=lambda reply: self._status(pool, deployment, reply)
+            "status",
+            pool,
+            deployment,
+            parse=lambda reply: self._status(pool, model, deployment, reply),
         )
 
     # --- replies ---------------------------------------------------------------------------------
@@ -326,35 +507,31 @@ class QuotaProtocol:
 
         return parse
 
-    def _decision(self, pool: str, deployment: str, tokens: int, reply: Sequence[Any]) -> Decision:
+    def _decision(
+        self, pool: str, target: Target, app_id: str, tokens: int, reply: Sequence[Any]
+    ) -> Decision:
+        deployment = target.deployments[int(reply[3 if int(reply[1]) == 1 else 6]) - 1].name
         if int(reply[1]) == 1:
-            return Decision(True, format_request_id(pool, deployment, _text(reply[2])), 0.0, None)
+            request_id = format_request_id(pool, target.model, deployment, _text(reply[2]))
+            return Decision(True, request_id, 0.0, None, deployment)
         retry_us, kind, used, limit = int(reply[2]), _text(reply[3]), int(reply[4]), int(reply[5])
-        window = f"{self.window_s:g} s"
-        if kind == "too_large":
-            reason = (
-                f"Token limit would be exceeded: {tokens} tokens is more than the whole "
-                f"limit of {limit} per {window}; split the request or raise the limit"
-            )
-            return Decision(False, None, None, reason)
-        retry_after_s = retry_us / 1e6
-        retry = f"retry in {retry_after_s:.2f} s"
-        if kind == "tokens":
-            reason = (
-                f"Token limit would be exceeded: {tokens} tokens requested, "
-                f"{max(0, limit - used)} of {limit} available in the last {window}; {retry}"
-            )
-        else:
-            span = window if kind == "requests" else f"{self.window_s / 6:g} s"
-            prefix = (
-                "Whisper rate limit exceeded"
-                if pool == "whisper"
-                else "API Rate limit would be exceeded"
-            )
-            reason = f"{prefix}: {used} of {limit} requests in the last {span}; {retry}"
-        return Decision(False, None, retry_after_s, reason)
+        detail = _text(reply[7])
+        reason = refusal_reason(
+            pool,
+            deployment,
+            tokens,
+            kind=kind,
+            used=used,
+            limit=limit,
+            retry_us=retry_us,
+            window_s=self.window_s,
+            detail=detail,
+            app_id=app_id,
+            share=self.shares.get(app_id),
+        )
+        return Decision(False, None, None if retry_us < 0 else retry_us / 1e6, reason, deployment)
 
-    def _status(self, pool: str, deployment: str, reply: Sequence[Any]) -> QuotaStatus:
+    def _status(self, pool: str, model: str, deployment: str, reply: Sequence[Any]) -> QuotaStatus:
         (
             now_us,
             tpm,
@@ -375,13 +552,19 @@ class QuotaProtocol:
                 (open_bucket, "r", app, int(app_requests)),
             ]
         flat = [_text(value) for value in reply[11]]
-        for name, value in zip(flat[::2], flat[1::2], strict=True):
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        for name, value in fields.items():
             match = _BUCKET_FIELD.fullmatch(name)
             if match and match["app"]:
                 counts.append((int(match["bucket"]), match["kind"], match["app"], int(value)))
         apps: dict[str, list[int]] = {}
-        for _bucket, kind, app, count in counts:
-            apps.setdefault(app, [0, 0])[0 if kind == "t" else 1] += count
+        lanes: dict[str, list[int]] = {lane: [0, 0] for lane in LANES}
+        for _bucket, kind, booked, count in counts:
+            index = 0 if kind == "t" else 1
+            app = booked.removesuffix(INTERACTIVE_MARK)
+            lane = "interactive" if app != booked else "batch"
+            apps.setdefault(app, [0, 0])[index] += count
+            lanes[lane][index] += count
         oldest = min((bucket for bucket, _kind, _app, count in counts if count), default=None)
         # The oldest bucket stops counting when the window and the margin have passed it.
         span = WINDOW_BUCKETS + self.margin_buckets
@@ -389,6 +572,8 @@ class QuotaProtocol:
         # Locks older than the window are no longer in it; the split must still add up.
         shown_locked_tokens = min(locked_tokens, tokens)
         shown_locked_requests = min(locked_requests, requests)
+        cool_us = int(fields.get("cool", 0)) - now_us
+        interactive_at = int(fields.get("interactive", 0))
         return QuotaStatus(
             pool=pool,
             deployment=deployment,
@@ -402,4 +587,62 @@ class QuotaProtocol:
             locked_requests=shown_locked_requests,
             reset_time_seconds=max(0, reset_us) / 1e6,
             apps={app: AppUsage(*usage) for app, usage in sorted(apps.items()) if any(usage)},
+            lanes={lane: AppUsage(*usage) for lane, usage in lanes.items()},
+            model=model,
+            limits_from="runtime" if "tpm" in fields or "rpm" in fields else "settings",
+            cooldown_s=max(0, cool_us) / 1e6,
+            reserve_active=self._reserve_ppm > 0
+            and interactive_at > 0
+            and now_us - interactive_at < self._idle_us,
         )
+
+
+def refusal_reason(
+    pool: str,
+    deployment: str,
+    tokens: int,
+    *,
+    kind: str,
+    used: int,
+    limit: int,
+    retry_us: int,
+    window_s: float,
+    detail: str = "",
+    app_id: str = "",
+    share: float | None = None,
+) -> str:
+    """The older counter's refusal wording, extended by why when the reason is new (a cool-down,
+    the interactive reserve, an app's share). The first words stay the older ones, which callers
+    match on (quota.retry.REFUSAL_PREFIXES)."""
+    window = f"{window_s:g} s"
+    whose = (
+        f" (app {app_id!r} is held to its share {share:g} of the limits, QUOTA_APP_SHARES)"
+        if detail == "share"
+        else ""
+    )
+    if kind == "too_large":
+        return (
+            f"Token limit would be exceeded: {tokens} tokens is more than the whole "
+            f"limit of {limit} per {window}{whose}; split the request or raise the limit"
+        )
+    retry = f"retry in {retry_us / 1e6:.2f} s"
+    held = (
+        " (the rest is kept for interactive calls, QUOTA_INTERACTIVE_RESERVE)"
+        if detail == "reserve"
+        else whose
+    )
+    if kind == "cooldown":
+        return (
+            f"API Rate limit would be exceeded: {pool} deployment {deployment!r} is cooling down "
+            f"after the upstream refused or failed a request; {retry}"
+        )
+    if kind == "tokens":
+        return (
+            f"Token limit would be exceeded: {tokens} tokens requested, "
+            f"{max(0, limit - used)} of {limit} available in the last {window}{held}; {retry}"
+        )
+    span = window if kind == "requests" else f"{window_s / 6:g} s"
+    prefix = (
+        "Whisper rate limit exceeded" if pool == "whisper" else "API Rate limit would be exceeded"
+    )
+    return f"{prefix}: {used} of {limit} requests in the last {span}{held}; {retry}"

@@ -2,6 +2,7 @@
 
 from settings.config import (
     EMULATOR_DEV_KEY,
+    Deployment,
     Pool,
     PoolName,
     Route,
@@ -15,6 +16,7 @@ from settings.logs import configure_logging, get_logger, log_context
 
 __all__ = [
     "EMULATOR_DEV_KEY",
+    "Deployment",
     "Pool",
     "PoolName",
     "Route",

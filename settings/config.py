@@ -80,13 +80,39 @@ class Route(BaseModel):
         return cls(in_queue=parts[0], processor=parts[1], out_queue=parts[2])
 
 
+class Deployment(BaseModel):
+    """One Azure OpenAI deployment a logical model spills over to, with its own quota."""
+
+    name: str
+    tpm: int = Field(ge=0)  # 0 for whisper: Azure limits Whisper by requests only
+    rpm: int = Field(ge=1)
+    # Unset: the pool's endpoint (APP_OPENAI_API_BASE ...) and key.
+    endpoint: str | None = None
+    api_key: SecretStr | None = None
+
+
 class Pool(BaseModel):
-    """What a quota pool needs to know about one Azure OpenAI deployment."""
+    """What a quota pool needs to know: its logical model (``deployment``, the name callers use)
+    and the ordered deployments that serve it, each with its own limits. Without spill-over
+    settings a pool has one deployment, named like the model, with the pool's limits."""
 
     name: PoolName
     deployment: str
     tpm: int  # 0 for whisper: Azure limits Whisper by requests only
     rpm: int
+    deployments: list[Deployment] = Field(default_factory=list)
+
+    def model_post_init(self, context: object, /) -> None:
+        if not self.deployments:
+            self.deployments = [Deployment(name=self.deployment, tpm=self.tpm, rpm=self.rpm)]
+
+
+def _parse_deployments(value: object) -> object:
+    """APP_*_DEPLOYMENTS: a JSON list of {"name", "tpm", "rpm", "endpoint"?, "api_key"?}."""
+    if isinstance(value, str):
+        text = value.strip()
+        return json.loads(text) if text else None
+    return value
 
 
 def _env(*names: str) -> AliasChoices:
@@ -172,6 +198,12 @@ class Settings(
     openai_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("APP_OPENAI_TIMEOUT_SECONDS"))
     tpm_quota: int = Field(128000, ge=1, validation_alias=_env("APP_TPM_QUOTA"))
     rpm_quota: int = Field(250, ge=1, validation_alias=_env("APP_RPM_QUOTA"))
+    # Spill-over: the deployments APP_OPENAI_ENGINE (then a logical model name) is served by, in
+    # order, as a JSON list of {"name", "tpm", "rpm", "endpoint"?, "api_key"?}. Unset: one
+    # deployment, APP_OPENAI_ENGINE itself, with APP_TPM_QUOTA / APP_RPM_QUOTA.
+    openai_deployments: Annotated[list[Deployment] | None, NoDecode] = Field(
+        None, validation_alias=_env("APP_OPENAI_DEPLOYMENTS")
+    )
 
     # --- Azure OpenAI: embedding -----------------------------------------------------------------
     embedding_api_base: str | None = Field(None, validation_alias=_env("APP_EMBEDDING_API_BASE"))
@@ -188,6 +220,10 @@ class Settings(
         1000000, ge=1, validation_alias=_env("APP_EMBEDDING_TPM_QUOTA")
     )
     embedding_rpm_quota: int = Field(6000, ge=1, validation_alias=_env("APP_EMBEDDING_RPM_QUOTA"))
+    # Spill-over for APP_EMBEDDING_ENGINE, as APP_OPENAI_DEPLOYMENTS.
+    embedding_deployments: Annotated[list[Deployment] | None, NoDecode] = Field(
+        None, validation_alias=_env("APP_EMBEDDING_DEPLOYMENTS")
+    )
 
     # --- Azure OpenAI: Whisper -------------------------------------------------------------------
     # Unset: the completion endpoint and key.
@@ -195,6 +231,10 @@ class Settings(
     whisper_engine: str = Field("whisper", validation_alias=_env("APP_WHISPER_ENGINE"))
     whisper_rpm_quota: int = Field(
         15, ge=1, validation_alias=_env("APP_WHISPER_RPM_QUOTA", "WHISPER_REQUESTS_PER_MINUTE")
+    )
+    # Spill-over for APP_WHISPER_ENGINE, as APP_OPENAI_DEPLOYMENTS (tpm 0: requests only).
+    whisper_deployments: Annotated[list[Deployment] | None, NoDecode] = Field(
+        None, validation_alias=_env("APP_WHISPER_DEPLOYMENTS")
     )
     # Longer recordings are split at silences into chunks at most this long, transcribed at once.
     whisper_chunk_max_s: float = Field(
@@ -217,6 +257,39 @@ class Settings(
     # azure: charge the estimate at arrival, never refund (as Azure counts); usage: true up.
     quota_charge_model: Literal["azure", "usage"] = Field(
         "azure", validation_alias=_env("QUOTA_CHARGE_MODEL")
+    )
+    # Where quota state lives; unset: REDIS_URL. May be a Redis Cluster (redis+cluster:// or
+    # rediss+cluster://, or a plain URL with QUOTA_REDIS_CLUSTER=true) while Celery's broker stays
+    # a plain Redis, which kombu requires.
+    quota_redis_url: str | None = Field(None, validation_alias=_env("QUOTA_REDIS_URL"))
+    quota_redis_cluster: bool = Field(False, validation_alias=_env("QUOTA_REDIS_CLUSTER"))
+    # Priority lanes: the last tenth of each window (tokens and requests) is kept for interactive
+    # calls (voice turns, user-facing requests) whenever one was seen in the last
+    # QUOTA_INTERACTIVE_IDLE_SECONDS; then batch may use it all. A tenth: one voice turn per second
+    # fits beside a saturating batch on a 128k TPM deployment, and batch keeps nine tenths.
+    quota_interactive_reserve: float = Field(
+        0.1, ge=0, lt=1, validation_alias=_env("QUOTA_INTERACTIVE_RESERVE")
+    )
+    # Half a window: a call in progress asks again within seconds; a quiet agent frees the
+    # reserve well before the window ends.
+    quota_interactive_idle_s: float = Field(
+        30.0, gt=0, validation_alias=_env("QUOTA_INTERACTIVE_IDLE_SECONDS")
+    )
+    # Per-app caps, "app=fraction" comma-separated (or JSON {"app": fraction}): an app over its
+    # fraction of a deployment's window is refused while others still fit. Unset: no caps.
+    quota_app_shares: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("QUOTA_APP_SHARES")
+    )
+    # After a 429 every process skips the deployment for its retry-after, but at most this long
+    # (and this long when the 429 has none). Short on purpose: the 429's x-ratelimit-remaining
+    # headers are booked at once, so our own count then paces the backlog; the cool-down only has
+    # to stop the stampede. Azure's retry-after is when *that* request would fit, up to a whole
+    # window, and skipping every request for that long cost a benchmark a quarter of its quota.
+    quota_cooldown_s: float = Field(
+        3.0, gt=0, le=600, validation_alias=_env("QUOTA_COOLDOWN_SECONDS")
+    )
+    quota_error_cooldown_s: float = Field(
+        5.0, ge=0, le=600, validation_alias=_env("QUOTA_ERROR_COOLDOWN_SECONDS")
     )
 
     # --- Blob storage (audio references) ---------------------------------------------------------
@@ -357,6 +430,37 @@ class Settings(
         items = json.loads(text) if text.startswith("[") else text.split(",")
         return [Route.parse(item) if isinstance(item, str) else item for item in items if item]
 
+    @field_validator(
+        "openai_deployments", "embedding_deployments", "whisper_deployments", mode="before"
+    )
+    @classmethod
+    def _parse_deployments(cls, value: object) -> object:
+        return _parse_deployments(value)
+
+    @field_validator("quota_app_shares", mode="before")
+    @classmethod
+    def _parse_shares(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            shares: dict[str, str] = {}
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                app, equals, fraction = item.partition("=")
+                if not equals or not app.strip():
+                    raise ValueError(f"share {item!r} must look like app=fraction (feedback=0.5)")
+                shares[app.strip()] = fraction.strip()
+            return shares
+        return value
+
+    @field_validator("quota_app_shares")
+    @classmethod
+    def _shares_are_fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        for app, fraction in value.items():
+            if not 0 < fraction <= 1:
+                raise ValueError(f"the share of {app!r} must be above 0 and at most 1")
+        return value
+
     @field_validator("auth_audiences", mode="before")
     @classmethod
     def _parse_audiences(cls, value: object) -> object:
@@ -396,6 +500,11 @@ class Settings(
         return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
+    def quota_url(self) -> str:
+        """Where quota state lives: QUOTA_REDIS_URL, else the broker's Redis."""
+        return self.quota_redis_url or self.broker_url
+
+    @property
     def emulator_url(self) -> str:
         return f"http://{self.emulator_host}:{self.emulator_port}"
 
@@ -416,21 +525,32 @@ class Settings(
         return self.redis_appendfsync
 
     def pools(self) -> list[Pool]:
-        """The three quota pools, each bound to its configured deployment."""
+        """The three quota pools, each bound to its configured model and its deployments."""
         return [
             Pool(
                 name="completion",
                 deployment=self.openai_engine,
                 tpm=self.tpm_quota,
                 rpm=self.rpm_quota,
+                deployments=self.openai_deployments or [],
             ),
             Pool(
                 name="embedding",
                 deployment=self.embedding_engine,
                 tpm=self.embedding_tpm_quota,
                 rpm=self.embedding_rpm_quota,
+                deployments=self.embedding_deployments or [],
             ),
-            Pool(name="whisper", deployment=self.whisper_engine, tpm=0, rpm=self.whisper_rpm_quota),
+            Pool(
+                name="whisper",
+                deployment=self.whisper_engine,
+                tpm=0,
+                rpm=self.whisper_rpm_quota,
+                deployments=[
+                    deployment.model_copy(update={"tpm": 0})
+                    for deployment in self.whisper_deployments or []
+                ],
+            ),
         ]
 
 

@@ -13,15 +13,19 @@ every attempt goes through the shared quota and none is spent behind its back.
 
     >>> client = completion_client()      # the same object on every call in this process
     >>> client.chat.completions.create(model=settings.openai_engine, messages=[...])
+
+A spill-over deployment (APP_OPENAI_DEPLOYMENTS ...) may live on its own endpoint with its own
+key: :func:`deployment_client` is the client for the deployment the quota chose.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
-from settings import EMULATOR_DEV_KEY, Settings, get_settings
+from settings import EMULATOR_DEV_KEY, Deployment, Settings, get_settings
 
 if TYPE_CHECKING:  # the SDK is imported on first use: the bridge imports tasks/ and stays light
     from openai import OpenAI
@@ -53,8 +57,11 @@ def _endpoint(settings: Settings, base: str | None, version: str, key: str | Non
             settings.openai_timeout_s,
         )
     completion_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    base_url = base or settings.openai_api_base
+    if base_url is None:  # not embedded, so APP_OPENAI_API_BASE is set: settings say so
+        raise ValueError("APP_OPENAI_API_BASE is not set")
     return Endpoint(
-        base or settings.openai_api_base,
+        base_url,
         version,
         settings.openai_client_kind,
         key or completion_key,
@@ -78,6 +85,23 @@ def embedding_endpoint(settings: Settings) -> Endpoint:
 
 def whisper_endpoint(settings: Settings) -> Endpoint:
     return _endpoint(settings, settings.whisper_api_base, settings.openai_api_version, None)
+
+
+POOL_ENDPOINTS: dict[str, Callable[[Settings], Endpoint]] = {
+    "completion": completion_endpoint,
+    "embedding": embedding_endpoint,
+    "whisper": whisper_endpoint,
+}
+
+
+def deployment_endpoint(settings: Settings, pool: str, deployment: Deployment) -> Endpoint:
+    """The pool's endpoint, with the deployment's own address and key where it has them."""
+    endpoint = POOL_ENDPOINTS[pool](settings)
+    if deployment.endpoint is not None:
+        endpoint = replace(endpoint, base_url=deployment.endpoint)
+    if deployment.api_key is not None:
+        endpoint = replace(endpoint, api_key=deployment.api_key.get_secret_value())
+    return endpoint
 
 
 @lru_cache(maxsize=16)
@@ -122,3 +146,8 @@ def embedding_client() -> OpenAI:
 
 def whisper_client() -> OpenAI:
     return client_for(whisper_endpoint(get_settings()))
+
+
+def deployment_client(pool: str, deployment: Deployment) -> OpenAI:
+    """This process's client for one deployment of ``pool`` (a spill-over target)."""
+    return client_for(deployment_endpoint(get_settings(), pool, deployment))

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from pydantic import BaseModel
 
 from settings import get_settings
-from tasks.clients import completion_client
 from tasks.errors import PermanentError
 from tasks.prompts import Message, format_prompt
 from tasks.token_estimates import estimate_tokens, text_tokens
-from tasks.upstream import Usage, call_within_quota
+from tasks.upstream import QuotaCall, Usage, call_within_quota
 
 if TYPE_CHECKING:  # openai is heavy: imported where a request is sent, not by the bridge
     from openai.types.chat import ChatCompletionMessageParam
@@ -67,21 +66,23 @@ def _create(
     settings = get_settings()
     deployment = model or settings.openai_engine
     options = {name: value for name, value in options.items() if value is not None}
-    completions = completion_client().chat.completions.with_raw_response
     estimate = estimate_tokens(messages, deployment, max_tokens)
     if response_model is None:
 
-        def send() -> Any:
-            return completions.create(
-                model=deployment, messages=_wire(messages), max_tokens=max_tokens, **options
+        def send(call: QuotaCall) -> Any:
+            return call.client.chat.completions.with_raw_response.create(
+                model=call.deployment,
+                messages=_wire(messages),
+                max_tokens=max_tokens,
+                **options,
             )
     else:
         # The schema travels with the request and is charged as prompt.
         estimate += text_tokens([json.dumps(response_format_param(response_model))], deployment)[0]
 
-        def send() -> Any:
-            return completions.parse(
-                model=deployment,
+        def send(call: QuotaCall) -> Any:
+            return call.client.chat.completions.with_raw_response.parse(
+                model=call.deployment,
                 messages=_wire(messages),
                 max_tokens=max_tokens,
                 response_format=response_model,

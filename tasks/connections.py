@@ -8,6 +8,7 @@ from functools import lru_cache
 import redis
 
 from quota import QuotaLimiter
+from quota.connect import quota_redis
 from settings import Settings, get_settings
 
 
@@ -33,9 +34,11 @@ _limiter: list[tuple[Settings, QuotaLimiter]] = []  # at most one: (settings, it
 
 
 def quota_limiter() -> QuotaLimiter:
-    """This process's quota limiter on :func:`redis_client`. Rebuilt only when settings were
-    reloaded (tests do that; a worker never does)."""
+    """This process's quota limiter on :func:`redis_client`, or on QUOTA_REDIS_URL when quota
+    lives elsewhere (quota/connect.py). Rebuilt only when settings were reloaded (tests do that;
+    a worker never does)."""
     settings = get_settings()
     if not _limiter or _limiter[0][0] is not settings:
-        _limiter[:] = [(settings, QuotaLimiter(redis_client(), settings))]
+        client = quota_redis(settings, broker=redis_client(), health_check_interval=30)
+        _limiter[:] = [(settings, QuotaLimiter(client, settings))]
     return _limiter[0][1]

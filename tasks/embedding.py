@@ -15,9 +15,8 @@ from typing import Any, Protocol
 
 from settings import get_settings
 from settings.tiktoken_offline import encoding_for_model
-from tasks.clients import embedding_client
 from tasks.errors import InvalidInput
-from tasks.upstream import Usage, call_within_quota
+from tasks.upstream import QuotaCall, Usage, call_within_quota
 
 # Azure's limits for one embeddings request.
 MAX_INPUTS_PER_REQUEST = 2048
@@ -69,13 +68,14 @@ def _send(
 ) -> list[Vector]:
     from openai import omit  # noqa: PLC0415 - openai is heavy; the bridge stays light
 
-    embeddings = embedding_client().embeddings.with_raw_response
     # text-embedding-3 models shorten their vectors on request; others refuse the parameter,
     # so it is sent only when asked for.
     shape = omit if dimensions is None else dimensions
 
-    def send() -> Any:
-        return embeddings.create(model=deployment, input=texts, dimensions=shape)
+    def send(call: QuotaCall) -> Any:
+        return call.client.embeddings.with_raw_response.create(
+            model=call.deployment, input=texts, dimensions=shape
+        )
 
     response = call_within_quota(
         "embedding",

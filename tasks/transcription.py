@@ -27,7 +27,6 @@ from typing import Any, Literal, cast
 from settings import get_settings
 from tasks.audio_chunks import duration_s, split_at_silences
 from tasks.audio_files import validate_audio_file
-from tasks.clients import whisper_client
 from tasks.connections import quota_limiter, redis_bytes_client
 from tasks.errors import InvalidInput, PermanentError
 from tasks.transcripts import (
@@ -37,7 +36,7 @@ from tasks.transcripts import (
     merge_transcripts,
     render,
 )
-from tasks.upstream import Usage, call_within_quota
+from tasks.upstream import QuotaCall, Usage, call_within_quota
 
 Granularity = Literal["word", "segment"]
 CHUNK_KEY_PREFIX = "conduit:audio-chunk"
@@ -74,13 +73,12 @@ def transcribe_upload(
     """One Whisper request, inside the whisper quota: the verbose transcript of ``audio``."""
     settings = get_settings()
     deployment = settings.whisper_engine
-    transcriptions = whisper_client().audio.transcriptions.with_raw_response
     options: dict[str, Any] = {"language": language} if language else {}
 
-    def send() -> Any:
-        return transcriptions.create(
+    def send(call: QuotaCall) -> Any:
+        return call.client.audio.transcriptions.with_raw_response.create(
             file=(filename, audio),
-            model=deployment,
+            model=call.deployment,
             response_format="verbose_json",
             timestamp_granularities=sorted({"segment", *timestamp_granularities}),
             **options,

@@ -1,16 +1,26 @@
 """The one place Conduit calls Azure OpenAI: inside the shared quota, with errors made ours.
 
-Every request goes the same way:
+Every request goes the same way, in :func:`quota_call` (a context manager, for streamed answers)
+or :func:`call_within_quota` (one request, built on it):
 
-1. **acquire** the estimate from quota/ (a refusal is :class:`QuotaExhausted` with the limiter's
-   ``retry_after_s``: the caller retries later without holding anything);
-2. **call** the SDK (raw response, for the headers; the SDK's own retries are off);
-3. **observe** ``x-ratelimit-remaining-tokens`` and ``-requests``: when other clients share the
-   deployment, Azure has counted more than we did, and the limiter charges the difference so we
-   stop over-spending;
+1. **acquire** the estimate from quota/ for a model in a lane (``batch`` by default,
+   ``interactive`` for voice turns and user-facing calls); quota picks the first of the model's
+   deployments with room (spill-over). A refusal is :class:`QuotaExhausted` with the limiter's
+   ``retry_after_s``: the caller retries later without holding anything;
+2. **send** to the deployment quota chose, with its client (``call.deployment``,
+   ``call.client``); the SDK's own retries are off. If the path from acquire to send took longer
+   than the upstream margin, the charge is moved to the send time first, so our window holds it
+   where the upstream's will;
+3. **observe** ``x-ratelimit-remaining-tokens`` and ``-requests`` (of answers and of 429s): when
+   other clients share the deployment, Azure has counted more than we did, and the limiter
+   charges the difference so we stop over-spending;
 4. **report** the usage the answer states, or on failure settle the lock: a request the upstream
-   refused (429) or never received (no connection) is **released**; one it received is reported
-   with no usage, since Azure charges a request that arrived even when it then fails.
+   never received (no connection) is **released**; one it refused with 429 keeps its charge and
+   puts the deployment in a cool-down every process sees (its ``retry-after``, at most
+   QUOTA_COOLDOWN_SECONDS), so a backlog waits once instead of each task earning its own 429; a
+   5xx keeps the charge and, when the model has another deployment, cools the failing one down
+   (QUOTA_ERROR_COOLDOWN_SECONDS); any other failure after sending is reported with no usage,
+   since Azure charges a request that arrived even when it then fails.
 
 openai errors are mapped onto tasks.errors here and nowhere else: 429, 408, 409, 5xx, timeouts
 and lost connections are transient (429 with the upstream's ``retry-after-ms``/``retry-after``);
@@ -19,16 +29,20 @@ any other 4xx, a content filter and a truncated structured answer are permanent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from settings import get_logger
+from quota import QuotaLimiter
+from settings import Deployment, get_logger
+from tasks.clients import deployment_client
 from tasks.connections import quota_limiter
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
 
 if TYPE_CHECKING:
-    from openai._legacy_response import LegacyAPIResponse
+    from openai import OpenAI
 
 log = get_logger(__name__)
 
@@ -53,6 +67,8 @@ def retry_after_s(headers: Any) -> float | None:
     """The upstream's wait hint: ``retry-after-ms`` (Azure) first, then ``retry-after`` seconds."""
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name) if headers is not None else None
+        if value is None:
+            continue
         try:
             return float(value) / divisor
         except (TypeError, ValueError):
@@ -67,12 +83,12 @@ def _header_int(headers: Any, name: str) -> int | None:
         return None
 
 
-def _observe(pool: PoolName, deployment: str, headers: Any) -> None:
+def _observe(limiter: QuotaLimiter, pool: PoolName, deployment: str, headers: Any) -> None:
     # Remaining requests are Azure's for its 10 s window; the limiter compares them with its own.
     tokens = _header_int(headers, "x-ratelimit-remaining-tokens")
     requests = _header_int(headers, "x-ratelimit-remaining-requests")
     if tokens is not None or requests is not None:
-        quota_limiter().observe_upstream(
+        limiter.observe_upstream(
             pool, deployment, remaining_tokens=tokens, remaining_requests=requests
         )
 
@@ -111,11 +127,122 @@ def _reached_upstream(error: Exception) -> bool:
     """Whether Azure received (and so charged) the request that failed with ``error``."""
     import openai
 
-    if isinstance(error, openai.APITimeoutError):
-        return True  # sent, and possibly still being answered
-    if isinstance(error, openai.APIConnectionError):
-        return False
-    return not (isinstance(error, openai.APIStatusError) and error.status_code == 429)
+    return not (
+        isinstance(error, openai.APIConnectionError)
+        and not isinstance(error, openai.APITimeoutError)  # sent, possibly still being answered
+    )
+
+
+@dataclass
+class QuotaCall:
+    """One request inside the quota: where to send it, and how to settle it.
+
+    ``deployment`` is the deployment quota chose (send with ``model=call.deployment``) and
+    ``client`` the SDK client for its endpoint. Call :meth:`sending` right before the request
+    goes out, :meth:`observe` with the answer's headers, and :meth:`report` with its usage; the
+    context manager settles whatever is left (see :func:`quota_call`)."""
+
+    pool: PoolName
+    model: str
+    deployment: str
+    request_id: str
+    limiter: QuotaLimiter
+    settings: Deployment
+    deployments: int  # how many deployments the model has (a 5xx cools one down only if > 1)
+    acquired_at: float = field(default_factory=time.monotonic)
+    settled: bool = False
+
+    @property
+    def client(self) -> OpenAI:
+        return deployment_client(self.pool, self.settings)
+
+    def sending(self) -> None:
+        """The request leaves now: if acquire was longer ago than the upstream margin, count the
+        charge from now, so our window holds it where the upstream's will."""
+        if time.monotonic() - self.acquired_at > self.limiter.protocol.margin_s:
+            self.limiter.restamp(self.request_id)
+
+    def observe(self, headers: Any) -> None:
+        """Book what the upstream's x-ratelimit-remaining-* headers say others spent."""
+        _observe(self.limiter, self.pool, self.deployment, headers)
+
+    def report(self, prompt_tokens: int, completion_tokens: int = 0) -> None:
+        """Settle with the usage the answer stated."""
+        self._settle(lambda: self.limiter.report(self.request_id, prompt_tokens, completion_tokens))
+
+    def _settle(self, settle: Callable[[], Any]) -> None:
+        if not self.settled:
+            self.settled = True
+            settle()
+
+    def _failed(self, error: Exception) -> None:
+        """Settle a request that ended in ``error``: see the module docstring for each case."""
+        import openai
+
+        status = error.status_code if isinstance(error, openai.APIStatusError) else None
+        protocol = self.limiter.protocol
+        completion = getattr(error, "completion", None)  # a parsed answer that was cut short
+        if completion is not None and completion.usage is not None:
+            usage = completion.usage
+            self.report(usage.prompt_tokens, usage.completion_tokens)
+        elif status == 429:
+            assert isinstance(error, openai.APIStatusError)
+            hint_s = retry_after_s(error.response.headers)
+            cooldown_s = min(hint_s or protocol.cooldown_s, protocol.cooldown_s)
+            self._settle(lambda: self.limiter.reject(self.request_id, cooldown_s))
+        elif status is not None and status >= 500:
+            cooldown_s = protocol.error_cooldown_s if self.deployments > 1 else 0.0
+            self._settle(lambda: self.limiter.reject(self.request_id, cooldown_s))
+        elif _reached_upstream(error):
+            self.report(0, 0)
+        else:
+            self._settle(lambda: self.limiter.release(self.request_id))
+        # After settling: the upstream's remainder does not include a request it refused.
+        if isinstance(error, openai.APIStatusError):
+            self.observe(error.response.headers)
+
+
+@contextmanager
+def quota_call(
+    pool: PoolName, model: str, estimate: int, *, app_id: str, lane: str = "batch"
+) -> Iterator[QuotaCall]:
+    """Acquire ``estimate`` tokens of ``model`` (a model or one deployment) in ``lane``, yield the
+    call to make, and settle it on the way out.
+
+        with quota_call("completion", "gpt-4o", 900, app_id="voice", lane="interactive") as call:
+            call.sending()
+            stream = call.client.chat.completions.create(model=call.deployment, stream=True, ...)
+            ...
+            call.report(prompt_tokens, completion_tokens)
+
+    Refused: :class:`QuotaExhausted` (later) or :class:`PermanentError` (never fits), nothing
+    held. An openai error inside the block settles the lock (429 keeps the charge and cools the
+    deployment down; not reached: released) and is raised as a tasks.errors error; a block that
+    ends without a report is reported with no usage (the estimate stays charged)."""
+    limiter = quota_limiter()
+    decision = limiter.acquire(pool, model, estimate, app_id, lane)
+    if not decision.allowed or decision.request_id is None or decision.deployment is None:
+        if decision.retry_after_s is None:
+            raise PermanentError(decision.reason or f"{pool} quota refused {estimate} tokens")
+        raise QuotaExhausted(decision.reason or "quota refused", decision.retry_after_s)
+    call = QuotaCall(
+        pool=pool,
+        model=model,
+        deployment=decision.deployment,
+        request_id=decision.request_id,
+        limiter=limiter,
+        settings=limiter.protocol.deployment(pool, decision.deployment),
+        deployments=len(limiter.protocol.deployments_of(pool, model)),
+    )
+    try:
+        yield call
+    except Exception as error:
+        call._failed(error)
+        mapped = _as_conduit_error(error, pool, call.deployment)
+        if mapped is error:
+            raise
+        raise mapped from error
+    call.report(0, 0)  # no report: it was sent and used at least the estimate
 
 
 def call_within_quota(
@@ -124,40 +251,17 @@ def call_within_quota(
     estimate: int,
     *,
     app_id: str,
-    send: Callable[[], LegacyAPIResponse[Any]],
+    send: Callable[[QuotaCall], Any],
     usage_of: Callable[[Any], Usage],
+    lane: str = "batch",
 ) -> Any:
-    """Run ``send`` (an SDK ``with_raw_response`` call) inside the quota; its parsed answer."""
-    limiter = quota_limiter()
-    decision = limiter.acquire(pool, deployment, estimate, app_id)
-    if not decision.allowed:
-        if decision.retry_after_s is None:
-            raise PermanentError(decision.reason)
-        raise QuotaExhausted(decision.reason, decision.retry_after_s)
-    request_id = decision.request_id
-    try:
-        response = send()
-        _observe(pool, deployment, response.headers)
+    """Run ``send`` (an SDK ``with_raw_response`` call, given the :class:`QuotaCall` whose
+    ``deployment`` and ``client`` it must use) inside the quota; its parsed answer."""
+    with quota_call(pool, deployment, estimate, app_id=app_id, lane=lane) as call:
+        call.sending()
+        response = send(call)
+        call.observe(response.headers)
         answer = response.parse()
-    except Exception as error:
-        import openai
-
-        completion = getattr(error, "completion", None)  # a parsed answer that was cut short
-        if completion is not None and completion.usage is not None:
-            limiter.report(
-                request_id, completion.usage.prompt_tokens, completion.usage.completion_tokens
-            )
-        elif _reached_upstream(error):
-            limiter.report(request_id, 0, 0)
-        else:
-            limiter.release(request_id)
-        # After settling: the upstream's remainder does not include a request it refused.
-        if isinstance(error, openai.APIStatusError):
-            _observe(pool, deployment, error.response.headers)
-        mapped = _as_conduit_error(error, pool, deployment)
-        if mapped is error:
-            raise
-        raise mapped from error
-    usage = usage_of(answer)
-    limiter.report(request_id, usage.prompt_tokens, usage.completion_tokens)
+        usage = usage_of(answer)
+        call.report(usage.prompt_tokens, usage.completion_tokens)
     return answer

@@ -10,6 +10,10 @@ With an upstream margin the audit slides windows of the configured length plus t
 request reaches the upstream up to the margin after its grant, so the requests in any upstream
 window [s, s + W] were granted in [s - margin, s + W]. Bounding every such span bounds every
 upstream window, whatever each request's delay.
+
+The same race runs with every feature on (a model spilling over two deployments with different
+limits, random interactive and batch lanes, an app share), audited per deployment, and on a real
+three-master Redis Cluster through ``redis.cluster``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import threading
 import time
 
 import pytest
-import redis
 
 from bench.quota_limiter import most_in_any_window
 from quota import QuotaLimiter
+from quota.connect import quota_redis
 from settings import load_settings
+from tests.support.cluster import RedisClusterServers
 from tests.support.processes import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -43,7 +48,19 @@ THREADS, PROCESSES, THREADS_PER_PROCESS = 32, 4, 4
 START_DELAY_S = 0.3
 PROCESS_TIMEOUT_S = 60.0
 
-Grant = tuple[int, int]  # (server time in µs, tokens still charged)
+# With every feature on: the model spills over two deployments with their own limits.
+SPILL = {"audited-a": (TPM, RPM), "audited-b": (TPM // 2, RPM // 2)}
+FEATURES = {
+    "openai_engine": DEPLOYMENT,
+    "openai_deployments": json.dumps(
+        [{"name": name, "tpm": tpm, "rpm": rpm} for name, (tpm, rpm) in SPILL.items()]
+    ),
+    "quota_app_shares": "app0=0.4",
+    "quota_interactive_reserve": 0.2,
+}
+INTERACTIVE_SHARE = 0.2
+
+Grant = tuple[int, int, str]  # (server time in µs, tokens still charged, deployment)
 
 
 def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list[Grant]:
@@ -53,7 +70,10 @@ def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list
     time.sleep(max(0.0, start - time.time()))
     while time.time() < until:
         tokens = rng.randint(1, 300)
-        decision, at_us = limiter.acquire_timed("completion", DEPLOYMENT, tokens, f"app{seed % 3}")
+        lane = "interactive" if rng.random() < INTERACTIVE_SHARE else "batch"
+        decision, at_us = limiter.acquire_timed(
+            "completion", DEPLOYMENT, tokens, f"app{seed % 3}", lane
+        )
         if not decision.allowed:
             # Short, random naps keep every client in the race without burning both cores.
             time.sleep(rng.uniform(0, min(decision.retry_after_s, 0.02)))
@@ -66,13 +86,23 @@ def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list
             else limiter.report(decision.request_id, rng.randint(0, tokens), 0)
         )
         if not (released and settlement.refunded_tokens):  # that one gave its request back too
-            grants.append((at_us, tokens - settlement.refunded_tokens))
+            grants.append((at_us, tokens - settlement.refunded_tokens, decision.deployment))
     return grants
 
 
-def make_limiter(url: str, charge_model: str, margin_s: float) -> QuotaLimiter:
-    settings = load_settings(quota_charge_model=charge_model, quota_upstream_margin_s=margin_s)
-    return QuotaLimiter(redis.Redis.from_url(url), settings, window_s=WINDOW_S)
+def make_limiter(url: str, charge_model: str, margin_s: float, mode: str) -> QuotaLimiter:
+    """mode: "plain" (one deployment, no lanes or shares), "features", or "cluster" (features
+    on a Redis Cluster at ``url``)."""
+    options: dict[str, object] = {
+        "quota_charge_model": charge_model,
+        "quota_upstream_margin_s": margin_s,
+        "quota_redis_url": url,
+        "quota_redis_cluster": mode == "cluster",
+    }
+    if mode != "plain":
+        options.update(FEATURES)
+    settings = load_settings(**options)
+    return QuotaLimiter(quota_redis(settings), settings, window_s=WINDOW_S)
 
 
 def race(limiter: QuotaLimiter, seeds: range, start: float, until: float) -> list[list[Grant]]:
@@ -91,10 +121,10 @@ def race(limiter: QuotaLimiter, seeds: range, start: float, until: float) -> lis
 
 
 def run_process() -> None:
-    """The audit's subprocesses: argv url charge_model margin_s first_seed; says "ready", then
-    reads "start until" from stdin, races, and prints its grants as JSON."""
-    url, charge_model, margin_s, first_seed = sys.argv[1:]
-    limiter = make_limiter(url, charge_model, float(margin_s))
+    """The audit's subprocesses: argv url charge_model margin_s mode first_seed; says "ready",
+    then reads "start until" from stdin, races, and prints its grants as JSON."""
+    url, charge_model, margin_s, mode, first_seed = sys.argv[1:]
+    limiter = make_limiter(url, charge_model, float(margin_s), mode)
     print("ready", flush=True)
     start, until = map(float, sys.stdin.readline().split())
     seeds = range(int(first_seed), int(first_seed) + THREADS_PER_PROCESS)
@@ -102,11 +132,14 @@ def run_process() -> None:
     print(json.dumps(grants))
 
 
-def race_everyone(redis_url: str, charge_model: str, margin_s: float) -> list[list[Grant]]:
+def race_everyone(
+    redis_url: str, charge_model: str, margin_s: float, mode: str = "plain"
+) -> list[list[Grant]]:
     """This process's threads and the subprocesses race for three windows; every client's grants
     (this process's threads first, then one list per subprocess)."""
-    limiter = make_limiter(redis_url, charge_model, margin_s)
-    limiter.set_limits("completion", DEPLOYMENT, tpm=TPM, rpm=RPM)
+    limiter = make_limiter(redis_url, charge_model, margin_s, mode)
+    if mode == "plain":
+        limiter.set_limits("completion", DEPLOYMENT, tpm=TPM, rpm=RPM)
     code = "from tests.test_quota_audit import run_process; run_process()"
     processes = [
         subprocess.Popen(
@@ -117,6 +150,7 @@ def race_everyone(redis_url: str, charge_model: str, margin_s: float) -> list[li
                 redis_url,
                 charge_model,
                 str(margin_s),
+                mode,
                 str(1000 * (n + 1)),
             ],
             cwd=REPO_ROOT,
@@ -150,16 +184,33 @@ def race_everyone(redis_url: str, charge_model: str, margin_s: float) -> list[li
     return results
 
 
-def assert_no_span_holds_more_than_the_limit(results: list[list[Grant]], margin_s: float) -> None:
-    """Every span of a window (or a sixth of one) plus the margin holds at most the limit."""
-    charged = [(at_us, tokens) for result in results for at_us, tokens in result]
+def assert_no_span_holds_more_than_the_limit(
+    results: list[list[Grant]],
+    margin_s: float,
+    deployment: str = DEPLOYMENT,
+    tpm: int = TPM,
+    rpm: int = RPM,
+) -> None:
+    """Every span of a window (or a sixth of one) plus the margin holds at most the limit of
+    ``deployment``."""
+    charged = [
+        (at_us, tokens)
+        for result in results
+        for at_us, tokens, granted_on in result
+        if granted_on == deployment
+    ]
     requests = [(at_us, 1) for at_us, _ in charged]
     window_us, margin_us = round(WINDOW_S * 1_000_000), round(margin_s * 1_000_000)
     sub_window_us = math.ceil(window_us / 6)
-    assert most_in_any_window(charged, window_us + margin_us) <= TPM
-    assert most_in_any_window(requests, window_us + margin_us) <= RPM
+    assert most_in_any_window(charged, window_us + margin_us) <= tpm
+    assert most_in_any_window(requests, window_us + margin_us) <= rpm
     # "==", not "<=": the race was real, the limit was reached and held.
-    assert most_in_any_window(requests, sub_window_us + margin_us) == RPM // 6
+    assert most_in_any_window(requests, sub_window_us + margin_us) == rpm // 6
+
+
+def assert_every_deployment_held_its_limits(results: list[list[Grant]]) -> None:
+    for deployment, (tpm, rpm) in SPILL.items():
+        assert_no_span_holds_more_than_the_limit(results, 0, deployment, tpm, rpm)
 
 
 @pytest.mark.parametrize("charge_model", ["azure", "usage"])
@@ -171,6 +222,26 @@ def test_no_window_ever_holds_more_than_the_limit(redis_url, charge_model):
 def test_no_upstream_window_arriving_up_to_the_margin_later_holds_more(redis_url):
     results = race_everyone(redis_url, "azure", margin_s=MARGIN_S)
     assert_no_span_holds_more_than_the_limit(results, margin_s=MARGIN_S)
+
+
+def test_no_deployment_window_holds_more_with_lanes_spill_over_and_shares(redis_url):
+    results = race_everyone(redis_url, "azure", margin_s=0, mode="features")
+    assert_every_deployment_held_its_limits(results)
+
+
+def test_no_deployment_window_holds_more_on_a_redis_cluster(tmp_path):
+    with RedisClusterServers(tmp_path) as cluster:
+        results = race_everyone(cluster.url, "usage", margin_s=0, mode="cluster")
+        # The state really is spread over the cluster: the model's keys on one node (one hash
+        # tag), the registry of deployments on its own slot.
+        client = cluster.client()
+        try:
+            assert client.keyslot("conduit:quota:{completion:audited}:state") == client.keyslot(
+                "conduit:quota:{completion:audited}:audited-b:expiry"
+            )
+        finally:
+            client.close()
+    assert_every_deployment_held_its_limits(results)
 
 
 def test_the_audit_catches_an_over_admission():

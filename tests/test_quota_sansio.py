@@ -28,13 +28,21 @@ deployments = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)
 @given(
     pool=st.sampled_from(["completion", "embedding", "whisper"]),
     deployment=deployments,
+    model=deployments,
     lock_id=st.integers(min_value=1, max_value=2**53),
 )
-def test_request_id_round_trips_in_the_older_token_colon_rate_shape(pool, deployment, lock_id):
-    request_id = format_request_id(pool, deployment, lock_id)
+def test_request_id_round_trips_in_the_older_token_colon_rate_shape(
+    pool, deployment, model, lock_id
+):
+    request_id = format_request_id(pool, model, deployment, lock_id)
     token_id, rate_id = request_id.split(":")
     assert token_id.endswith(f"/t{lock_id}") and rate_id == f"r{lock_id}"
-    assert parse_request_id(request_id) == (pool, deployment, str(lock_id))
+    assert parse_request_id(request_id) == (pool, model, deployment, str(lock_id))
+
+
+def test_a_deployment_named_like_its_model_keeps_the_older_request_id():
+    assert format_request_id("completion", "gpt-4o", "gpt-4o", 7) == "completion/gpt-4o/t7:r7"
+    assert format_request_id("completion", "gpt-4o", "east", 7) == "completion/gpt-4o/east/t7:r7"
 
 
 @pytest.mark.parametrize(
@@ -47,7 +55,7 @@ def test_request_id_round_trips_in_the_older_token_colon_rate_shape(pool, deploy
         "chat/gpt-4o/t1:r1",
         "completion/gpt-4o/t1",
         "completion//t1:r1",
-        "completion/a/b/t1:r1",
+        "completion/a/b/c/t1:r1",
     ],
 )
 def test_a_request_id_acquire_never_returned_is_refused(request_id):
@@ -56,7 +64,7 @@ def test_a_request_id_acquire_never_returned_is_refused(request_id):
 
 
 def test_report_refuses_an_id_from_another_pool(protocol):
-    request_id = format_request_id("completion", "gpt-4o", 7)
+    request_id = format_request_id("completion", "gpt-4o", "gpt-4o", 7)
     with pytest.raises(QuotaError, match="belongs to the completion pool, not embedding"):
         protocol.report(request_id, 1, 1, pool="embedding")
 
@@ -155,10 +163,14 @@ def test_status_reply_becomes_the_older_fields_with_a_per_app_split(protocol):
         "0",
         "990:r:idle",
         "0",
+        "tpm",
+        "1000",
+        "cool",
+        str(now_us + 2_500_000),
     ]
     # now, tpm, rpm, sub_rpm, tokens, requests, sub_requests, locked tokens, locked requests,
-    # open bucket, its charges, the state hash
-    reply = [now_us, 1000, 60, 10, 350, 3, 1, 50, 1, 1000, "reasoner 50 1", state]
+    # open bucket, its charges (an interactive one), the state hash
+    reply = [now_us, 1000, 60, 10, 350, 3, 1, 50, 1, 1000, "reasoner!i 50 1", state]
     status = protocol.status("completion", "gpt-4o").parse(reply)
     assert status.as_dict() == {
         "pool": "completion",
@@ -180,13 +192,21 @@ def test_status_reply_becomes_the_older_fields_with_a_per_app_split(protocol):
             "feedback": {"tokens": 300, "requests": 2},
             "reasoner": {"tokens": 50, "requests": 1},
         },
+        "lanes": {
+            "interactive": {"tokens": 50, "requests": 1},
+            "batch": {"tokens": 300, "requests": 2},
+        },
+        "model": "gpt-4o",
+        "limits_from": "runtime",
+        "cooldown_s": 2.5,
+        "reserve_active": False,
     }
     assert status.apps["feedback"] == AppUsage(300, 2)
 
 
 def test_refusal_reasons_keep_the_older_wording(protocol):
     def refusal(pool, kind, used, limit):
-        reply = [0, 0, 1_500_000, kind, used, limit]
+        reply = [0, 0, 1_500_000, kind, used, limit, 1, ""]
         return protocol.acquire(pool, "d", 200, "app").parse(reply)[0]
 
     tokens = refusal("completion", "tokens", 900, 1000)
@@ -199,5 +219,7 @@ def test_refusal_reasons_keep_the_older_wording(protocol):
         "10 of 10 requests in the last 10 s; retry in 1.50 s"
     )
     assert refusal("whisper", "requests", 15, 15).reason.startswith("Whisper rate limit exceeded")
-    never = protocol.acquire("completion", "d", 2000, "app").parse([0, 0, -1, "too_large", 0, 1000])
+    never = protocol.acquire("completion", "d", 2000, "app").parse(
+        [0, 0, -1, "too_large", 0, 1000, 1, ""]
+    )
     assert never[0].retry_after_s is None and "split the request" in never[0].reason

@@ -115,12 +115,16 @@ def test_upstream_429_is_transient_with_its_hint_and_informs_the_limiter(conduit
         chat_completion(messages, model="tight", max_tokens=200)
     assert "429" in str(throttled.value) and (throttled.value.retry_after_s or 0) > 0
     status = quota_limiter().status("completion", "tight")
-    # The refused request was released; what the upstream said it had left was booked.
-    assert status.locked_tokens == 0 and "conduit" not in status.apps
+    # The refused request keeps its charge (the upstream counted it: releasing it would send the
+    # next waiting task into its own 429), the deployment cools down for the upstream's
+    # retry-after in every process, and what the upstream said it had left was booked.
+    assert status.locked_tokens == 0 and status.apps["conduit"].requests == 1
+    assert 0 < status.cooldown_s <= throttled.value.retry_after_s
     assert status.apps["(external)"].tokens >= 100_000 - 300
-    # So the next attempt is refused here, not upstream.
-    with pytest.raises(QuotaExhausted):
+    # So the next attempt is refused here, not upstream, until the cool-down ends.
+    with pytest.raises(QuotaExhausted, match="cooling down") as refused:
         chat_completion(messages, model="tight", max_tokens=200)
+    assert 0 < refused.value.retry_after_s <= status.cooldown_s
     assert charged(conduit, "tight")["throttled"] == 1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from settings import load_settings
+from settings.redis_server import RedisServer
 from web.app import MAX_REQUEST_BYTES, create_app
 
 STATUS_FIELDS = {
@@ -222,3 +223,72 @@ def test_quota_api_lists_every_pool_with_the_per_app_split(client) -> None:
         "feedback": {"tokens": 120, "requests": 1},
         "search": {"tokens": 30, "requests": 1},
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [
+        ("/lock", "token_count", "10"),
+        ("/lock", "token_count", True),
+        ("/lock", "token_count", 1e3),
+        ("/embedding/lock", "token_count", 10.5),
+        ("/report", "prompt_tokens", "5"),
+        ("/report", "completion_tokens", False),
+        ("/embedding/report", "prompt_tokens", 2e1),
+    ],
+)
+def test_counts_must_be_strict_integers(client, path: str, field: str, value: object) -> None:
+    body = {
+        "app_id": "app1",
+        "token_count": 10,
+        "request_id": "completion/gpt-4o/t1:r1",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        field: value,
+    }
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.json
+    assert response.json["detail"].startswith(f"{field} must be a JSON integer")
+    assert repr(value) in response.json["detail"]
+    # Nothing was locked.
+    assert client.get("/status").json["locked_requests"] == 0
+
+
+def test_status_is_503_with_the_reason_while_redis_is_down(tmp_path) -> None:
+    server = RedisServer(tmp_path).start()
+    settings = load_settings(auth_disabled=True, redis_url=server.url)
+    app = create_app(settings)
+    try:
+        with app.test_client() as client:
+            assert client.get("/status").status_code == 200
+            server.stop()
+            for path in ("/status", "/whisper/status", "/api/v1/quota"):
+                down = client.get(path)
+                assert down.status_code == 503, (path, down.json)
+                assert down.json["detail"].startswith("quota store unreachable")
+            refused = client.post("/lock", json={"app_id": "a", "token_count": 1})
+            assert refused.status_code == 503
+    finally:
+        server.stop()
+
+
+def test_the_hot_routes_need_the_credential_like_every_other(redis_url: str) -> None:
+    key = "k" * 32
+    app = create_app(load_settings(auth_api_key=key))
+    with app.test_client() as client:
+        body = {"app_id": "app1", "token_count": 1}
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer x.y.z"}):
+            refused = client.post("/lock", json=body, headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "detail" in refused.json
+        granted = client.post("/lock", json=body, headers={"X-API-Key": key})
+        assert granted.status_code == 200 and granted.json["allowed"] is True
+        release = client.post(
+            "/release",
+            json={"app_id": "app1", "request_id": granted.json["request_id"]},
+            headers={"X-API-Key": key},
+        )
+        assert release.json == {"success": True}
+        # GET on a POST route still reaches Flask (405), as does every other route.
+        assert client.get("/lock", headers={"X-API-Key": key}).status_code == 405

@@ -4,19 +4,23 @@ Same paths, request and response shapes as before (``/lock``, ``/report``, ``/re
 ``/status``, the same under ``/embedding/`` and ``/whisper/``): a refusal is HTTP 200 with
 ``allowed: false`` and the older wording, an id the limiter does not know is 400 ``{"detail"}``.
 What changed is underneath: the counts live in Redis, shared by every replica, in a sliding window.
-Each pool is the deployment settings name for it (APP_OPENAI_ENGINE, APP_EMBEDDING_ENGINE,
-APP_WHISPER_ENGINE).
+Each pool is the model settings name for it (APP_OPENAI_ENGINE, APP_EMBEDDING_ENGINE,
+APP_WHISPER_ENGINE); with spill-over deployments a lock may land on any of them, and ``/status``
+adds them up.
+
+Counts are strict JSON integers: ``"10"``, ``true`` or ``1e3`` are a 400 naming the field, not a
+number guessed at. While the quota's Redis is unreachable every route answers 503 with the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
-from pydantic import BaseModel
+import redis
+from flask import Blueprint, Response, request
+from pydantic import BaseModel, StrictInt, ValidationError
 
-from quota import QuotaError, QuotaStatus
-from settings import Settings
+from quota import QuotaError, QuotaLimiter, QuotaStatus
 from web.errors import json_error
 from web.services import services
 
@@ -32,9 +36,18 @@ REQUEST_STATUS_FIELDS = (
 )
 
 
+# Redis errors that mean "the quota store is unreachable now", not "the request is wrong".
+UNREACHABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.BusyLoadingError,
+)
+
+
 class TokenRequest(BaseModel):
     app_id: str
-    token_count: int
+    token_count: StrictInt
 
 
 class WhisperRateRequest(BaseModel):
@@ -44,15 +57,15 @@ class WhisperRateRequest(BaseModel):
 class TokenReport(BaseModel):
     app_id: str
     request_id: str
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: StrictInt
+    completion_tokens: StrictInt
     rate_request_id: str | None = None  # accepted and ignored: request_id names both halves
 
 
 class EmbeddingReport(BaseModel):
     app_id: str
     request_id: str
-    prompt_tokens: int
+    prompt_tokens: StrictInt
 
 
 class ReleaseRequest(BaseModel):
@@ -73,25 +86,112 @@ REPORT_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def deployment_of(pool: str, settings: Settings) -> str:
-    return next(p.deployment for p in settings.pools() if p.name == pool)
+def _model_of(pool: str) -> str:
+    # The limiter's protocol holds the pools built once; settings.pools() builds them per call.
+    return services().limiter.protocol.defaults[pool].deployment
 
 
-def counter_status(status: QuotaStatus) -> dict[str, Any]:
-    """The older ``/status`` body: token fields for token pools, request fields for all."""
-    fields = REQUEST_STATUS_FIELDS
-    if status.pool != "whisper":
+def counter_status(statuses: list[QuotaStatus]) -> dict[str, Any]:
+    """The older ``/status`` body for a model (its deployments added up): token fields for
+    token pools, request fields for all."""
+    fields: tuple[str, ...] = REQUEST_STATUS_FIELDS
+    if statuses[0].pool != "whisper":
         fields = TOKEN_STATUS_FIELDS + fields
-    values = status._asdict()
-    # The older counter answered whole seconds.
+    values = [status._asdict() for status in statuses]
+    # The older counter answered whole seconds; the model resets when its last deployment does.
     return {
-        name: round(values[name]) if name == "reset_time_seconds" else values[name]
+        name: round(max(value[name] for value in values))
+        if name == "reset_time_seconds"
+        else sum(value[name] for value in values)
         for name in fields
     }
 
 
-def _body(model: type[BaseModel]) -> Any:
-    return model.model_validate(request.get_json(force=True))
+class BadCount(ValueError):
+    """A count in the body is not a strict JSON integer."""
+
+
+def parse_body(model: type[BaseModel], data: object) -> Any:
+    """``data`` (decoded JSON) as ``model``; a count that is not a strict integer is
+    :class:`BadCount` (400), anything else wrong a pydantic ValidationError (the FastAPI 422)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        wrong = [problem for problem in error.errors() if problem["type"] == "int_type"]
+        if not wrong:
+            raise
+        field = ".".join(str(part) for part in wrong[0]["loc"])
+        raise BadCount(
+            f"{field} must be a JSON integer (digits only: no quotes, decimal point, exponent or "
+            f"true/false), got {wrong[0]['input']!r}"
+        ) from None
+
+
+# The answers to POST /lock, /report and /release, shared by the Flask views below and the
+# WSGI fast path (web/counter_fast.py): (HTTP status, JSON body).
+Answer = tuple[int, dict[str, Any]]
+
+
+def lock_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
+    body = parse_body(LOCK_MODELS[pool], data)
+    tokens = getattr(body, "token_count", 0)
+    try:
+        decision = limiter.acquire(
+            pool, limiter.protocol.defaults[pool].deployment, tokens, body.app_id
+        )
+    except QuotaError as error:
+        return 400, {"detail": str(error)}
+    answer: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
+    if pool != "whisper":
+        rate_id = decision.request_id.partition(":")[2] if decision.request_id else None
+        answer["rate_request_id"] = rate_id
+    answer["message"] = decision.reason
+    return 200, answer
+
+
+def report_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
+    body = parse_body(REPORT_MODELS[pool], data)
+    try:
+        limiter.report(
+            body.request_id,
+            getattr(body, "prompt_tokens", 0),
+            getattr(body, "completion_tokens", 0),
+            pool=pool,
+        )
+    except QuotaError as error:
+        return 400, {"detail": f"Failed to report usage: {error}"}
+    return 200, {"success": True}
+
+
+def release_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
+    body = parse_body(ReleaseRequest, data)
+    try:
+        limiter.release(body.request_id, pool=pool)
+    except QuotaError as error:
+        return 400, {"detail": f"Failed to release: {error}"}
+    return 200, {"success": True}
+
+
+ANSWERS = {"lock": lock_answer, "report": report_answer, "release": release_answer}
+
+
+@blueprint.errorhandler(BadCount)
+def _bad_count(error: BadCount) -> tuple[Response, int]:
+    return json_error(400, str(error))
+
+
+def unreachable_detail(error: Exception) -> str:
+    return f"quota store unreachable (QUOTA_REDIS_URL / REDIS_URL): {error}"
+
+
+def unreachable(error: Exception) -> tuple[Response, int]:
+    """503 with the reason: the quota store is down, which is neither the caller's fault nor a
+    bug here (web/quota_api.py and web/counter_fast.py answer it too)."""
+    return json_error(503, unreachable_detail(error))
+
+
+for _error in UNREACHABLE:
+    blueprint.register_error_handler(_error, unreachable)
 
 
 @blueprint.get("/")
@@ -111,50 +211,25 @@ def root():
     }
 
 
+def _answer(action: str, pool: str) -> tuple[dict[str, Any], int]:
+    status, body = ANSWERS[action](services().limiter, pool, request.get_json(force=True))
+    return body, status
+
+
 def lock(pool: str):
-    body = _body(LOCK_MODELS[pool])
-    conduit = services()
-    tokens = getattr(body, "token_count", 0)
-    try:
-        decision = conduit.limiter.acquire(
-            pool, deployment_of(pool, conduit.settings), tokens, body.app_id
-        )
-    except QuotaError as error:
-        return json_error(400, str(error))
-    answer: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
-    if pool != "whisper":
-        rate_id = decision.request_id.partition(":")[2] if decision.request_id else None
-        answer["rate_request_id"] = rate_id
-    answer["message"] = decision.reason
-    return answer
+    return _answer("lock", pool)
 
 
 def report(pool: str):
-    body = _body(REPORT_MODELS[pool])
-    try:
-        services().limiter.report(
-            body.request_id,
-            getattr(body, "prompt_tokens", 0),
-            getattr(body, "completion_tokens", 0),
-            pool=pool,
-        )
-    except QuotaError as error:
-        return json_error(400, f"Failed to report usage: {error}")
-    return {"success": True}
+    return _answer("report", pool)
 
 
 def release(pool: str):
-    body = _body(ReleaseRequest)
-    try:
-        services().limiter.release(body.request_id, pool=pool)
-    except QuotaError as error:
-        return json_error(400, f"Failed to release: {error}")
-    return {"success": True}
+    return _answer("release", pool)
 
 
 def status(pool: str):
-    conduit = services()
-    return counter_status(conduit.limiter.status(pool, deployment_of(pool, conduit.settings)))
+    return counter_status(services().limiter.model_status(pool, _model_of(pool)))
 
 
 for _pool, _prefix in POOL_PREFIXES.items():

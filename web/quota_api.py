@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from flask import Blueprint
 
+from web.counter import UNREACHABLE, unreachable
 from web.services import services
 
 blueprint = Blueprint("quota_api", __name__, url_prefix="/api/v1")
+for _error in UNREACHABLE:
+    blueprint.register_error_handler(_error, unreachable)
 
 
 @blueprint.get("/quota")

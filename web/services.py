@@ -16,6 +16,7 @@ from celery import Celery
 from flask import Flask, current_app
 
 from quota import QuotaLimiter
+from quota.connect import quota_redis
 from settings import Settings
 from web.broadcaster import StatusBroadcaster
 from web.history import ChartHistory
@@ -53,7 +54,16 @@ class Services:
             socket_connect_timeout=REDIS_TIMEOUT_SECS,
             health_check_interval=30,
         )
-        limiter = QuotaLimiter(client, settings)
+        limiter = QuotaLimiter(
+            quota_redis(
+                settings,
+                broker=client,
+                decode_responses=True,
+                socket_timeout=REDIS_TIMEOUT_SECS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECS,
+            ),
+            settings,
+        )
         reader = SnapshotReader(client, limiter, queue_names(settings))
         return cls(
             settings=settings,

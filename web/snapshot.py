@@ -10,14 +10,13 @@ instead of costing another round trip.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import redis
 
 from bridge.metrics import read_bridge_stats
 from quota import QuotaLimiter, QuotaStatus
-from quota.limiter import LIMITER_SCRIPT
+from quota.scripts import sha_of, source_of
 
 # kombu's Redis transport keeps messages delivered to workers but not yet acked in this hash.
 UNACKED_KEY = "unacked"
@@ -28,9 +27,8 @@ class SnapshotReader:
 
     def __init__(self, client: redis.Redis, limiter: QuotaLimiter, queues: list[str]) -> None:
         self._client = client
+        self._limiter = limiter
         self._protocol = limiter.protocol
-        # EVALSHA by the script's digest: no load round trip unless Redis lost the script.
-        self._script_sha = hashlib.sha1(LIMITER_SCRIPT.encode()).hexdigest()
         self._queues = queues
         self._deployments = self._protocol.known_deployments([])
 
@@ -38,30 +36,39 @@ class SnapshotReader:
         try:
             return self._read_once()
         except redis.exceptions.NoScriptError:
-            # Redis restarted or its scripts were flushed: load the limiter again and retry.
-            self._client.script_load(LIMITER_SCRIPT)
+            # Redis restarted or its scripts were flushed: load the status script again and retry.
+            self._client.script_load(source_of("status"))
             return self._read_once()
 
     def _read_once(self) -> dict[str, Any]:
+        # Quota on its own Redis (QUOTA_REDIS_URL, maybe a cluster): read it there, apart.
+        apart = self._limiter.client is not self._client
         calls = [self._protocol.status(pool, deployment) for pool, deployment in self._deployments]
         pipe = self._client.pipeline(transaction=False)
         pipe.time()
-        pipe.smembers(self._protocol.registry_key)
-        for call in calls:
-            pipe.evalsha(self._script_sha, len(call.keys), *call.keys, *call.args)
+        if not apart:
+            pipe.smembers(self._protocol.registry_key)
+            for call in calls:
+                # EVALSHA by the script's digest: no load round trip unless Redis lost the script.
+                pipe.evalsha(sha_of(call.script), len(call.keys), *call.keys, *call.args)
         for queue in self._queues:
             pipe.llen(queue)
         pipe.hlen(UNACKED_KEY)
         replies = pipe.execute()
 
         seconds, microseconds = replies[0]
-        self._deployments = self._protocol.known_deployments(replies[1])
-        offset = 2
-        statuses = [
-            call.parse(reply)
-            for call, reply in zip(calls, replies[offset : offset + len(calls)], strict=True)
-        ]
-        offset += len(calls)
+        offset = 1
+        if apart:
+            statuses = self._limiter.all_status()
+            self._deployments = [(status.pool, status.deployment) for status in statuses]
+        else:
+            self._deployments = self._protocol.known_deployments(replies[1])
+            offset = 2
+            statuses = [
+                call.parse(reply)
+                for call, reply in zip(calls, replies[offset : offset + len(calls)], strict=True)
+            ]
+            offset += len(calls)
         depths = replies[offset : offset + len(self._queues)]
         offset += len(self._queues)
         now = int(seconds) + int(microseconds) / 1e6

@@ -43,6 +43,16 @@
       cell(row, number(pool.rpm), "rpm");
       cell(row, number(pool.locked_requests), "locks");
       cell(row, pool.reset_time_seconds.toFixed(0) + " s", "reset");
+      // Per lane: tokens for token pools, requests for Whisper; whether the interactive reserve
+      // is held back from batch now, and any cool-down after a 429 or 5xx.
+      const lane = (name) => {
+        const usage = pool.lanes[name];
+        return number(tokenPool ? usage.tokens : usage.requests);
+      };
+      const held = pool.reserve_active ? " (reserve held)" : "";
+      const cooling = pool.cooldown_s > 0 ? " (cooling " + pool.cooldown_s.toFixed(0) + " s)" : "";
+      cell(row, lane("interactive") + held, "lane-interactive");
+      cell(row, lane("batch") + cooling, "lane-batch");
       return row;
     }));
   }
