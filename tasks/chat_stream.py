@@ -1,14 +1,12 @@
 """A streamed chat completion inside the completion quota: the voice agent's LLM turn.
 
 ``stream_chat`` yields the answer's text as it is generated, so speech can start on the first
-clause. It goes the way tasks/upstream.py describes (acquire the estimate, call the real openai
-SDK, observe the rate-limit headers, report the usage or settle the lock, map errors onto
-tasks.errors), adapted to a stream: usage arrives in the stream's last chunk
-(``stream_options.include_usage``), and a stream the caller stops early (a barge-in) is closed at
-once and reported with what was counted so far, since the upstream received it.
-
-Voice turns are interactive traffic. The quota has no priority lanes yet; when it does
-(``quota_call(..., lane="interactive")``), :func:`_quota_slot` is the one place to change.
+clause. It goes through :func:`tasks.upstream.quota_call` like every other request (acquire,
+send to the deployment quota chose, observe the rate-limit headers, report or settle, errors
+made ours) in the ``interactive`` lane, so a caller never waits behind batch work. Usage arrives
+in the stream's last chunk (``stream_options.include_usage``); a stream the caller stops early
+(a barge-in) is closed at once and reported with what was counted so far, since the upstream
+received it.
 
 With a completion endpoint (the emulator, or Azure) configured::
 
@@ -18,52 +16,22 @@ With a completion endpoint (the emulator, or Azure) configured::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Sequence
 from typing import Any
 
-from settings import get_logger, get_settings
-from tasks.clients import completion_client
-from tasks.connections import quota_limiter
-from tasks.errors import PermanentError, QuotaExhausted
-from tasks.prompts import Message
+from settings import get_settings
+from tasks.prompts import Message, wire_messages
 from tasks.token_estimates import estimate_tokens, prompt_tokens, text_tokens
-from tasks.upstream import Usage, _as_conduit_error, _observe, _reached_upstream
+from tasks.upstream import QuotaCall, quota_call
 
-log = get_logger(__name__)
-
-# The lane voice turns are charged to once quota/ has lanes.
+# Voice turns are what the interactive lane is for: quota keeps its reserve for them.
 LANE = "interactive"
 
 
-@contextmanager
-def _quota_slot(deployment: str, estimate: int, app_id: str) -> Iterator[str]:
-    """Acquire ``estimate`` tokens for one request; yields the lock's request id."""
-    decision = quota_limiter().acquire("completion", deployment, estimate, app_id)
-    reason = decision.reason or "the completion quota refused the request"
-    if not decision.allowed:
-        if decision.retry_after_s is None:
-            raise PermanentError(reason)
-        raise QuotaExhausted(reason, decision.retry_after_s)
-    if decision.request_id is None:
-        raise RuntimeError("the quota granted a request without a request id")
-    yield decision.request_id
-
-
-def _counted_usage(messages: Sequence[Message], deployment: str, written: list[str]) -> Usage:
-    """What a stream cost when the upstream did not say (stopped early, or no usage chunk)."""
-    return Usage(
-        prompt_tokens(messages, deployment), text_tokens(["".join(written)], deployment)[0]
-    )
-
-
-def _failed(error: Exception, deployment: str) -> Exception:
-    """The Conduit error for ``error``, after noting what the upstream said about its quota."""
-    import openai
-
-    if isinstance(error, openai.APIStatusError):
-        _observe("completion", deployment, error.response.headers)
-    return _as_conduit_error(error, "completion", deployment)
+def _report_counted(call: QuotaCall, messages: Sequence[Message], written: list[str]) -> None:
+    """Report what a stream cost when the upstream did not say (stopped early, no usage chunk)."""
+    deployment = call.deployment
+    call.report(prompt_tokens(messages, deployment), text_tokens(["".join(written)], deployment)[0])
 
 
 def stream_chat(
@@ -73,53 +41,41 @@ def stream_chat(
     app_id: str,
     model: str | None = None,
     temperature: float | None = None,
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """The answer's text deltas, as the model writes them. Close the generator to stop early."""
-    deployment = model or get_settings().openai_engine
-    estimate = estimate_tokens(messages, deployment, max_tokens)
-    # Any: the SDK's overloads cannot see that stream=True is a literal through **options.
-    completions: Any = completion_client().chat.completions.with_raw_response
-    limiter = quota_limiter()
+    model = model or get_settings().openai_engine
+    estimate = estimate_tokens(messages, model, max_tokens)
     options: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
-    with _quota_slot(deployment, estimate, app_id) as request_id:
-        stream = None
+    with quota_call("completion", model, estimate, app_id=app_id, lane=LANE) as call:
         written: list[str] = []
-        usage: Usage | None = None
+        stream = None
         try:
+            call.sending()
+            # Any: the SDK's overloads cannot see that stream=True is a literal through **options.
+            completions: Any = call.client.chat.completions.with_raw_response
             response = completions.create(
-                model=deployment,
-                messages=list(messages),
+                model=call.deployment,
+                messages=wire_messages(messages),
                 max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
                 **options,
             )
-            _observe("completion", deployment, response.headers)
+            call.observe(response.headers)
             stream = response.parse()
             for chunk in stream:
                 if chunk.usage is not None:
-                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    call.report(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                 for choice in chunk.choices:
                     if choice.delta and choice.delta.content:
                         written.append(choice.delta.content)
                         yield choice.delta.content
         except GeneratorExit:
             # Stopped early: the upstream has the request and counts what it generated.
-            usage = _counted_usage(messages, deployment, written)
+            _report_counted(call, messages, written)
             raise
-        except Exception as error:
-            # A request the upstream received is charged even though it failed.
-            usage = Usage(0, 0) if _reached_upstream(error) else None
-            if usage is None:
-                limiter.release(request_id)
-            mapped = _failed(error, deployment)
-            if mapped is error:
-                raise
-            raise mapped from error
-        else:
-            usage = usage or _counted_usage(messages, deployment, written)
         finally:
             if stream is not None:
                 stream.close()
-            if usage is not None:
-                limiter.report(request_id, usage.prompt_tokens, usage.completion_tokens)
+        if not call.settled:
+            _report_counted(call, messages, written)

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
 from settings import get_settings
 from tasks.errors import PermanentError
-from tasks.prompts import Message, format_prompt
+from tasks.prompts import Message, format_prompt, wire_messages
 from tasks.token_estimates import estimate_tokens, text_tokens
 from tasks.upstream import QuotaCall, Usage, call_within_quota
 
 if TYPE_CHECKING:  # openai is heavy: imported where a request is sent, not by the bridge
-    from openai.types.chat import ChatCompletionMessageParam
+    pass
 
 __all__ = [
     "chat_completion",
@@ -47,13 +47,6 @@ def _usage(completion: Any) -> Usage:
     return Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
 
 
-def _wire(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
-    """``messages`` as the SDK types them: a cast, not a conversion. format_prompt builds them
-    in that shape; those a caller sends as JSON go out as they are, and Azure answers a wrong
-    shape with a 400 (a PermanentError naming it)."""
-    return cast("list[ChatCompletionMessageParam]", list(messages))
-
-
 def _create(
     messages: Sequence[Message],
     *,
@@ -72,7 +65,7 @@ def _create(
         def send(call: QuotaCall) -> Any:
             return call.client.chat.completions.with_raw_response.create(
                 model=call.deployment,
-                messages=_wire(messages),
+                messages=wire_messages(messages),
                 max_tokens=max_tokens,
                 **options,
             )
@@ -83,7 +76,7 @@ def _create(
         def send(call: QuotaCall) -> Any:
             return call.client.chat.completions.with_raw_response.parse(
                 model=call.deployment,
-                messages=_wire(messages),
+                messages=wire_messages(messages),
                 max_tokens=max_tokens,
                 response_format=response_model,
                 **options,

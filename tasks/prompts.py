@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tasks.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -67,3 +70,10 @@ def format_prompt(
         {"role": "user", "content": fill_template(user_prompt, variables, "user_prompt")}
     )
     return messages
+
+
+def wire_messages(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
+    """``messages`` as the SDK types them: a cast, not a conversion. format_prompt builds them
+    in that shape; those a caller sends as JSON go out as they are, and Azure answers a wrong
+    shape with a 400 (a PermanentError naming it)."""
+    return cast("list[ChatCompletionMessageParam]", list(messages))

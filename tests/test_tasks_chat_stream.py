@@ -40,6 +40,9 @@ def test_the_stream_is_the_answer_in_pieces_and_its_usage_is_reported() -> None:
     assert status.locked_tokens == 0 and status.used_requests == 2
     # Charged to the voice app as Azure charges: the estimate at arrival.
     assert status.apps["voice"].tokens == estimate_tokens(MESSAGES, CHAT, 60)
+    # In the interactive lane (the chat completion beside it is batch traffic).
+    assert status.lanes["interactive"].tokens == estimate_tokens(MESSAGES, CHAT, 60)
+    assert status.lanes["batch"].requests == 1
 
 
 def test_a_stream_stopped_early_settles_its_lock() -> None:
