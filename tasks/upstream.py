@@ -25,6 +25,11 @@ or :func:`call_within_quota` (one request, built on it):
 openai errors are mapped onto tasks.errors here and nowhere else: 429, 408, 409, 5xx, timeouts
 and lost connections are transient (429 with the upstream's ``retry-after-ms``/``retry-after``);
 any other 4xx, a content filter and a truncated structured answer are permanent.
+
+What happens here is visible from outside: a ``quota.acquire`` span (lane, deployment chosen,
+the refusal's retry_after) and an ``openai.<pool>`` span around the request (deployment, tokens,
+HTTP status) in the task's trace, and, for ``/metrics``, the fleet's counts of refusals and of
+upstream answers by status, with their latency (telemetry/fleet_metrics.py).
 """
 
 from __future__ import annotations
@@ -33,13 +38,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
+
+from opentelemetry.trace import SpanKind
 
 from quota import QuotaLimiter
 from settings import Deployment, get_logger
 from tasks.clients import deployment_client
-from tasks.connections import quota_limiter
+from tasks.connections import quota_limiter, redis_client
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
+from telemetry import tracer
+from telemetry.fleet_metrics import FleetMetrics
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -151,6 +161,7 @@ class QuotaCall:
     deployments: int  # how many deployments the model has (a 5xx cools one down only if > 1)
     acquired_at: float = field(default_factory=time.monotonic)
     settled: bool = False
+    usage: Usage | None = None
 
     @property
     def client(self) -> OpenAI:
@@ -168,6 +179,7 @@ class QuotaCall:
 
     def report(self, prompt_tokens: int, completion_tokens: int = 0) -> None:
         """Settle with the usage the answer stated."""
+        self.usage = Usage(prompt_tokens, completion_tokens)
         self._settle(lambda: self.limiter.report(self.request_id, prompt_tokens, completion_tokens))
 
     def _settle(self, settle: Callable[[], Any]) -> None:
@@ -220,10 +232,26 @@ def quota_call(
     deployment down; not reached: released) and is raised as a tasks.errors error; a block that
     ends without a report is reported with no usage (the estimate stays charged)."""
     limiter = quota_limiter()
-    decision = limiter.acquire(pool, model, estimate, app_id, lane)
+    with tracer.start_as_current_span(
+        "quota.acquire",
+        attributes={"conduit.pool": pool, "conduit.model": model, "conduit.lane": lane,
+                    "conduit.estimate_tokens": estimate},
+    ) as span:  # fmt: skip
+        decision = limiter.acquire(pool, model, estimate, app_id, lane)
+        span.set_attribute("conduit.allowed", decision.allowed)
+        if decision.deployment is not None:
+            span.set_attribute("conduit.deployment", decision.deployment)
+        if decision.retry_after_s is not None:
+            span.set_attribute("conduit.retry_after_s", decision.retry_after_s)
     if not decision.allowed or decision.request_id is None or decision.deployment is None:
+        _fleet_metrics().count(
+            "conduit_quota_refusals_total", pool=pool, deployment=model, lane=lane
+        )
         if decision.retry_after_s is None:
             raise PermanentError(decision.reason or f"{pool} quota refused {estimate} tokens")
+        _fleet_metrics().observe(
+            "conduit_quota_retry_after_seconds", decision.retry_after_s, pool=pool
+        )
         raise QuotaExhausted(decision.reason or "quota refused", decision.retry_after_s)
     call = QuotaCall(
         pool=pool,
@@ -234,15 +262,69 @@ def quota_call(
         settings=limiter.protocol.deployment(pool, decision.deployment),
         deployments=len(limiter.protocol.deployments_of(pool, model)),
     )
-    try:
-        yield call
-    except Exception as error:
-        call._failed(error)
-        mapped = _as_conduit_error(error, pool, call.deployment)
-        if mapped is error:
-            raise
-        raise mapped from error
+    with _upstream_span(call):
+        try:
+            yield call
+        except Exception as error:
+            call._failed(error)
+            mapped = _as_conduit_error(error, pool, call.deployment)
+            if mapped is error:
+                raise
+            raise mapped from error
     call.report(0, 0)  # no report: it was sent and used at least the estimate
+
+
+@cache
+def _fleet_metrics() -> FleetMetrics:
+    return FleetMetrics(redis_client())
+
+
+def _status_of(error: BaseException) -> int | str:
+    """The HTTP status an error carried, or its kind when no answer came (for span and metric);
+    of the openai error behind ours, when it was mapped."""
+    import openai
+
+    error = error.__cause__ if isinstance(error.__cause__, openai.OpenAIError) else error
+    if not isinstance(error, Exception):
+        return "cancelled"  # GeneratorExit: a stream its reader stopped (a barge-in)
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code
+    return "timeout" if isinstance(error, openai.APITimeoutError) else "no_answer"
+
+
+@contextmanager
+def _upstream_span(call: QuotaCall) -> Iterator[Any]:
+    """The request to Azure OpenAI as a client span, counted (by status) and timed for /metrics."""
+    started = time.monotonic()
+    with tracer.start_as_current_span(
+        f"openai.{call.pool}",
+        kind=SpanKind.CLIENT,
+        attributes={"conduit.deployment": call.deployment, "conduit.model": call.model},
+    ) as span:
+        status: int | str = 200
+        try:
+            yield span
+        except BaseException as error:
+            status = _status_of(error)
+            raise
+        finally:
+            span.set_attribute("http.response.status_code", str(status))
+            metrics = _fleet_metrics()
+            metrics.count(
+                "conduit_upstream_requests_total",
+                pool=call.pool,
+                deployment=call.deployment,
+                status=status,
+            )
+            metrics.observe(
+                "conduit_upstream_request_duration_seconds",
+                time.monotonic() - started,
+                pool=call.pool,
+                deployment=call.deployment,
+            )
+            if call.usage is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", call.usage.prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", call.usage.completion_tokens)
 
 
 def call_within_quota(

@@ -15,6 +15,7 @@ import pytest
 from bridge.bus import OutgoingMessage
 from bridge.local_bus import LocalBus
 from bridge.metrics import HEARTBEATS_KEY
+from telemetry.fleet_metrics import FleetMetrics
 from tests.support.otlp import ReceivedSpan, running_otlp_receiver
 from tests.support.processes import ManagedProcess, python_args
 
@@ -81,7 +82,15 @@ def test_one_message_is_one_trace_across_the_processes(
                 lambda: bool(bus.peek("form_oq", 1)), RESULT_TIMEOUT_SECS, "the result"
             )
             [result] = bus.peek("form_oq", 1)
-            expected = ("bridge.receive", "apply_async/", "run/", "outbox.write", "bridge.send")
+            expected = (
+                "bridge.receive",
+                "apply_async/",
+                "run/",
+                "quota.acquire",
+                "openai.completion",
+                "outbox.write",
+                "bridge.send",
+            )
             spans = receiver.wait_for(
                 lambda s: all(any(x.name.startswith(name) for x in s) for name in expected),
                 RESULT_TIMEOUT_SECS,
@@ -103,7 +112,24 @@ def test_one_message_is_one_trace_across_the_processes(
     assert publish.parent_id == receive.span_id
     assert run.parent_id == publish.span_id
     assert run.span_id in ancestors(write, trace)
+    # Inside the task: the quota decision, then the request to Azure OpenAI with its tokens.
+    acquire = by_name(trace, "quota.acquire")
+    upstream = by_name(trace, "openai.completion")
+    assert run.span_id in ancestors(acquire, trace) and run.span_id in ancestors(upstream, trace)
+    assert acquire.attributes["conduit.allowed"] is True
+    assert acquire.attributes["conduit.lane"] == "batch"
+    assert upstream.attributes["conduit.deployment"] == acquire.attributes["conduit.deployment"]
+    assert upstream.attributes["http.response.status_code"] == "200"
+    assert upstream.attributes["gen_ai.usage.output_tokens"] > 0
     assert send.parent_id == write.span_id
     # The result on the output queue carries the trace on, from the send span.
     assert result.application_properties["traceparent"] == f"00-{PRODUCER_TRACE}-{send.span_id}-01"
     assert receive.attributes["messaging.message.id"] == "traced-1"
+
+    # The same work moved the fleet's metrics, which /metrics reads (tests/test_web_metrics.py).
+    fleet = FleetMetrics(redis_client)
+    counters = fleet.read_counters()
+    upstream_statuses = {c.labels["status"] for c in counters["conduit_upstream_requests_total"]}
+    assert upstream_statuses == {"200"}
+    finished = {(c.labels["task"], c.labels["state"]) for c in counters["conduit_tasks_total"]}
+    assert ("processors.feedback", "succeeded") in finished
