@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from settings import load_settings
 from telemetry.fleet_metrics import FleetMetrics
+from tests.support.processes import REPO_ROOT
 from voice.calls import ACTIVE_CALLS
 from web.app import create_app
 
@@ -66,3 +70,23 @@ def test_metrics_need_a_credential_outside_dev_mode(redis_url: str) -> None:
         assert client.get("/metrics").status_code == 401
         response = client.get("/metrics", headers={"X-API-Key": "scrape-key-0123456789"})
         assert response.status_code == 200
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_we_serve(client) -> None:
+    """docs/grafana-dashboard.json cannot drift from /metrics: every name it queries is served."""
+    response = client.get("/metrics")
+    # Every family, even one with no samples yet (no bridge has run here), with its suffixes.
+    served = {
+        family.name + suffix
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for suffix in ("", "_total", "_bucket", "_count", "_sum")
+    }
+
+    dashboard = json.loads((REPO_ROOT / "docs" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"conduit_[a-z_]+", target["expr"])
+    }
+    assert queried and queried <= served, sorted(queried - served)
