@@ -102,3 +102,17 @@ def test_fresh_engines_reuse_released_sets() -> None:
     provider.release(first)
     provider.release(second)  # over max_idle: closed, not kept
     provider.close()
+
+
+def test_the_emulators_and_the_agent_share_one_espeak_in_a_process() -> None:
+    """libespeak-ng has one sample callback per process: two drivers replaced each other's, and
+    whichever initialised first then rendered silence (the agent heard nothing in a process
+    where the emulators' speech had spoken first)."""
+    from emulators.speech import synthesize
+
+    before = synthesize(QUESTION, sample_rate=16000)
+    ours = b"".join(LocalSynthesizer().synthesize(QUESTION, 16000))
+    after = synthesize(QUESTION, sample_rate=16000)
+    assert len(before) > 8000 and len(after) > 8000
+    assert len(ours) > 16000
+    assert LocalRecognizer([QUESTION, "hello world"]).transcribe(ours) == QUESTION

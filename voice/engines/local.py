@@ -18,13 +18,11 @@ webrtcvad (voice activity). Everything ships in wheels; nothing is downloaded.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
 import re
 import tempfile
-import threading
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from localspeech import EspeakError, espeak
 from voice.audio import resample, to_float
 from voice.engines.base import ENGINE_SAMPLE_RATE, EngineError
 
@@ -173,70 +172,6 @@ class LocalRecognizer:
             self._in_utterance = False
 
 
-# --- espeak-ng ------------------------------------------------------------------------------------
-# From espeak-ng's speak_lib.h.
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-)
-
-
-class _EspeakLibrary:
-    """The process's libespeak-ng; every render holds :attr:`lock`."""
-
-    _instance: _EspeakLibrary | None = None
-    _create_lock = threading.Lock()
-
-    def __init__(self) -> None:
-        import espeakng_loader
-
-        self.lock = threading.Lock()
-        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self._lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]  # fmt: skip
-        self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        data_path = espeakng_loader.get_data_path().encode()
-        self.rate = int(self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, 0))
-        if self.rate <= 0:
-            raise EngineError("libespeak-ng could not load its voice data (espeakng-loader)")
-        self._chunks: list[np.ndarray] = []
-        # Held here so ctypes does not free a callback the library still calls.
-        self._callback = _SYNTH_CALLBACK(self._on_samples)
-        self._lib.espeak_SetSynthCallback(self._callback)
-
-    @classmethod
-    def get(cls) -> _EspeakLibrary:
-        with cls._create_lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def _on_samples(self, samples: Any, count: int, _events: Any) -> int:
-        if count > 0:
-            self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
-        return 0
-
-    def render(self, text: str, voice: str) -> bytes:
-        """PCM16 at :attr:`rate`."""
-        encoded = text.encode()
-        with self.lock:
-            if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise EngineError(f"LOCAL_TTS_VOICE {voice!r} is not an espeak-ng voice")
-            self._chunks = []
-            status = self._lib.espeak_Synth(
-                encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
-            )
-            self._lib.espeak_Synchronize()
-            chunks, self._chunks = self._chunks, []
-        if status != 0:
-            raise EngineError(f"espeak-ng failed to speak a {len(text)}-character text ({status})")
-        return b"".join(chunk.astype("<i2").tobytes() for chunk in chunks)
-
-
 class LocalSynthesizer:
     """espeak-ng speech at the call's sample rate; one chunk per call of :meth:`synthesize`
     (the reply is fed to it a clause at a time, so the first clause plays while later ones
@@ -244,13 +179,19 @@ class LocalSynthesizer:
 
     def __init__(self, voice: str = "en-us") -> None:
         self.voice = voice
-        self._library = _EspeakLibrary.get()
+        try:
+            self._library = espeak()
+        except EspeakError as error:
+            raise EngineError(str(error)) from None
 
     def synthesize(self, text: str, sample_rate: int) -> Iterator[bytes]:
         if not text.strip():
             return
-        pcm = self._library.render(text, self.voice)
-        yield resample(pcm, self._library.rate, sample_rate)
+        try:
+            samples = self._library.render(text, self.voice)
+        except EspeakError as error:
+            raise EngineError(f"LOCAL_TTS_VOICE {self.voice!r}: {error}") from None
+        yield resample(samples.astype("<i2").tobytes(), self._library.native_rate, sample_rate)
 
     def close(self) -> None:
         """Nothing per call: the library is the process's."""
