@@ -20,9 +20,8 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from quota.errors import QuotaError
 from quota.scripts import ScriptName
-from settings import Deployment, Pool, Settings
+from settings import Deployment, Pool, PoolName, Settings
 
-PoolName = Literal["completion", "embedding", "whisper"]
 ChargeModel = Literal["azure", "usage"]
 # interactive: voice turns and user-facing calls, which may use the reserve; batch: the rest.
 Lane = Literal["interactive", "batch"]
