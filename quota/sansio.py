@@ -1,7 +1,8 @@
 """The limiter's protocol without I/O: validation, key names, script arguments, reply parsing.
 
-Imports no redis (STYLE.md: code that does no I/O lives apart from code that does), so the sync
-and asyncio limiters share every rule here and differ only in how they send a :class:`Call`:
+Imports no redis (docs/architecture.md, Conventions: code that does no I/O lives apart from code
+that does), so the sync and asyncio limiters share every rule here and differ only in how they
+send a :class:`Call`:
 
     call = protocol.acquire("completion", "gpt-4o", 1200, "feedback")
     reply = client.evalsha(sha_of(call.script), len(call.keys), *call.keys, *call.args)
