@@ -17,11 +17,13 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from quota.errors import QuotaError
-from quota.scripts import ScriptName
 from settings import Deployment, Pool, PoolName, Settings
+
+if TYPE_CHECKING:  # a name only: quota.scripts imports redis, which this module must not
+    from quota.scripts import ScriptName
 
 ChargeModel = Literal["azure", "usage"]
 # interactive: voice turns and user-facing calls, which may use the reserve; batch: the rest.
