@@ -42,6 +42,7 @@ from bench.report import median, percentile, write_result
 from quota import QuotaLimiter
 from settings import load_settings
 from settings.redis_server import RedisServer
+from tests.support.quota import granted
 
 THREAD_COUNTS = (1, 8, 32)
 REPEATS = 3
@@ -113,7 +114,7 @@ def systems(url: str, client: redis.Redis) -> dict[str, Operation]:
     def pair(rng: random.Random) -> object:
         tokens = rng.randint(1, MAX_TOKENS)
         decision = limiter.acquire("completion", DEPLOYMENT, tokens, "bench")
-        return limiter.report(decision.request_id, tokens, 0)
+        return limiter.report(granted(decision), tokens, 0)
 
     def with_limits(strategy: MovingWindowRateLimiter | SlidingWindowCounterRateLimiter):
         def decide(rng: random.Random) -> object:
@@ -145,7 +146,7 @@ def audit(client: redis.Redis) -> int:
         decision, at_us = limiter.acquire_timed("completion", "audited", tokens, "audit")
         if decision.allowed:
             grants.append((at_us, tokens))  # list.append is atomic under the GIL
-            limiter.report(decision.request_id, tokens, 0)
+            limiter.report(granted(decision), tokens, 0)
 
     run_threads(grab, 32, AUDIT_WINDOWS * AUDIT_WINDOW_S)
     window_us = round(AUDIT_WINDOW_S * 1_000_000)
@@ -185,28 +186,35 @@ def main() -> None:
     def by_threads(name: str) -> dict[str, float]:
         return {str(threads): round(median(throughput[name, threads])) for threads in THREAD_COUNTS}
 
-    figures = {
+    # Named first: the summary line reads them back with their types.
+    acquire_per_s = by_threads("acquire")
+    limits_moving_per_s = by_threads("limits_moving")
+    limits_sliding_per_s = by_threads("limits_sliding")
+    ratio_vs_incr = {str(t): round(median(ratios[t]), 3) for t in THREAD_COUNTS}
+    p50_ms = {str(t): round(median(p50[t]), 3) for t in THREAD_COUNTS}
+    p99_ms = {str(t): round(median(p99[t]), 3) for t in THREAD_COUNTS}
+    figures: dict[str, object] = {
         "threads": list(THREAD_COUNTS),
-        "acquire_per_s": by_threads("acquire"),
+        "acquire_per_s": acquire_per_s,
         "pairs_per_s": by_threads("pairs"),
         "incr_per_s": by_threads("incr"),
-        "limits_moving_per_s": by_threads("limits_moving"),
-        "limits_sliding_per_s": by_threads("limits_sliding"),
-        "ratio_vs_incr": {str(t): round(median(ratios[t]), 3) for t in THREAD_COUNTS},
-        "p50_ms": {str(t): round(median(p50[t]), 3) for t in THREAD_COUNTS},
-        "p99_ms": {str(t): round(median(p99[t]), 3) for t in THREAD_COUNTS},
+        "limits_moving_per_s": limits_moving_per_s,
+        "limits_sliding_per_s": limits_sliding_per_s,
+        "ratio_vs_incr": ratio_vs_incr,
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
         "overadmitted": overadmitted,
         "repeats": REPEATS,
         "duration_s": DURATION_S,
         "max_tokens_per_request": MAX_TOKENS,
     }
-    worst_ratio = min(figures["ratio_vs_incr"].values())
+    worst_ratio = min(ratio_vs_incr.values())
     summary = (
-        f"acquire {'/'.join(map(str, figures['acquire_per_s'].values()))} per s at "
+        f"acquire {'/'.join(map(str, acquire_per_s.values()))} per s at "
         f"{'/'.join(map(str, THREAD_COUNTS))} threads, ratio vs INCR >= {worst_ratio}, "
-        f"pairs p50/p99 {figures['p50_ms']['1']}/{figures['p99_ms']['1']} ms (1 thread), "
-        f"limits moving/sliding {figures['limits_moving_per_s']['8']}/"
-        f"{figures['limits_sliding_per_s']['8']} per s (8 threads), "
+        f"pairs p50/p99 {p50_ms['1']}/{p99_ms['1']} ms (1 thread), "
+        f"limits moving/sliding {limits_moving_per_s['8']}/"
+        f"{limits_sliding_per_s['8']} per s (8 threads), "
         f"overadmitted {overadmitted}"
     )
     write_result("quota_limiter", figures, summary)

@@ -1,6 +1,7 @@
 """Quota shared by every Conduit process: an atomic Redis Lua limiter per pool and deployment.
 
-Depends on settings/ only. See DESIGN.md, "The quota contract".
+Depends on settings/ only. See docs/architecture.md, "The quota contract"
+(docs/architecture.md#the-quota-contract), and quota/README.md for the contract in full.
 """
 
 from quota.client import SyncTokenClient, TokenClient

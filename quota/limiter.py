@@ -8,9 +8,9 @@
 
 :class:`AsyncQuotaLimiter` is the same on ``redis.asyncio``. Both are thin: the rules, keys and
 reply parsing live in :mod:`quota.sansio`; here a call is sent and its reply parsed. Each call is
-one EVALSHA of its script's SHA1 (quota.scripts); when Redis answers NOSCRIPT (first use, a
-restart, SCRIPT FLUSH) the script is loaded and the call sent once more. Safe to share between
-threads.
+one EVALSHA of its script's SHA1, sent through quota.scripts' reload: when Redis answers NOSCRIPT
+(first use, a restart, SCRIPT FLUSH) the script is loaded and the call sent once more. Safe to
+share between threads.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from quota.sansio import (
     QuotaStatus,
     Settlement,
 )
-from quota.scripts import sha_of, source_of
+from quota.scripts import reloading, reloading_async, sha_of
 from settings import Settings, get_settings
 
 # The script marks its own errors (a window mismatch) so they are told apart from Redis's.
@@ -91,11 +91,7 @@ class QuotaLimiter(_LimiterBase):
         # Not redis-py's Script: its per-call bookkeeping cost a third of a decision.
         command = (sha_of(call.script), len(call.keys), *call.keys, *call.args)
         try:
-            try:
-                reply = self.client.evalsha(*command)
-            except redis.exceptions.NoScriptError:
-                self.client.script_load(source_of(call.script))
-                reply = self.client.evalsha(*command)
+            reply = reloading(self.client, call.script, self.client.evalsha, *command)
         except redis.ResponseError as error:
             raise _quota_error(error) from None
         return call.parse(reply)
@@ -200,11 +196,7 @@ class AsyncQuotaLimiter(_LimiterBase):
     async def _run(self, call: Call[T]) -> T:
         command = (sha_of(call.script), len(call.keys), *call.keys, *call.args)
         try:
-            try:
-                reply = await self.client.evalsha(*command)
-            except redis.exceptions.NoScriptError:
-                await self.client.script_load(source_of(call.script))
-                reply = await self.client.evalsha(*command)
+            reply = await reloading_async(self.client, call.script, self.client.evalsha, *command)
         except redis.ResponseError as error:
             raise _quota_error(error) from None
         return call.parse(reply)

@@ -1,7 +1,8 @@
 """The limiter's protocol without I/O: validation, key names, script arguments, reply parsing.
 
-Imports no redis (STYLE.md: code that does no I/O lives apart from code that does), so the sync
-and asyncio limiters share every rule here and differ only in how they send a :class:`Call`:
+Imports no redis (docs/architecture.md, Conventions: code that does no I/O lives apart from code
+that does), so the sync and asyncio limiters share every rule here and differ only in how they
+send a :class:`Call`:
 
     call = protocol.acquire("completion", "gpt-4o", 1200, "feedback")
     reply = client.evalsha(sha_of(call.script), len(call.keys), *call.keys, *call.args)
@@ -16,13 +17,14 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from quota.errors import QuotaError
-from quota.scripts import ScriptName
-from settings import Deployment, Pool, Settings
+from settings import Deployment, Pool, PoolName, Settings
 
-PoolName = Literal["completion", "embedding", "whisper"]
+if TYPE_CHECKING:  # a name only: quota.scripts imports redis, which this module must not
+    from quota.scripts import ScriptName
+
 ChargeModel = Literal["azure", "usage"]
 # interactive: voice turns and user-facing calls, which may use the reserve; batch: the rest.
 Lane = Literal["interactive", "batch"]

@@ -9,10 +9,11 @@ endpoint is configured (the embedded emulator stands in); otherwise Entra ID thr
 ``DefaultAzureCredential`` (managed identity in Azure, ``az login`` on a laptop).
 
 ``max_retries=0`` everywhere: Conduit retries (tasks/upstream.py and the Celery tasks) so that
-every attempt goes through the shared quota and none is spent behind its back.
+every attempt goes through the shared quota and none is spent behind its back. Sending needs an
+Azure OpenAI endpoint (or the emulator), so the example is shown, not run::
 
-    >>> client = completion_client()      # the same object on every call in this process
-    >>> client.chat.completions.create(model=settings.openai_engine, messages=[...])
+    client = completion_client()  # the same object on every call in this process
+    client.chat.completions.create(model=settings.openai_engine, messages=[...])
 
 A spill-over deployment (APP_OPENAI_DEPLOYMENTS ...) may live on its own endpoint with its own
 key: :func:`deployment_client` is the client for the deployment the quota chose.

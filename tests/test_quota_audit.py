@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import IO
 
 import pytest
 
@@ -34,6 +35,7 @@ from quota.connect import quota_redis
 from settings import load_settings
 from tests.support.cluster import RedisClusterServers
 from tests.support.processes import REPO_ROOT
+from tests.support.quota import granted, retry_after
 
 pytestmark = pytest.mark.slow
 
@@ -76,17 +78,19 @@ def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list
         )
         if not decision.allowed:
             # Short, random naps keep every client in the race without burning both cores.
-            time.sleep(rng.uniform(0, min(decision.retry_after_s, 0.02)))
+            time.sleep(rng.uniform(0, min(retry_after(decision), 0.02)))
             continue
+        request_id, deployment = granted(decision), decision.deployment
+        assert deployment is not None, decision  # a grant names the deployment that took it
         released = rng.random() < 0.15
         # Never more than locked, so nothing is charged after the grant's own time.
         settlement = (
-            limiter.release(decision.request_id)
+            limiter.release(request_id)
             if released
-            else limiter.report(decision.request_id, rng.randint(0, tokens), 0)
+            else limiter.report(request_id, rng.randint(0, tokens), 0)
         )
         if not (released and settlement.refunded_tokens):  # that one gave its request back too
-            grants.append((at_us, tokens - settlement.refunded_tokens, decision.deployment))
+            grants.append((at_us, tokens - settlement.refunded_tokens, deployment))
     return grants
 
 
@@ -132,6 +136,12 @@ def run_process() -> None:
     print(json.dumps(grants))
 
 
+def pipes(process: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
+    """A racing subprocess's stdin and stdout (it is started with both piped)."""
+    assert process.stdin is not None and process.stdout is not None
+    return process.stdin, process.stdout
+
+
 def race_everyone(
     redis_url: str, charge_model: str, margin_s: float, mode: str = "plain"
 ) -> list[list[Grant]]:
@@ -162,12 +172,13 @@ def race_everyone(
     ]
     try:
         for process in processes:
-            assert process.stdout.readline().strip() == "ready"
+            assert pipes(process)[1].readline().strip() == "ready"
         start = time.time() + START_DELAY_S
         until = start + WINDOWS * WINDOW_S
         for process in processes:
-            process.stdin.write(f"{start} {until}\n")
-            process.stdin.flush()
+            stdin = pipes(process)[0]
+            stdin.write(f"{start} {until}\n")
+            stdin.flush()
         results = race(limiter, range(THREADS), start, until)
         for process in processes:
             output, _ = process.communicate(timeout=PROCESS_TIMEOUT_S)
@@ -178,8 +189,8 @@ def race_everyone(
             if process.poll() is None:
                 process.kill()
             process.wait()
-            process.stdin.close()
-            process.stdout.close()
+            for pipe in pipes(process):
+                pipe.close()
     assert len(results) == THREADS + PROCESSES and all(results[THREADS:]), "a process got nothing"
     return results
 

@@ -19,6 +19,7 @@ from settings import load_settings
 from tasks.completion import chat_completion
 from tasks.connections import quota_limiter
 from tasks.errors import QuotaExhausted, TransientError
+from tests.support.quota import granted, retry_after
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ class Hammer:
                 else:
                     self.refused += 1
             if decision.allowed:
-                self.limiter.report(decision.request_id, self.tokens)
+                self.limiter.report(granted(decision), self.tokens)
             else:
                 self._stop.wait(min(decision.retry_after_s or 0.02, 0.02))
 
@@ -97,7 +98,7 @@ def in_window(limiter: QuotaLimiter) -> int:
 def interactive_call(limiter: QuotaLimiter) -> None:
     decision = limiter.acquire("completion", "gpt-4o", 20, "voice", lane="interactive")
     assert decision.allowed, decision.reason
-    limiter.report(decision.request_id, 20)
+    limiter.report(granted(decision), 20)
 
 
 def test_interactive_calls_get_in_at_once_behind_a_saturating_batch(limiter):
@@ -175,8 +176,8 @@ def complete_waiting(deadline: float) -> str:
         try:
             return chat_completion(MESSAGES, max_tokens=MAX_TOKENS)["model"]
         except QuotaExhausted as refused:
-            assert time.monotonic() + refused.retry_after_s < deadline, "quota never had room"
-            time.sleep(refused.retry_after_s)
+            assert time.monotonic() + retry_after(refused) < deadline, "quota never had room"
+            time.sleep(retry_after(refused))
 
 
 def stats(emulator, name: str) -> dict[str, int]:
@@ -220,7 +221,7 @@ def test_a_failing_deployment_is_skipped_for_its_cool_down_and_comes_back(two_de
     # East still takes nothing and west cools down: quota refuses here, west is not called.
     with pytest.raises(QuotaExhausted, match="cooling down") as refused:
         chat_completion(MESSAGES, max_tokens=MAX_TOKENS)
-    assert 0 < refused.value.retry_after_s <= 2
+    assert 0 < retry_after(refused.value) <= 2
     assert stats(west, WEST)["faults"] == 1
     # East back: it serves meanwhile.
     limiter.clear_limits("completion", EAST)

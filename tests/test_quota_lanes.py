@@ -13,6 +13,7 @@ import pytest
 
 from quota import QuotaError, QuotaLimiter
 from settings import load_settings
+from tests.support.quota import granted, reason, retry_after
 
 MODEL = "gpt-4o"
 # A logical model served by two deployments with different limits, in spill-over order.
@@ -43,8 +44,8 @@ def test_batch_leaves_the_reserve_to_interactive_work_while_it_is_active(client)
     assert limiter.acquire("completion", MODEL, 10, "voice", lane="interactive").allowed
     assert limiter.acquire("completion", MODEL, 890, "bridge").allowed  # 900 = 1000 - reserve
     refused = limiter.acquire("completion", MODEL, 1, "bridge")
-    assert not refused.allowed and "kept for interactive calls" in refused.reason
-    assert refused.reason.startswith("Token limit would be exceeded")
+    assert not refused.allowed and "kept for interactive calls" in reason(refused)
+    assert reason(refused).startswith("Token limit would be exceeded")
     # The reserve is there for interactive work.
     assert limiter.acquire("completion", MODEL, 100, "voice", lane="interactive").allowed
     status = limiter.status("completion", MODEL)
@@ -64,8 +65,8 @@ def test_the_reserve_returns_to_batch_after_the_idle_time(client):
     assert limiter.acquire("completion", MODEL, 799, "bridge").allowed
     refused = limiter.acquire("completion", MODEL, 100, "bridge")
     # Held back by the reserve only: it clears when interactive work has been idle 0.5 s.
-    assert not refused.allowed and 0 < refused.retry_after_s <= 0.5
-    time.sleep(refused.retry_after_s)
+    assert not refused.allowed and 0 < retry_after(refused) <= 0.5
+    time.sleep(retry_after(refused))
     assert limiter.acquire("completion", MODEL, 100, "bridge").allowed
 
 
@@ -89,9 +90,9 @@ def test_an_app_over_its_share_is_refused_while_others_still_fit(client):
     assert limiter.acquire("completion", MODEL, 200, "greedy").allowed
     assert limiter.acquire("completion", MODEL, 100, "greedy", lane="interactive").allowed
     refused = limiter.acquire("completion", MODEL, 1, "greedy")
-    assert not refused.allowed and refused.retry_after_s > 0
-    assert refused.reason.startswith("Token limit would be exceeded: 1 tokens requested, 0 of 300")
-    assert "app 'greedy' is held to its share 0.3" in refused.reason
+    assert not refused.allowed and retry_after(refused) > 0
+    assert reason(refused).startswith("Token limit would be exceeded: 1 tokens requested, 0 of 300")
+    assert "app 'greedy' is held to its share 0.3" in reason(refused)
     # Others get the rest (less the interactive reserve: greedy's interactive call made it live).
     assert limiter.acquire("completion", MODEL, 600, "polite").allowed
     assert limiter.acquire("completion", MODEL, 100, "polite", lane="interactive").allowed
@@ -100,15 +101,15 @@ def test_an_app_over_its_share_is_refused_while_others_still_fit(client):
 def test_a_request_larger_than_the_share_never_fits(client):
     limiter = make_limiter(client, quota_app_shares={"greedy": 0.5})
     decision = limiter.acquire("completion", MODEL, 600, "greedy")
-    assert decision.retry_after_s is None and "its share 0.5" in decision.reason
+    assert decision.retry_after_s is None and "its share 0.5" in reason(decision)
 
 
 def test_a_share_frees_as_the_apps_own_charges_leave_the_window(client):
     limiter = make_limiter(client, window_s=1, quota_app_shares="greedy=0.5")
     assert limiter.acquire("completion", MODEL, 500, "greedy").allowed
     refused = limiter.acquire("completion", MODEL, 10, "greedy")
-    assert not refused.allowed and refused.retry_after_s <= 1.1
-    time.sleep(refused.retry_after_s)
+    assert not refused.allowed and retry_after(refused) <= 1.1
+    time.sleep(retry_after(refused))
     assert limiter.acquire("completion", MODEL, 10, "greedy").allowed
 
 
@@ -128,13 +129,13 @@ def test_a_model_spills_over_to_its_next_deployment_in_order(client):
     assert second.allowed and second.deployment == "gpt-4o-west"
     assert limiter.acquire("completion", MODEL, 100, "a").deployment == "gpt-4o-east"
     refused = limiter.acquire("completion", MODEL, 200, "a")
-    assert not refused.allowed and refused.retry_after_s > 0
+    assert not refused.allowed and retry_after(refused) > 0
     statuses = {status.deployment: status for status in limiter.model_status("completion", MODEL)}
     assert statuses["gpt-4o-east"].locked_tokens == 1000
     assert statuses["gpt-4o-west"].locked_tokens == 400
     assert {status.model for status in statuses.values()} == {MODEL}
     # Each lock settles on its own deployment.
-    limiter.release(second.request_id)
+    limiter.release(granted(second))
     assert limiter.status("completion", "gpt-4o-west").locked_tokens == 0
 
 
@@ -145,7 +146,7 @@ def test_a_request_too_large_for_one_deployment_goes_to_one_it_fits(client):
     limiter = make_limiter(client, openai_deployments=spill)
     assert limiter.acquire("completion", MODEL, 1000, "a").deployment == "large"
     never = limiter.acquire("completion", MODEL, 6000, "a")
-    assert never.retry_after_s is None and "more than the whole limit" in never.reason
+    assert never.retry_after_s is None and "more than the whole limit" in reason(never)
 
 
 def test_the_refusal_is_the_deployment_that_clears_soonest(client):
@@ -155,7 +156,7 @@ def test_the_refusal_is_the_deployment_that_clears_soonest(client):
     assert limiter.acquire("completion", MODEL, 500, "a").deployment == "gpt-4o-west"
     refused = limiter.acquire("completion", MODEL, 100, "a")
     # East's charge is the older: it leaves first.
-    assert refused.deployment == "gpt-4o-east" and refused.retry_after_s < 1.7
+    assert refused.deployment == "gpt-4o-east" and retry_after(refused) < 1.7
 
 
 def test_one_deployment_named_alone_is_counted_with_its_model(client):
@@ -177,7 +178,7 @@ def test_a_single_deployment_keeps_its_older_keys(client):
 def test_a_rejected_request_keeps_its_charge_and_cools_its_deployment_down(client):
     limiter = make_limiter(client, openai_deployments=SPILL)
     decision = limiter.acquire("completion", MODEL, 300, "a")
-    assert limiter.reject(decision.request_id, 0.6) == (0, 0)
+    assert limiter.reject(granted(decision), 0.6) == (0, 0)
     east = limiter.status("completion", "gpt-4o-east")
     assert east.used_tokens == 300 and east.locked_tokens == 0 and 0.5 < east.cooldown_s <= 0.6
     # Skipped while it cools down; back afterwards.
@@ -188,11 +189,11 @@ def test_a_rejected_request_keeps_its_charge_and_cools_its_deployment_down(clien
 
 def test_a_single_deployment_cooling_down_refuses_with_the_time_left(client):
     limiter = make_limiter(client)
-    limiter.reject(limiter.acquire("completion", MODEL, 10, "a").request_id, 5)
+    limiter.reject(granted(limiter.acquire("completion", MODEL, 10, "a")), 5)
     refused = limiter.acquire("completion", MODEL, 10, "a")
-    assert not refused.allowed and 4 < refused.retry_after_s <= 5
-    assert refused.reason.startswith("API Rate limit would be exceeded")
-    assert "cooling down" in refused.reason
+    assert not refused.allowed and 4 < retry_after(refused) <= 5
+    assert reason(refused).startswith("API Rate limit would be exceeded")
+    assert "cooling down" in reason(refused)
     assert limiter.status("completion", MODEL).cooldown_s > 4
 
 
@@ -200,11 +201,11 @@ def test_a_restamped_charge_is_counted_from_when_it_was_sent(client):
     limiter = make_limiter(client, window_s=1)
     decision = limiter.acquire("completion", MODEL, 600, "a")
     time.sleep(0.5)
-    limiter.restamp(decision.request_id)
+    limiter.restamp(granted(decision))
     # Counted from now: still in the window 0.6 s later, when the original stamp would have left.
     time.sleep(0.6)
     assert not limiter.acquire("completion", MODEL, 600, "a").allowed
-    limiter.report(decision.request_id, 600)
+    limiter.report(granted(decision), 600)
     status = limiter.status("completion", MODEL)
     assert status.used_tokens == 600 and status.used_requests == 1
 

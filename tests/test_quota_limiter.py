@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from quota import QuotaError, QuotaLimiter, Settlement
 from settings import load_settings
+from tests.support.quota import granted, reason, retry_after
 
 DEPLOYMENT = "gpt-4o"
 
@@ -75,7 +76,7 @@ def test_acquire_locks_tokens_and_a_request_until_reported(client):
     assert (status.available_tokens, status.locked_tokens, status.used_tokens) == (700, 300, 0)
     assert (status.locked_requests, status.available_requests) == (1, 9)
 
-    assert limiter.report(decision.request_id, 200, 100) == Settlement(0, 0)
+    assert limiter.report(granted(decision), 200, 100) == Settlement(0, 0)
     status = limiter.status("completion", DEPLOYMENT)
     assert (status.available_tokens, status.locked_tokens, status.used_tokens) == (700, 0, 300)
     assert status.apps["feedback"].tokens == 300
@@ -87,8 +88,10 @@ def test_a_refusal_says_why_and_changes_nothing(client):
     before = snapshot(client)
     decision = limiter.acquire("completion", DEPLOYMENT, 300, "feedback")
     assert not decision.allowed and decision.request_id is None
-    assert decision.reason.startswith("Token limit would be exceeded: 300 tokens requested, 200 of")
-    assert 59 < decision.retry_after_s <= 61
+    assert reason(decision).startswith(
+        "Token limit would be exceeded: 300 tokens requested, 200 of"
+    )
+    assert 59 < retry_after(decision) <= 61
     assert snapshot(client) == before
 
 
@@ -96,10 +99,10 @@ def test_requests_are_limited_per_sixth_of_the_window_as_azure_does(client):
     limiter = make_limiter(client, rpm=60)  # 10 per 10 s
     assert all(limiter.acquire("completion", DEPLOYMENT, 1, "a").allowed for _ in range(10))
     decision = limiter.acquire("completion", DEPLOYMENT, 1, "a")
-    assert decision.reason.startswith(
+    assert reason(decision).startswith(
         "API Rate limit would be exceeded: 10 of 10 requests in the last 10 s"
     )
-    assert 9 < decision.retry_after_s <= 11
+    assert 9 < retry_after(decision) <= 11
 
 
 def test_whisper_is_limited_by_requests_with_its_own_wording(client):
@@ -107,7 +110,7 @@ def test_whisper_is_limited_by_requests_with_its_own_wording(client):
     limiter.set_limits("whisper", "whisper", rpm=12)  # 2 per 10 s
     assert limiter.acquire("whisper", "whisper", 0, "app").allowed
     assert limiter.acquire("whisper", "whisper", 0, "app").allowed
-    assert limiter.acquire("whisper", "whisper", 0, "app").reason.startswith(
+    assert reason(limiter.acquire("whisper", "whisper", 0, "app")).startswith(
         "Whisper rate limit exceeded: 2 of 2 requests"
     )
 
@@ -116,7 +119,7 @@ def test_a_request_larger_than_the_limit_is_told_it_never_fits(client):
     limiter = make_limiter(client, tpm=1000)
     decision = limiter.acquire("completion", DEPLOYMENT, 1001, "app")
     assert not decision.allowed and decision.retry_after_s is None
-    assert "more than the whole limit of 1000" in decision.reason
+    assert "more than the whole limit of 1000" in reason(decision)
 
 
 def test_retry_after_is_honest(client):
@@ -126,8 +129,8 @@ def test_retry_after_is_honest(client):
     assert limiter.acquire("completion", DEPLOYMENT, 30, "a").allowed
     refused = limiter.acquire("completion", DEPLOYMENT, 50, "a")
     # Only the first 70 tokens need to leave, about 0.7 s from now; not the whole window.
-    assert not refused.allowed and refused.retry_after_s < 0.9
-    time.sleep(refused.retry_after_s)
+    assert not refused.allowed and retry_after(refused) < 0.9
+    time.sleep(retry_after(refused))
     assert limiter.acquire("completion", DEPLOYMENT, 50, "a").allowed
 
 
@@ -136,19 +139,19 @@ def test_a_charge_stays_counted_for_the_upstream_margin_past_the_window(client):
     limiter = make_limiter(client, window_s=1, margin_s=0.5, tpm=100, rpm=600)
     assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
     refused = limiter.acquire("completion", DEPLOYMENT, 1, "a")
-    assert not refused.allowed and 1.0 < refused.retry_after_s <= 1.55
+    assert not refused.allowed and 1.0 < retry_after(refused) <= 1.55
     assert 1.0 < limiter.status("completion", DEPLOYMENT).reset_time_seconds <= 1.55
     time.sleep(1.1)  # past the window, not past the margin
     still = limiter.acquire("completion", DEPLOYMENT, 1, "a")
-    assert not still.allowed and 0 < still.retry_after_s <= 0.45
-    time.sleep(still.retry_after_s)
+    assert not still.allowed and 0 < retry_after(still) <= 0.45
+    time.sleep(retry_after(still))
     assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
 
 
 def test_azure_charge_model_keeps_the_estimate_and_adds_overruns(client):
     limiter = make_limiter(client, charge_model="azure")
-    under = limiter.acquire("completion", DEPLOYMENT, 300, "a").request_id
-    over = limiter.acquire("completion", DEPLOYMENT, 100, "a").request_id
+    under = granted(limiter.acquire("completion", DEPLOYMENT, 300, "a"))
+    over = granted(limiter.acquire("completion", DEPLOYMENT, 100, "a"))
     assert limiter.report(under, 50, 50) == Settlement(0, 0)
     assert limiter.report(over, 100, 50) == Settlement(50, 0)
     assert limiter.status("completion", DEPLOYMENT).used_tokens == 450
@@ -156,7 +159,7 @@ def test_azure_charge_model_keeps_the_estimate_and_adds_overruns(client):
 
 def test_usage_charge_model_trues_up_to_actual_usage(client):
     limiter = make_limiter(client, charge_model="usage")
-    request_id = limiter.acquire("completion", DEPLOYMENT, 300, "a").request_id
+    request_id = granted(limiter.acquire("completion", DEPLOYMENT, 300, "a"))
     assert limiter.report(request_id, 50, 50) == Settlement(0, 200)
     status = limiter.status("completion", DEPLOYMENT)
     assert (status.used_tokens, status.available_tokens) == (100, 900)
@@ -164,8 +167,8 @@ def test_usage_charge_model_trues_up_to_actual_usage(client):
 
 def test_a_refund_after_its_bucket_left_the_window_creates_nothing(client):
     limiter = make_limiter(client, window_s=1, lock_ttl_s=30, charge_model="usage")
-    late_report = limiter.acquire("completion", DEPLOYMENT, 300, "a").request_id
-    late_release = limiter.acquire("completion", DEPLOYMENT, 200, "a").request_id
+    late_report = granted(limiter.acquire("completion", DEPLOYMENT, 300, "a"))
+    late_release = granted(limiter.acquire("completion", DEPLOYMENT, 200, "a"))
     time.sleep(1.1)
     assert limiter.report(late_report, 10, 10) == Settlement(0, 0)
     assert limiter.release(late_release) == Settlement(0, 0)
@@ -176,9 +179,9 @@ def test_a_refund_after_its_bucket_left_the_window_creates_nothing(client):
 def test_refunds_reach_older_buckets_still_in_the_window(client):
     # 3 s window: 50 ms buckets, so each step below lands in a bucket of its own.
     limiter = make_limiter(client, window_s=3, charge_model="usage")
-    reported = limiter.acquire("completion", DEPLOYMENT, 100, "a").request_id
+    reported = granted(limiter.acquire("completion", DEPLOYMENT, 100, "a"))
     time.sleep(0.06)
-    released = limiter.acquire("completion", DEPLOYMENT, 200, "b").request_id
+    released = granted(limiter.acquire("completion", DEPLOYMENT, 200, "b"))
     time.sleep(0.06)
     limiter.acquire("completion", DEPLOYMENT, 300, "c")
     time.sleep(0.06)
@@ -192,7 +195,7 @@ def test_refunds_reach_older_buckets_still_in_the_window(client):
 
 def test_release_gives_back_tokens_and_the_request(client):
     limiter = make_limiter(client, rpm=6)  # 1 per 10 s
-    request_id = limiter.acquire("completion", DEPLOYMENT, 400, "a").request_id
+    request_id = granted(limiter.acquire("completion", DEPLOYMENT, 400, "a"))
     assert not limiter.acquire("completion", DEPLOYMENT, 1, "a").allowed
     assert limiter.release(request_id) == Settlement(0, 400)
     assert limiter.acquire("completion", DEPLOYMENT, 1000, "a").allowed
@@ -200,7 +203,7 @@ def test_release_gives_back_tokens_and_the_request(client):
 
 def test_a_lock_is_settled_once(client):
     limiter = make_limiter(client)
-    request_id = limiter.acquire("completion", DEPLOYMENT, 100, "a").request_id
+    request_id = granted(limiter.acquire("completion", DEPLOYMENT, 100, "a"))
     limiter.report(request_id, 10, 10)
     before = snapshot(client)
     with pytest.raises(QuotaError, match="already reported or released"):
@@ -212,8 +215,8 @@ def test_a_lock_is_settled_once(client):
 
 def test_an_unreported_lock_expires_and_stays_spent(client):
     limiter = make_limiter(client, lock_ttl_s=1)
-    reported = limiter.acquire("completion", DEPLOYMENT, 100, "a").request_id
-    released = limiter.acquire("completion", DEPLOYMENT, 200, "a").request_id
+    reported = granted(limiter.acquire("completion", DEPLOYMENT, 100, "a"))
+    released = granted(limiter.acquire("completion", DEPLOYMENT, 200, "a"))
     time.sleep(1.05)
     with pytest.raises(QuotaError, match=r"expired: it was not reported within 1 s"):
         limiter.report(reported, 10, 10)
@@ -244,7 +247,7 @@ def test_limits_changed_mid_window_apply_to_every_process_at_once(client):
     assert first.acquire("completion", DEPLOYMENT, 600, "a").allowed
     second.set_limits("completion", DEPLOYMENT, tpm=500)
     lowered = first.acquire("completion", DEPLOYMENT, 1, "a")
-    assert not lowered.allowed and "0 of 500 available" in lowered.reason
+    assert not lowered.allowed and "0 of 500 available" in reason(lowered)
     second.set_limits("completion", DEPLOYMENT, tpm=2000)
     assert first.acquire("completion", DEPLOYMENT, 1400, "a").allowed
     assert first.status("completion", DEPLOYMENT).tpm == 2000
@@ -360,7 +363,7 @@ class LimiterAgainstAModel(RuleBasedStateMachine):
         if fits:
             self.tokens += tokens
             self.requests += 1
-            self.open_locks[decision.request_id] = tokens
+            self.open_locks[granted(decision)] = tokens
 
     @precondition(lambda self: self.open_locks)
     @rule(data=st.data(), actual=st.integers(0, 800))

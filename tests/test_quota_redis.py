@@ -13,6 +13,7 @@ import redis.asyncio
 from quota import AsyncQuotaLimiter, QuotaLimiter, Settlement
 from settings import load_settings
 from settings.redis_server import RedisServer
+from tests.support.quota import granted, reason, retry_after
 
 DEPLOYMENT = "gpt-4o"
 
@@ -48,8 +49,8 @@ def test_retry_after_is_honest_on_the_real_server(redis_url):
     assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
     refused = limiter.acquire("completion", DEPLOYMENT, 1, "a")
     # The window, the margin and at most one bucket (25 ms) more.
-    assert not refused.allowed and 1.0 < refused.retry_after_s <= 1.55
-    time.sleep(refused.retry_after_s)
+    assert not refused.allowed and 1.0 < retry_after(refused) <= 1.55
+    time.sleep(retry_after(refused))
     assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
     client.close()
 
@@ -61,11 +62,11 @@ def test_the_asyncio_limiter_does_what_the_sync_one_does(redis_url):
         await limiter.set_limits("completion", DEPLOYMENT, tpm=1000, rpm=60)
         first = await limiter.acquire("completion", DEPLOYMENT, 600, "feedback")
         refused = await limiter.acquire("completion", DEPLOYMENT, 600, "feedback")
-        assert first.allowed and refused.reason.startswith("Token limit would be exceeded")
+        assert first.allowed and reason(refused).startswith("Token limit would be exceeded")
         await client.script_flush()
-        assert await limiter.report(first.request_id, 100, 100) == Settlement(0, 400)
+        assert await limiter.report(granted(first), 100, 100) == Settlement(0, 400)
         second = await limiter.acquire("completion", DEPLOYMENT, 600, "reasoner")
-        assert await limiter.release(second.request_id) == Settlement(0, 600)
+        assert await limiter.release(granted(second)) == Settlement(0, 600)
         usage = await limiter.observe_upstream("completion", DEPLOYMENT, remaining_tokens=700)
         assert usage.tokens == 100
         status = await limiter.status("completion", DEPLOYMENT)

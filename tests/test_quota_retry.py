@@ -17,6 +17,7 @@ from quota import (
     with_token_limit_retry_decorator,
 )
 from settings import load_settings
+from tests.support.quota import granted, reason
 
 RETRY_AFTER_S = 0.05
 
@@ -118,9 +119,10 @@ def test_end_to_end_a_task_refused_by_the_limiter_runs_once_capacity_frees():
         def call_azure(tokens: int) -> str:
             decision = limiter.acquire("completion", "gpt-4o", tokens, "app")
             if not decision.allowed:
-                raise QuotaExceeded(decision.reason, decision.retry_after_s)
-            limiter.report(decision.request_id, tokens, 0)
-            return decision.request_id
+                raise QuotaExceeded(reason(decision), decision.retry_after_s)
+            request_id = granted(decision)
+            limiter.report(request_id, tokens, 0)
+            return request_id
 
         first, second = call_azure(80), call_azure(80)
     assert first != second

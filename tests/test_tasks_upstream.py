@@ -1,6 +1,6 @@
 """tasks/upstream.py's quota_call on the real redis-server: how each way a call ends settles its
-lock. The SDK's errors are built as the SDK raises them (an httpx response with its headers); the
-request paths against a real emulator are in test_tasks_completion.py and
+lock. The SDK's errors are built as the SDK raises them (an httpx2 response, its HTTP client's,
+with its headers); the request paths against a real emulator are in test_tasks_completion.py and
 test_quota_integration.py."""
 
 from __future__ import annotations
@@ -8,16 +8,17 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
+import httpx2
 import openai
 import pytest
 
 from tasks.connections import quota_limiter
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
 from tasks.upstream import quota_call
+from tests.support.quota import retry_after
 
 MODEL = "gpt-4o"
-REQUEST = httpx.Request("POST", "http://127.0.0.1:9/openai/deployments/gpt-4o/chat/completions")
+REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/openai/deployments/gpt-4o/chat/completions")
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,7 @@ def status(deployment: str = MODEL):
 
 
 def http_error(kind: type[openai.APIStatusError], code: int, **headers: str) -> Exception:
-    response = httpx.Response(code, headers=headers, request=REQUEST, json={"error": {}})
+    response = httpx2.Response(code, headers=headers, request=REQUEST, json={"error": {}})
     return kind("refused", response=response, body=None)
 
 
@@ -44,7 +45,7 @@ def test_a_refusal_holds_nothing_and_says_when():
         with quota_call("completion", MODEL, 60, app_id="a"):
             with quota_call("completion", MODEL, 60, app_id="a"):
                 pass
-    assert later.value.retry_after_s > 0
+    assert retry_after(later.value) > 0
     with pytest.raises(PermanentError, match="more than the whole limit"):
         with quota_call("completion", MODEL, 500, app_id="a"):
             pass

@@ -7,7 +7,10 @@ covers it).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from werkzeug.test import TestResponse
 
 from settings import load_settings
 from settings.redis_server import RedisServer
@@ -43,6 +46,12 @@ def client(redis_url: str):
     )
     with create_app(settings).test_client() as test_client:
         yield test_client
+
+
+def json_of(response: TestResponse) -> Any:
+    """A response's JSON body (Flask types it optional: None when the body is not JSON)."""
+    assert response.is_json, response.data
+    return response.json
 
 
 def lock(client, path: str = "/lock", **body: object) -> dict:
@@ -265,7 +274,7 @@ def test_status_is_503_with_the_reason_while_redis_is_down(tmp_path) -> None:
             for path in ("/status", "/whisper/status", "/api/v1/quota"):
                 down = client.get(path)
                 assert down.status_code == 503, (path, down.json)
-                assert down.json["detail"].startswith("quota store unreachable")
+                assert json_of(down)["detail"].startswith("quota store unreachable")
             refused = client.post("/lock", json={"app_id": "a", "token_count": 1})
             assert refused.status_code == 503
     finally:
@@ -281,12 +290,12 @@ def test_the_hot_routes_need_the_credential_like_every_other(redis_url: str) -> 
             refused = client.post("/lock", json=body, headers=headers)
             assert refused.status_code == 401, headers
             assert refused.headers["WWW-Authenticate"].startswith("Bearer")
-            assert "detail" in refused.json
+            assert "detail" in json_of(refused)
         granted = client.post("/lock", json=body, headers={"X-API-Key": key})
-        assert granted.status_code == 200 and granted.json["allowed"] is True
+        assert granted.status_code == 200 and json_of(granted)["allowed"] is True
         release = client.post(
             "/release",
-            json={"app_id": "app1", "request_id": granted.json["request_id"]},
+            json={"app_id": "app1", "request_id": json_of(granted)["request_id"]},
             headers={"X-API-Key": key},
         )
         assert release.json == {"success": True}

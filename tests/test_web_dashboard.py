@@ -20,12 +20,15 @@ import redis
 import websocket
 
 from bridge.metrics import Counters, Heartbeat, read_bridge_stats
-from settings import Route
+from quota import QuotaLimiter
+from quota.scripts import sha_of
+from settings import Route, load_settings
 from tests.support.browser import chromium_driver, text_of
 from tests.support.processes import REPO_ROOT
 from tests.support.waiting import wait_until
 from web.broadcaster import StatusBroadcaster, Subscription
 from web.history import ChartHistory
+from web.snapshot import SnapshotReader
 
 SCREENSHOT_FOR_README = REPO_ROOT / "docs" / "dashboard.png"
 # Set to refresh the README's picture from this test; off so tests leave the tree clean.
@@ -149,6 +152,17 @@ def test_gunicorn_records_the_chart_with_nobody_watching(start_web, redis_client
     assert first["type"] == "history"
     assert len(first["points"]) >= 3
     assert "completion/gpt-4o" in first["points"][-1]["series"]
+
+
+def test_a_snapshot_loads_the_status_script_again_after_a_flush(redis_client) -> None:
+    limiter = QuotaLimiter(redis_client, load_settings())
+    assert limiter.acquire("completion", "gpt-4o", 10, "a").allowed
+    reader = SnapshotReader(redis_client, limiter, [])
+    assert reader.read()["pools"]  # the settings' deployments, read with the status script
+    redis_client.script_flush()
+    views = {view["name"]: view for view in reader.read()["pools"]}
+    assert views["completion/gpt-4o"]["locked_tokens"] == 10
+    assert redis_client.script_exists(sha_of("status")) == [True]
 
 
 def test_bridge_counters_say_since_when_they_count(redis_client) -> None:

@@ -16,7 +16,7 @@ import redis
 
 from bridge.metrics import read_bridge_stats
 from quota import QuotaLimiter, QuotaStatus
-from quota.scripts import sha_of, source_of
+from quota.scripts import reloading, sha_of
 
 # kombu's Redis transport keeps messages delivered to workers but not yet acked in this hash.
 UNACKED_KEY = "unacked"
@@ -33,12 +33,8 @@ class SnapshotReader:
         self._deployments = self._protocol.known_deployments([])
 
     def read(self) -> dict[str, Any]:
-        try:
-            return self._read_once()
-        except redis.exceptions.NoScriptError:
-            # Redis restarted or its scripts were flushed: load the status script again and retry.
-            self._client.script_load(source_of("status"))
-            return self._read_once()
+        # Redis restarted or its scripts were flushed: the status script is loaded again, once.
+        return reloading(self._client, "status", self._read_once)
 
     def _read_once(self) -> dict[str, Any]:
         # Quota on its own Redis (QUOTA_REDIS_URL, maybe a cluster): read it there, apart.

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 import redis.cluster
@@ -62,7 +65,7 @@ class RedisClusterServers:
             for port in self.ports:
                 self._processes.append(self._start_node(port))
             for port in self.ports:
-                self._wait(lambda port=port: redis.Redis(port=port).ping(), f"node {port} PING")
+                self._wait(partial(self._answers_ping, port), f"node {port} PING")
             subprocess.run(
                 [
                     _redis_cli(self.binary),
@@ -112,17 +115,27 @@ class RedisClusterServers:
             stderr=subprocess.DEVNULL,
         )
 
+    @staticmethod
+    def _answers_ping(port: int) -> bool:
+        client = redis.Redis(port=port)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
     def _all_slots_served(self) -> bool:
         for port in self.ports:
             client = redis.Redis(port=port)
             try:
-                if client.cluster("info").get("cluster_state") != "ok":
+                # redis-py types a reply "maybe awaitable"; on this sync client it is the dict.
+                info = cast(dict[str, Any], client.cluster("info"))
+                if info.get("cluster_state") != "ok":
                     return False
             finally:
                 client.close()
         return True
 
-    def _wait(self, check, what: str) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, check: Callable[[], object], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECS
         while time.monotonic() < deadline:
             if any(process.poll() is not None for process in self._processes):
