@@ -39,12 +39,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
 from quota import QuotaLimiter
-from settings import Deployment, get_logger
+from settings import Deployment, PoolName, get_logger
 from tasks.clients import deployment_client
 from tasks.connections import quota_limiter, redis_client
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-PoolName = Literal["completion", "embedding", "whisper"]
 # Statuses worth another try: timeout, conflict, throttled, and the server's own failures.
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
 # Which setting to check when the upstream refuses our credentials.
