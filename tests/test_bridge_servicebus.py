@@ -181,7 +181,7 @@ class FakePublisher:
         self.published: list[Any] = []
         self.fail = False
 
-    def publish(self, requests) -> None:
+    def publish(self, requests, traces=None) -> None:
         if self.fail:
             raise BrokerUnavailable("publishing failed: Connection refused")
         self.published += requests

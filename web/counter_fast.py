@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from quota import QuotaLimiter
 from settings import get_logger
+from settings.jsonsafe import JsonRejected, loads_bounded
 from web.auth import Authenticator, AuthError
 from web.counter import ANSWERS, POOL_PREFIXES, UNREACHABLE, BadCount, unreachable_detail
 
@@ -83,7 +84,7 @@ class CounterFastPath:
         if route is None or environ.get("REQUEST_METHOD") != "POST":
             return self._app(environ, start_response)
         status, body, extra = self._answer(environ, *route)
-        payload = json.dumps(body).encode()
+        payload = json.dumps(body, allow_nan=False).encode()
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(payload))),
@@ -107,9 +108,10 @@ class CounterFastPath:
         if length > self._max_bytes:
             return 413, {"detail": f"the body is over {self._max_bytes} bytes"}, []
         try:
-            data = json.loads(environ["wsgi.input"].read(length))
-        except ValueError as error:
-            return 400, {"detail": f"Failed to decode JSON object: {error}"}, []
+            # The same bounded, strict parser as every Flask route (web/strict_json.py).
+            data = loads_bounded(environ["wsgi.input"].read(length), max_bytes=self._max_bytes)
+        except JsonRejected as error:
+            return 400, {"detail": str(error)}, []
         try:
             status, body = ANSWERS[action](self._limiter, pool, data)
         except BadCount as error:

@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 
 from emulators.acs.app import create_app, emulator
 from emulators.acs.tls import ensure_certificate
-from settings import Settings, configure_logging, get_settings
+from settings import Settings, configure_logging, settings_or_exit
 
 log = logging.getLogger("conduit.emulators.acs")
 # A call with a few questions takes tens of seconds in real time.
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--target-url", help="Conduit's Event Grid route (default: the setting)")
     call.add_argument("--json", action="store_true", help="print the whole call summary")
     args = parser.parse_args(argv)
-    settings = get_settings()
+    # A wrong setting ends it with one line, as every entry point does.
+    settings = settings_or_exit("emulators.acs")
     configure_logging(settings)
     if args.command != "call":
         serve(settings)
