@@ -38,8 +38,11 @@ run: $(INSTALLED)
 	$(BIN)/python -m stack $(RUN_ARGS)
 
 # pytest exits 5 when it collected no test: a CI run that tested nothing is a failure here.
+# Two test files at a time (pytest-xdist, one file per worker so a module's servers stay shared):
+# the suite is mostly waiting on real servers and processes, which overlaps well on two cores.
+PYTEST_WORKERS ?= 2
 test: $(TEST_INSTALLED) test-tools checks
-	$(BIN)/python -m pytest; status=$$?; \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$status
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import pytest
 from opentelemetry import trace
@@ -13,11 +14,36 @@ from opentelemetry import trace
 from settings import load_settings
 from telemetry import configure_tracing, context_from_carrier, current_carrier, tracer
 from telemetry.fleet_metrics import FleetMetrics
-from tests.support.otlp import running_otlp_receiver
+from tests.support.otlp import ReceivedSpan, running_otlp_receiver
 from tests.support.processes import REPO_ROOT
 
 PRODUCER_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{PRODUCER_TRACE_ID}-b7ad6b7169203331-01"
+
+
+def run_traced(
+    script: str, done: Callable[[list[ReceivedSpan]], bool]
+) -> tuple[subprocess.CompletedProcess[str], list[ReceivedSpan]]:
+    """Run ``script`` in a child process exporting to a local OTLP receiver (tracing is set up
+    once per process for good, so never in the test's own); its output and the spans received."""
+    with running_otlp_receiver() as receiver:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "CONDUIT_ENV_FILE": "/dev/null",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "LOG_FORMAT": "json",
+        }
+        finished = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert finished.returncode == 0, finished.stderr
+        return finished, receiver.wait_for(done, 10, "the script's spans")
 
 
 def test_tracing_off_sets_up_nothing_and_starts_no_thread() -> None:
@@ -42,7 +68,6 @@ def test_a_carrier_with_a_traceparent_continues_that_trace() -> None:
 
 
 def test_spans_and_log_lines_reach_an_otlp_receiver_from_a_configured_process() -> None:
-    # Tracing is set up once per process for good, so this runs in a child process.
     script = f"""
 import logging
 from opentelemetry import propagate
@@ -58,26 +83,7 @@ with tracer.start_as_current_span("probe.work", context=parent) as span:
     print("CARRIER", current_carrier()["traceparent"], flush=True)
 shutdown_tracing()
 """
-    with running_otlp_receiver() as receiver:
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "CONDUIT_ENV_FILE": "/dev/null",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "LOG_FORMAT": "json",
-        }
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        spans = receiver.wait_for(
-            lambda s: any(x.name == "probe.work" for x in s), 10, "the probe span"
-        )
+    done, spans = run_traced(script, lambda s: any(x.name == "probe.work" for x in s))
     (span,) = [s for s in spans if s.name == "probe.work"]
     assert span.service == "conduit-probe"
     assert span.trace_id == "0af7651916cd43dd8448eb211c80319c"
@@ -153,25 +159,7 @@ print(tool.end_turn(1))
 tool.barge_in(eou + 1.0, eou + 1.04)
 shutdown_tracing()
 """
-    with running_otlp_receiver() as receiver:
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "CONDUIT_ENV_FILE": "/dev/null",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        }
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        spans = receiver.wait_for(
-            lambda s: {x.name for x in s} >= {"voice.turn", "voice.barge_in"}, 10, "voice spans"
-        )
+    _, spans = run_traced(script, lambda s: {x.name for x in s} >= {"voice.turn", "voice.barge_in"})
     (turn,) = [s for s in spans if s.name == "voice.turn"]
     (barge_in,) = [s for s in spans if s.name == "voice.barge_in"]
     assert turn.parent_id == "" and turn.trace_id != barge_in.trace_id  # one turn, one trace

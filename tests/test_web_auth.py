@@ -8,10 +8,8 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -19,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from settings import load_settings
+from tests.support.jwks import new_rsa_key, serve_jwks
 from web.app import create_app
 from web.auth import AuthConfigError
 
@@ -28,39 +27,16 @@ CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 PROTECTED = "/status"
 
 
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 @pytest.fixture(scope="module")
 def signing_key() -> rsa.RSAPrivateKey:
-    return new_key()
+    return new_rsa_key()
 
 
 @pytest.fixture(scope="module")
 def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
     """A JWKS endpoint on 127.0.0.1 publishing the public half of ``signing_key`` as kid k1."""
-    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True)
-    body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="jwks", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/discovery/v2.0/keys"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_jwks(signing_key, kid="k1") as url:
+        yield url
 
 
 def token(key: rsa.RSAPrivateKey, kid: str = "k1", **overrides: object) -> str:
@@ -123,13 +99,13 @@ def test_bad_claims_are_refused(client, signing_key, claims, detail) -> None:
 
 
 def test_token_signed_by_another_key_is_refused(client) -> None:
-    response = client.get(PROTECTED, headers=bearer(token(new_key())))
+    response = client.get(PROTECTED, headers=bearer(token(new_rsa_key())))
     assert response.status_code == 401
     assert response.json == {"detail": "Invalid token."}
 
 
 def test_unknown_kid_is_refused(client) -> None:
-    response = client.get(PROTECTED, headers=bearer(token(new_key(), kid="rotated-away")))
+    response = client.get(PROTECTED, headers=bearer(token(new_rsa_key(), kid="rotated-away")))
     assert response.status_code == 401
 
 
