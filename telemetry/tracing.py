@@ -6,8 +6,9 @@
 Off (no ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``APPLICATIONINSIGHTS_CONNECTION_STRING`` or
 ``TRACING_CONSOLE``): no SDK is installed, ``tracer`` hands out non-recording spans from the
 API's no-op provider, and no exporter thread starts. On: a ``TracerProvider`` for the service with
-one batch processor per exporter, and Celery and Redis instrumented (Flask per app, with
-:func:`instrument_flask`). Sampling follows a producer's decision when a trace is continued.
+one batch processor per exporter, and Celery instrumented (Flask per app, with
+:func:`instrument_flask`; Redis's commands too with ``TRACING_REDIS``, off by default for their
+cost). Sampling follows a producer's decision when a trace is continued.
 
 Processes that fork (gunicorn, Celery's prefork pool) must call this after the fork: a batch
 processor's export thread does not survive one.
@@ -133,7 +134,7 @@ def configure_tracing(
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         trace.set_tracer_provider(provider)
         _State.provider = provider
-        _instrument_libraries()
+        _instrument_libraries(redis=settings.tracing_redis)
         atexit.register(shutdown_tracing)
     log.info(
         "tracing on for %s: %s",
@@ -151,12 +152,13 @@ def configure_tracing(
     return True
 
 
-def _instrument_libraries() -> None:
+def _instrument_libraries(redis: bool) -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     CeleryInstrumentor().instrument()
-    RedisInstrumentor().instrument()
+    if redis:
+        RedisInstrumentor().instrument()
 
 
 def instrument_flask(app: Any) -> None:

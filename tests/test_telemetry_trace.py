@@ -54,6 +54,8 @@ def test_one_message_is_one_trace_across_the_processes(
             # Export within a tenth of a second instead of five: the test waits for the spans.
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "BRIDGE_MAX_IDLE_SECONDS": "1",
+            # Redis's own spans too (off by default for their cost).
+            "TRACING_REDIS": "true",
         }
         start_worker(**env)
         bridge = ManagedProcess(
@@ -121,6 +123,8 @@ def test_one_message_is_one_trace_across_the_processes(
     assert upstream.attributes["conduit.deployment"] == acquire.attributes["conduit.deployment"]
     assert upstream.attributes["http.response.status_code"] == "200"
     assert upstream.attributes["gen_ai.usage.output_tokens"] > 0
+    # With TRACING_REDIS, the outbox's script call is a Redis span under the write.
+    assert any(s.parent_id == write.span_id and s.name.startswith("EVALSHA") for s in trace)
     assert send.parent_id == write.span_id
     # The result on the output queue carries the trace on, from the send span.
     assert result.application_properties["traceparent"] == f"00-{PRODUCER_TRACE}-{send.span_id}-01"
