@@ -8,7 +8,8 @@ from pydantic import SecretStr
 
 from settings.config import Settings, load_settings
 from settings.redis_server import free_port
-from voice.engines.base import EngineError, FreshEngines, engines_from_settings
+from tests.support.processes import REPO_ROOT
+from voice.engines.base import ENGINE_SAMPLE_RATE, EngineError, FreshEngines, engines_from_settings
 from voice.engines.local import LocalRecognizer, LocalSynthesizer, read_phrases
 
 QUESTION = "what is the weather today"
@@ -116,3 +117,17 @@ def test_the_emulators_and_the_agent_share_one_espeak_in_a_process() -> None:
     assert len(before) > 8000 and len(after) > 8000
     assert len(ours) > 16000
     assert LocalRecognizer([QUESTION, "hello world"]).transcribe(ours) == QUESTION
+
+
+def test_a_new_recognizer_hears_its_first_streamed_utterance() -> None:
+    """A fresh pocketsphinx decoder used to hear '' for its first streamed utterance with make
+    run's grammar (its feature normalisation starts from the model's defaults), so the agent
+    answered no caller on a new engine set."""
+    phrases = read_phrases(REPO_ROOT / "emulators" / "phrases.txt")
+    silence = bytes(int(0.3 * ENGINE_SAMPLE_RATE) * 2)
+    speech = silence + b"".join(LocalSynthesizer().synthesize(QUESTION, 16000)) + silence
+    recognizer = LocalRecognizer(phrases)
+    recognizer.start_utterance()
+    for start in range(0, len(speech), 640):  # 20 ms frames, as ACS sends them
+        recognizer.push(speech[start : start + 640])
+    assert recognizer.finish_utterance() == QUESTION
