@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 
@@ -17,6 +19,17 @@ from tasks.errors import PermanentError, QuotaExhausted, TransientError
 from tasks.upstream import quota_call
 
 MODEL = "gpt-4o"
+MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
+CHAT_ANSWER = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 0,
+    "model": MODEL,
+    "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}
+    ],
+    "usage": {"prompt_tokens": 60, "completion_tokens": 40, "total_tokens": 100},
+}
 REQUEST = httpx.Request("POST", "http://127.0.0.1:9/openai/deployments/gpt-4o/chat/completions")
 
 
@@ -138,4 +151,35 @@ def test_a_slow_path_to_sending_moves_the_charge_to_the_send_time(redis_client):
         sent_in = int(redis_client.hget(locks_key, lock_id).split("|")[0])
         call.report(100)
     assert sent_in >= locked_in + 3
+    assert (status().used_tokens, status().used_requests) == (100, 1)
+
+
+def test_a_slow_sdk_after_sending_moves_the_charge_to_when_the_request_leaves(
+    redis_client, monkeypatch
+):
+    # A cold worker's first call spends seconds inside the SDK (first import, client, request)
+    # after call.sending(): the charge must be counted from when the request is on the wire.
+    locks_key = quota_limiter().protocol.keys("completion", MODEL)[1]
+    on_the_wire: list[int] = []
+
+    def upstream(request: httpx2.Request) -> httpx2.Response:
+        lock_id = current.request_id.rsplit("/t", 1)[1].split(":")[0]
+        on_the_wire.append(int(redis_client.hget(locks_key, lock_id).split("|")[0]))
+        return httpx2.Response(200, json=CHAT_ANSWER)
+
+    client = openai.OpenAI(
+        base_url="http://upstream.test/v1",
+        api_key="unused",
+        max_retries=0,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(upstream)),
+    )
+    monkeypatch.setattr("tasks.upstream.deployment_client", lambda pool, settings: client)
+    with quota_call("completion", MODEL, 100, app_id="a") as current:
+        locks = redis_client.hget(locks_key, current.request_id.rsplit("/t", 1)[1].split(":")[0])
+        locked_in = int(locks.split("|")[0])
+        current.sending()
+        time.sleep(0.3)  # the behaviour under test: the SDK's cold path, longer than the margin
+        current.client.chat.completions.create(model=current.deployment, messages=MESSAGES)
+        current.report(100)
+    assert on_the_wire and on_the_wire[0] >= locked_in + 3
     assert (status().used_tokens, status().used_requests) == (100, 1)
