@@ -98,13 +98,20 @@ def _header_int(headers: Any, name: str) -> int | None:
         return None
 
 
-def _observe(limiter: QuotaLimiter, pool: PoolName, deployment: str, headers: Any) -> None:
-    # Remaining requests are Azure's for its 10 s window; the limiter compares them with its own.
+def _observe(
+    limiter: QuotaLimiter, pool: PoolName, deployment: str, headers: Any, request_id: str
+) -> None:
+    # Remaining requests are Azure's for its 10 s window; the limiter compares them with its own
+    # as it was when request_id was sent (what left our window since was in Azure's count).
     tokens = _header_int(headers, "x-ratelimit-remaining-tokens")
     requests = _header_int(headers, "x-ratelimit-remaining-requests")
     if tokens is not None or requests is not None:
         limiter.observe_upstream(
-            pool, deployment, remaining_tokens=tokens, remaining_requests=requests
+            pool,
+            deployment,
+            remaining_tokens=tokens,
+            remaining_requests=requests,
+            request_id=request_id,
         )
 
 
@@ -216,7 +223,7 @@ class QuotaCall:
 
     def observe(self, headers: Any) -> None:
         """Book what the upstream's x-ratelimit-remaining-* headers say others spent."""
-        _observe(self.limiter, self.pool, self.deployment, headers)
+        _observe(self.limiter, self.pool, self.deployment, headers, self.request_id)
 
     def report(self, prompt_tokens: int, completion_tokens: int = 0) -> None:
         """Settle with the usage the answer stated."""
@@ -234,6 +241,10 @@ class QuotaCall:
 
         status = error.status_code if isinstance(error, openai.APIStatusError) else None
         protocol = self.limiter.protocol
+        if isinstance(error, openai.APIStatusError):
+            # Before settling, while the lock still says when the request was sent. Every answer
+            # with a status keeps its charge below, so the upstream's count and ours agree on it.
+            self.observe(error.response.headers)
         completion = getattr(error, "completion", None)  # a parsed answer that was cut short
         if completion is not None and completion.usage is not None:
             usage = completion.usage
@@ -250,9 +261,6 @@ class QuotaCall:
             self.report(0, 0)
         else:
             self._settle(lambda: self.limiter.release(self.request_id))
-        # After settling: the upstream's remainder does not include a request it refused.
-        if isinstance(error, openai.APIStatusError):
-            self.observe(error.response.headers)
 
 
 @contextmanager
