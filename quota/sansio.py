@@ -454,10 +454,14 @@ class QuotaProtocol:
         deployment: str,
         remaining_tokens: int | None,
         remaining_requests: int | None,
+        *,
         request_id: str | None = None,
+        lasts_s: float | None = None,
     ) -> Call[ExternalUsage]:
         """With ``request_id`` (the request whose answer carried the headers), our count is taken
-        as it was when its charge was stamped, not as it is when the answer came back."""
+        as it was when its charge was stamped, not as it is when the answer came back. With
+        ``lasts_s`` (a 429's retry-after: when the upstream has room again), what the upstream
+        counts beyond us is booked to leave our window then, not a whole window later."""
         unknown = -1  # the script's word for "upstream did not say"
         tokens = (
             unknown
@@ -482,6 +486,7 @@ class QuotaProtocol:
             tokens,
             requests,
             lock_id,
+            -1 if lasts_s is None else round(min(max(lasts_s, 0.0), self.window_s) * 1e6),
             parse=lambda reply: ExternalUsage(int(reply[2]), int(reply[3])),
         )
 

@@ -99,7 +99,13 @@ def _header_int(headers: Any, name: str) -> int | None:
 
 
 def _observe(
-    limiter: QuotaLimiter, pool: PoolName, deployment: str, headers: Any, request_id: str
+    limiter: QuotaLimiter,
+    pool: PoolName,
+    deployment: str,
+    headers: Any,
+    *,
+    request_id: str,
+    lasts_s: float | None = None,
 ) -> None:
     # Remaining requests are Azure's for its 10 s window; the limiter compares them with its own
     # as it was when request_id was sent (what left our window since was in Azure's count).
@@ -112,6 +118,7 @@ def _observe(
             remaining_tokens=tokens,
             remaining_requests=requests,
             request_id=request_id,
+            lasts_s=lasts_s,
         )
 
 
@@ -221,9 +228,17 @@ class QuotaCall:
             self.limiter.restamp(self.request_id)
             self.stamped_at = time.monotonic()
 
-    def observe(self, headers: Any) -> None:
-        """Book what the upstream's x-ratelimit-remaining-* headers say others spent."""
-        _observe(self.limiter, self.pool, self.deployment, headers, self.request_id)
+    def observe(self, headers: Any, lasts_s: float | None = None) -> None:
+        """Book what the upstream's x-ratelimit-remaining-* headers say others spent (for
+        ``lasts_s`` when the upstream said how long: a 429's retry-after)."""
+        _observe(
+            self.limiter,
+            self.pool,
+            self.deployment,
+            headers,
+            request_id=self.request_id,
+            lasts_s=lasts_s,
+        )
 
     def report(self, prompt_tokens: int, completion_tokens: int = 0) -> None:
         """Settle with the usage the answer stated."""
@@ -244,7 +259,10 @@ class QuotaCall:
         if isinstance(error, openai.APIStatusError):
             # Before settling, while the lock still says when the request was sent. Every answer
             # with a status keeps its charge below, so the upstream's count and ours agree on it.
-            self.observe(error.response.headers)
+            # A 429's excess lasts until its retry-after: a cold upstream that counted our own
+            # burst late is full for a moment, not for a window.
+            hint_s = retry_after_s(error.response.headers) if status == 429 else None
+            self.observe(error.response.headers, hint_s)
         completion = getattr(error, "completion", None)  # a parsed answer that was cut short
         if completion is not None and completion.usage is not None:
             usage = completion.usage

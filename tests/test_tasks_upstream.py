@@ -17,6 +17,7 @@ import pytest
 from tasks.connections import quota_limiter
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
 from tasks.upstream import quota_call
+from tests.support.waiting import wait_until
 
 MODEL = "gpt-4o"
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
@@ -183,3 +184,19 @@ def test_a_slow_sdk_after_sending_moves_the_charge_to_when_the_request_leaves(
         current.report(100)
     assert on_the_wire and on_the_wire[0] >= locked_in + 3
     assert (status().used_tokens, status().used_requests) == (100, 1)
+
+
+def test_a_429s_excess_leaves_our_window_when_its_retry_after_says():
+    # A cold upstream that counted our own burst late is full for a moment (its retry-after),
+    # not for a window: what it counts beyond us is booked to leave when it has room again.
+    with pytest.raises(TransientError, match="429"):
+        with quota_call("completion", MODEL, 100, app_id="a"):
+            raise http_error(
+                openai.RateLimitError,
+                429,
+                **{"retry-after-ms": "300", "x-ratelimit-remaining-tokens": "200"},
+            )
+    assert status().apps["(external)"].tokens == 700
+    # A window is 6 s here; the excess is gone within a second of the 0.3 s the upstream said.
+    wait_until(lambda: "(external)" not in status().apps, timeout=3, what="the excess to leave")
+    assert status().apps["a"].tokens == 100

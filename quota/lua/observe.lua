@@ -14,7 +14,11 @@ it was when the request's charge was stamped (its lock's bucket): what left the 
 KEYS  the deployment's state, locks, expiry (see the prelude)
 ARGV  2 "default_tpm default_rpm", 3 remaining tokens (per window), 4 remaining requests (per
       sub-window, as Azure's x-ratelimit-remaining-requests counts them); -1: not reported;
-      5 the lock id of the request whose answer carried them ("": not known)
+      5 the lock id of the request whose answer carried them ("": not known),
+      6 how long (µs) the upstream says its excess lasts (-1: not said, a window): a 429's
+        retry-after says when the upstream has room again, so what it counts beyond us is
+        booked to leave our window then, not a whole window later
+
 Returns {now, 1, external_tokens_charged, external_requests_charged}
 ]]
 local default_tpm, default_rpm = string.match(ARGV[2], '^(%d+) (%d+)$')
@@ -49,9 +53,27 @@ end
 if remaining_requests >= 0 then
   external_requests = math.max(0, sub_rpm - seen_requests - remaining_requests)
 end
+-- Booked to an app no caller can be: app ids may not contain parentheses (sansio._APP_ID).
+local EXTERNAL = '(external)'
+local lasts_us = tonumber(ARGV[6]) or -1
+-- The bucket whose charges leave the window when the excess leaves the upstream's.
+local bucket = current
+if lasts_us >= 0 then
+  bucket = math.ceil((now + lasts_us) / bucket_us) - SPAN - 1
+  bucket = math.min(current, math.max(current - SPAN, bucket))
+end
+if (external_tokens > 0 or external_requests > 0) and bucket < current then
+  -- A closed bucket: EXTERNAL joins its apps, so its fields leave with it.
+  local prefix = int(bucket) .. ':'
+  local apps = redis.call('HGET', state, prefix .. 'apps')
+  if not apps or apps == '' then
+    redis.call('HSET', state, prefix .. 'apps', EXTERNAL)
+  elseif not string.find(',' .. apps .. ',', ',' .. EXTERNAL .. ',', 1, true) then
+    redis.call('HSET', state, prefix .. 'apps', apps .. ',' .. EXTERNAL)
+  end
+end
 if external_tokens > 0 or external_requests > 0 then
-  -- Booked to an app no caller can be: app ids may not contain parentheses (sansio._APP_ID).
-  add(current, '(external)', external_tokens, external_requests)
+  add(bucket, EXTERNAL, external_tokens, external_requests)
 end
 save()
 return {now, 1, external_tokens, external_requests}
