@@ -148,13 +148,26 @@ class QuotaLimiter(_LimiterBase):
         deployment: str,
         remaining_tokens: int | None = None,
         remaining_requests: int | None = None,
+        *,
+        request_id: str | None = None,
+        lasts_s: float | None = None,
     ) -> ExternalUsage:
         """Book what upstream's x-ratelimit-remaining-* headers say others spent.
 
         ``remaining_tokens`` is per window; ``remaining_requests`` per sixth of it (RPM/6 per
-        10 s), as Azure's ``x-ratelimit-remaining-requests`` counts."""
+        10 s), as Azure's ``x-ratelimit-remaining-requests`` counts. ``request_id``: the
+        request whose answer carried them, so they are weighed against our window as it was
+        when that request was sent (charges that left it since were in the upstream's count).
+        ``lasts_s``: how long the upstream says its excess lasts (a 429's retry-after)."""
         return self._run(
-            self.protocol.observe(pool, deployment, remaining_tokens, remaining_requests)
+            self.protocol.observe(
+                pool,
+                deployment,
+                remaining_tokens,
+                remaining_requests,
+                request_id=request_id,
+                lasts_s=lasts_s,
+            )
         )
 
     def status(self, pool: str, deployment: str) -> QuotaStatus:
@@ -248,9 +261,19 @@ class AsyncQuotaLimiter(_LimiterBase):
         deployment: str,
         remaining_tokens: int | None = None,
         remaining_requests: int | None = None,
+        *,
+        request_id: str | None = None,
+        lasts_s: float | None = None,
     ) -> ExternalUsage:
         return await self._run(
-            self.protocol.observe(pool, deployment, remaining_tokens, remaining_requests)
+            self.protocol.observe(
+                pool,
+                deployment,
+                remaining_tokens,
+                remaining_requests,
+                request_id=request_id,
+                lasts_s=lasts_s,
+            )
         )
 
     async def status(self, pool: str, deployment: str) -> QuotaStatus:

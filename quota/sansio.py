@@ -456,7 +456,14 @@ class QuotaProtocol:
         deployment: str,
         remaining_tokens: int | None,
         remaining_requests: int | None,
+        *,
+        request_id: str | None = None,
+        lasts_s: float | None = None,
     ) -> Call[ExternalUsage]:
+        """With ``request_id`` (the request whose answer carried the headers), our count is taken
+        as it was when its charge was stamped, not as it is when the answer came back. With
+        ``lasts_s`` (a 429's retry-after: when the upstream has room again), what the upstream
+        counts beyond us is booked to leave our window then, not a whole window later."""
         unknown = -1  # the script's word for "upstream did not say"
         tokens = (
             unknown
@@ -468,12 +475,20 @@ class QuotaProtocol:
             if remaining_requests is None
             else check_count("remaining_requests", remaining_requests, maximum=10**9)
         )
+        lock_id = ""
+        if request_id is not None:
+            ref = self._ref(request_id, pool)
+            if ref.deployment != deployment:
+                raise QuotaError(f"request_id {request_id!r} is not one of {deployment!r}")
+            lock_id = ref.lock_id
         return self._call(
             "observe",
             pool,
             deployment,
             tokens,
             requests,
+            lock_id,
+            -1 if lasts_s is None else round(min(max(lasts_s, 0.0), self.window_s) * 1e6),
             parse=lambda reply: ExternalUsage(int(reply[2]), int(reply[3])),
         )
 

@@ -8,9 +8,11 @@ or :func:`call_within_quota` (one request, built on it):
    deployments with room (spill-over). A refusal is :class:`QuotaExhausted` with the limiter's
    ``retry_after_s``: the caller retries later without holding anything;
 2. **send** to the deployment quota chose, with its client (``call.deployment``,
-   ``call.client``); the SDK's own retries are off. If the path from acquire to send took longer
-   than the upstream margin, the charge is moved to the send time first, so our window holds it
-   where the upstream's will;
+   ``call.client``); the SDK's own retries are off. If the path from acquire to the wire took
+   longer than the upstream margin, the charge is moved to the send time, so our window holds it
+   where the upstream's will. The time is taken when the request leaves (an HTTP client hook),
+   not when the caller says it is about to send: a cold worker's first call spends seconds inside
+   the SDK (its first import, client and request), after the caller's last line before sending;
 3. **observe** ``x-ratelimit-remaining-tokens`` and ``-requests`` (of answers and of 429s): when
    other clients share the deployment, Azure has counted more than we did, and the limiter
    charges the difference so we stop over-spending;
@@ -34,9 +36,12 @@ upstream answers by status, with their latency (telemetry/fleet_metrics.py).
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -92,13 +97,27 @@ def _header_int(headers: Any, name: str) -> int | None:
         return None
 
 
-def _observe(limiter: QuotaLimiter, pool: PoolName, deployment: str, headers: Any) -> None:
-    # Remaining requests are Azure's for its 10 s window; the limiter compares them with its own.
+def _observe(
+    limiter: QuotaLimiter,
+    pool: PoolName,
+    deployment: str,
+    headers: Any,
+    *,
+    request_id: str,
+    lasts_s: float | None = None,
+) -> None:
+    # Remaining requests are Azure's for its 10 s window; the limiter compares them with its own
+    # as it was when request_id was sent (what left our window since was in Azure's count).
     tokens = _header_int(headers, "x-ratelimit-remaining-tokens")
     requests = _header_int(headers, "x-ratelimit-remaining-requests")
     if tokens is not None or requests is not None:
         limiter.observe_upstream(
-            pool, deployment, remaining_tokens=tokens, remaining_requests=requests
+            pool,
+            deployment,
+            remaining_tokens=tokens,
+            remaining_requests=requests,
+            request_id=request_id,
+            lasts_s=lasts_s,
         )
 
 
@@ -142,6 +161,35 @@ def _reached_upstream(error: Exception) -> bool:
     )
 
 
+# The call whose request this thread's SDK call is about to put on the wire: set by sending(),
+# cleared when the request leaves or the call ends (set, never reset by token: a streamed answer's
+# generator may be resumed from another context).
+_SENDING: ContextVar[QuotaCall | None] = ContextVar("conduit_quota_sending", default=None)
+# The HTTP clients that tell _on_the_wire when a request leaves (each SDK client's, hooked once).
+_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
+_HOOKING = threading.Lock()
+
+
+def _on_the_wire(request: Any) -> None:
+    """The HTTP client's request hook: the request leaves now."""
+    call = _SENDING.get()
+    if call is not None:
+        _SENDING.set(None)  # one send is one request: the SDK's retries are off
+        call._restamp_if_late()
+
+
+def _hooked(client: OpenAI) -> OpenAI:
+    """``client`` with _on_the_wire among its HTTP client's request hooks."""
+    http = client._client  # the SDK's HTTP client; the SDK offers no request hook of its own
+    if http not in _HOOKED:
+        with _HOOKING:
+            if http not in _HOOKED:
+                hooks = http.event_hooks
+                http.event_hooks = {**hooks, "request": [*hooks["request"], _on_the_wire]}
+                _HOOKED.add(http)
+    return client
+
+
 @dataclass
 class QuotaCall:
     """One request inside the quota: where to send it, and how to settle it.
@@ -158,23 +206,38 @@ class QuotaCall:
     limiter: QuotaLimiter
     settings: Deployment
     deployments: int  # how many deployments the model has (a 5xx cools one down only if > 1)
-    acquired_at: float = field(default_factory=time.monotonic)
+    # When the charge was stamped: at acquire, or moved by a restamp.
+    stamped_at: float = field(default_factory=time.monotonic)
     settled: bool = False
     usage: Usage | None = None
 
     @property
     def client(self) -> OpenAI:
-        return deployment_client(self.pool, self.settings)
+        return _hooked(deployment_client(self.pool, self.settings))
 
     def sending(self) -> None:
-        """The request leaves now: if acquire was longer ago than the upstream margin, count the
-        charge from now, so our window holds it where the upstream's will."""
-        if time.monotonic() - self.acquired_at > self.limiter.protocol.margin_s:
-            self.limiter.restamp(self.request_id)
+        """The request is about to be sent: if the charge was stamped longer ago than the upstream
+        margin, count it from now, so our window holds it where the upstream's will; and again
+        when the request actually leaves, if the SDK took longer than the margin to send it."""
+        self._restamp_if_late()
+        _SENDING.set(self)
 
-    def observe(self, headers: Any) -> None:
-        """Book what the upstream's x-ratelimit-remaining-* headers say others spent."""
-        _observe(self.limiter, self.pool, self.deployment, headers)
+    def _restamp_if_late(self) -> None:
+        if not self.settled and time.monotonic() - self.stamped_at > self.limiter.protocol.margin_s:
+            self.limiter.restamp(self.request_id)
+            self.stamped_at = time.monotonic()
+
+    def observe(self, headers: Any, lasts_s: float | None = None) -> None:
+        """Book what the upstream's x-ratelimit-remaining-* headers say others spent (for
+        ``lasts_s`` when the upstream said how long: a 429's retry-after)."""
+        _observe(
+            self.limiter,
+            self.pool,
+            self.deployment,
+            headers,
+            request_id=self.request_id,
+            lasts_s=lasts_s,
+        )
 
     def report(self, prompt_tokens: int, completion_tokens: int = 0) -> None:
         """Settle with the usage the answer stated."""
@@ -192,6 +255,13 @@ class QuotaCall:
 
         status = error.status_code if isinstance(error, openai.APIStatusError) else None
         protocol = self.limiter.protocol
+        if isinstance(error, openai.APIStatusError):
+            # Before settling, while the lock still says when the request was sent. Every answer
+            # with a status keeps its charge below, so the upstream's count and ours agree on it.
+            # A 429's excess lasts until its retry-after: a cold upstream that counted our own
+            # burst late is full for a moment, not for a window.
+            hint_s = retry_after_s(error.response.headers) if status == 429 else None
+            self.observe(error.response.headers, hint_s)
         completion = getattr(error, "completion", None)  # a parsed answer that was cut short
         if completion is not None and completion.usage is not None:
             usage = completion.usage
@@ -208,9 +278,6 @@ class QuotaCall:
             self.report(0, 0)
         else:
             self._settle(lambda: self.limiter.release(self.request_id))
-        # After settling: the upstream's remainder does not include a request it refused.
-        if isinstance(error, openai.APIStatusError):
-            self.observe(error.response.headers)
 
 
 @contextmanager
@@ -261,15 +328,19 @@ def quota_call(
         settings=limiter.protocol.deployment(pool, decision.deployment),
         deployments=len(limiter.protocol.deployments_of(pool, model)),
     )
-    with _upstream_span(call):
-        try:
-            yield call
-        except Exception as error:
-            call._failed(error)
-            mapped = _as_conduit_error(error, pool, call.deployment)
-            if mapped is error:
-                raise
-            raise mapped from error
+    try:
+        with _upstream_span(call):
+            try:
+                yield call
+            except Exception as error:
+                call._failed(error)
+                mapped = _as_conduit_error(error, pool, call.deployment)
+                if mapped is error:
+                    raise
+                raise mapped from error
+    finally:
+        if _SENDING.get() is call:  # sending() with no request on the wire after it
+            _SENDING.set(None)
     call.report(0, 0)  # no report: it was sent and used at least the estimate
 
 

@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from quota import QuotaError, QuotaLimiter, Settlement
 from settings import load_settings
 from tests.support.quota import granted, reason, retry_after
+from tests.support.waiting import wait_until
 
 DEPLOYMENT = "gpt-4o"
 
@@ -430,3 +431,27 @@ class UsageLimiterAgainstAModel(LimiterAgainstAModel):
 
 test_limiter_matches_the_model_azure = LimiterAgainstAModel.TestCase
 test_limiter_matches_the_model_usage = UsageLimiterAgainstAModel.TestCase
+
+
+def test_upstream_headers_are_weighed_against_the_window_as_it_was_when_the_request_was_sent(
+    client,
+):
+    # The upstream counted `early` when `late` arrived; `late`'s answer comes back after `early`
+    # left our window (a long completion). That is our own charge, not an outside client's.
+    limiter = make_limiter(client, window_s=1, margin_s=0.1, tpm=1000)
+    limiter.acquire("completion", DEPLOYMENT, 600, "a")
+    time.sleep(0.1)  # a few buckets (1/60 s) later, so early leaves our window first
+    late = limiter.acquire("completion", DEPLOYMENT, 100, "a")
+    assert late.request_id is not None
+    wait_until(
+        lambda: limiter.status("completion", DEPLOYMENT).available_tokens == 900,
+        timeout=10,
+        what="the early charge to leave our window",
+    )
+    assert limiter.observe_upstream(
+        "completion", DEPLOYMENT, remaining_tokens=300, request_id=late.request_id
+    ) == (0, 0)
+    # What the upstream counted beyond both is still booked.
+    assert limiter.observe_upstream(
+        "completion", DEPLOYMENT, remaining_tokens=100, request_id=late.request_id
+    ) == (200, 0)

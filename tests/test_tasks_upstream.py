@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx2
 import openai
@@ -16,8 +17,20 @@ from tasks.connections import quota_limiter
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
 from tasks.upstream import quota_call
 from tests.support.quota import retry_after
+from tests.support.waiting import wait_until
 
 MODEL = "gpt-4o"
+MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
+CHAT_ANSWER = {
+    "id": "c",
+    "object": "chat.completion",
+    "created": 0,
+    "model": MODEL,
+    "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}
+    ],
+    "usage": {"prompt_tokens": 60, "completion_tokens": 40, "total_tokens": 100},
+}
 REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/openai/deployments/gpt-4o/chat/completions")
 
 
@@ -140,3 +153,50 @@ def test_a_slow_path_to_sending_moves_the_charge_to_the_send_time(redis_client):
         call.report(100)
     assert sent_in >= locked_in + 3
     assert (status().used_tokens, status().used_requests) == (100, 1)
+
+
+def test_a_slow_sdk_after_sending_moves_the_charge_to_when_the_request_leaves(
+    redis_client, monkeypatch
+):
+    # A cold worker's first call spends seconds inside the SDK (first import, client, request)
+    # after call.sending(): the charge must be counted from when the request is on the wire.
+    locks_key = quota_limiter().protocol.keys("completion", MODEL)[1]
+    on_the_wire: list[int] = []
+
+    def upstream(request: httpx2.Request) -> httpx2.Response:
+        lock_id = current.request_id.rsplit("/t", 1)[1].split(":")[0]
+        on_the_wire.append(int(redis_client.hget(locks_key, lock_id).split("|")[0]))
+        return httpx2.Response(200, json=CHAT_ANSWER)
+
+    client = openai.OpenAI(
+        base_url="http://upstream.test/v1",
+        api_key="unused",
+        max_retries=0,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(upstream)),
+    )
+    monkeypatch.setattr("tasks.upstream.deployment_client", lambda pool, settings: client)
+    with quota_call("completion", MODEL, 100, app_id="a") as current:
+        locks = redis_client.hget(locks_key, current.request_id.rsplit("/t", 1)[1].split(":")[0])
+        locked_in = int(locks.split("|")[0])
+        current.sending()
+        time.sleep(0.3)  # the behaviour under test: the SDK's cold path, longer than the margin
+        current.client.chat.completions.create(model=current.deployment, messages=MESSAGES)
+        current.report(100)
+    assert on_the_wire and on_the_wire[0] >= locked_in + 3
+    assert (status().used_tokens, status().used_requests) == (100, 1)
+
+
+def test_a_429s_excess_leaves_our_window_when_its_retry_after_says():
+    # A cold upstream that counted our own burst late is full for a moment (its retry-after),
+    # not for a window: what it counts beyond us is booked to leave when it has room again.
+    with pytest.raises(TransientError, match="429"):
+        with quota_call("completion", MODEL, 100, app_id="a"):
+            raise http_error(
+                openai.RateLimitError,
+                429,
+                **{"retry-after-ms": "300", "x-ratelimit-remaining-tokens": "200"},
+            )
+    assert status().apps["(external)"].tokens == 700
+    # A window is 6 s here; the excess is gone within a second of the 0.3 s the upstream said.
+    wait_until(lambda: "(external)" not in status().apps, timeout=3, what="the excess to leave")
+    assert status().apps["a"].tokens == 100

@@ -27,7 +27,10 @@ pool+model, so a script touches one Redis Cluster slot however many deployments 
           counts in; "tpm", "rpm" limits set at run time (absent: the defaults the caller sends);
           "cool" until when (µs) the deployment is skipped after the upstream refused or failed;
           "interactive" when an interactive acquire last asked (kept on the model's first
-          deployment, which every acquire of the model loads)
+          deployment, which every acquire of the model loads); "gone" the tokens and requests
+          of the buckets that left the window lately ("bucket:tokens:requests,..."), kept a
+          window and margin (KEEP buckets) after they left, so observe can count what was in
+          the window when a request was sent
           An app charged in the interactive lane is booked as "<app>!i", in the batch lane as
           "<app>", so status can show use per lane and per app from the same counts.
   locks   hash: lock id -> "<bucket>|<tokens>|<app>|<expires_us>", or a "done"/"expired" tombstone
@@ -48,6 +51,9 @@ local lock_ttl_us = tonumber(ttl_text)
 -- How many buckets before the current one a charge still counts: the window, then the margin.
 local SPAN = WINDOW + tonumber(margin_text)
 local SUB_SPAN = SUB + tonumber(margin_text)
+-- How long (buckets) a bucket that left the window is remembered in "gone": an answer's headers
+-- are weighed against the window as it was when its request was sent, up to this long before.
+local KEEP = SPAN
 -- Processes that disagree on either would evict each other's buckets early or late.
 local layout = bucket_text .. ' ' .. margin_text
 -- TOTALS: last time counted, the open bucket, tokens, requests and sub-window requests in the
@@ -137,18 +143,42 @@ local function add(bucket, app, token_count, request_count)
   if bucket >= current - SUB_SPAN then sub_requests = sub_requests + request_count end
 end
 
--- A bucket left the window: its charges stop counting and its fields go.
+-- A bucket left the window: its charges stop counting and its fields go. Returns its tokens and
+-- requests, for "gone".
 local function evict(bucket)
   local prefix = int(bucket) .. ':'
   local counts = redis.call('HMGET', state, prefix .. 't', prefix .. 'r', prefix .. 'apps')
-  tokens = tokens - number(counts[1])
-  requests = requests - number(counts[2])
-  local gone = {prefix .. 't', prefix .. 'r', prefix .. 'apps'}
+  local token_count, request_count = number(counts[1]), number(counts[2])
+  tokens = tokens - token_count
+  requests = requests - request_count
+  local fields = {prefix .. 't', prefix .. 'r', prefix .. 'apps'}
   for app in string.gmatch(counts[3] or '', '[^,]+') do
-    gone[#gone + 1] = prefix .. 't:' .. app
-    gone[#gone + 1] = prefix .. 'r:' .. app
+    fields[#fields + 1] = prefix .. 't:' .. app
+    fields[#fields + 1] = prefix .. 'r:' .. app
   end
-  redis.call('HDEL', state, unpack(gone))
+  redis.call('HDEL', state, unpack(fields))
+  return token_count, request_count
+end
+
+-- The buckets that left the window in the last KEEP buckets: bucket -> {tokens, requests}.
+local GONE = '(%d+):(%-?%d+):(%-?%d+)'
+local function gone_buckets()
+  local gone = {}
+  for bucket, t, r in string.gmatch(redis.call('HGET', state, 'gone') or '', GONE) do
+    gone[tonumber(bucket)] = {tonumber(t), tonumber(r)}
+  end
+  return gone
+end
+
+-- Remember the buckets that just left (`left`: "bucket:tokens:requests" entries), forgetting
+-- those that left more than KEEP buckets ago.
+local function remember_gone(left)
+  local kept, oldest = {}, current - SPAN - KEEP
+  for entry, bucket in string.gmatch(redis.call('HGET', state, 'gone') or '', '((%d+):[^,]+)') do
+    if tonumber(bucket) >= oldest then kept[#kept + 1] = entry end
+  end
+  for _, entry in ipairs(left) do kept[#kept + 1] = entry end
+  redis.call('HSET', state, 'gone', table.concat(kept, ','))
 end
 
 local function tombstone(id, why)
@@ -224,9 +254,14 @@ local function load(k, default_tpm, default_rpm)
       for bucket = previous - SUB_SPAN, math.min(previous, current - SUB_SPAN - 1) do
         sub_requests = sub_requests - bucket_count(bucket, 'r')
       end
+      local left = {}
       for bucket = previous - SPAN, math.min(previous, current - SPAN - 1) do
-        evict(bucket)
+        local token_count, request_count = evict(bucket)
+        if token_count ~= 0 or request_count ~= 0 then
+          left[#left + 1] = string.format('%s:%d:%d', int(bucket), token_count, request_count)
+        end
       end
+      if #left > 0 then remember_gone(left) end
       sweep()
     end
   end
