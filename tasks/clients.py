@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from settings import EMULATOR_DEV_KEY, Deployment, Settings, get_settings
 
@@ -105,17 +105,36 @@ def deployment_endpoint(settings: Settings, pool: str, deployment: Deployment) -
     return endpoint
 
 
+# Called with each HTTP request as it leaves any SDK client built here: tasks/upstream.py adds
+# the quota's send-time stamp. Through httpx's event hooks on the SDK's public DefaultHttpxClient,
+# which keeps the SDK's own connection defaults.
+REQUEST_HOOKS: list[Callable[[Any], None]] = []
+
+
+def _request_leaving(request: Any) -> None:
+    for hook in REQUEST_HOOKS:
+        hook(request)
+
+
+def event_hooks() -> dict[str, list[Callable[[Any], None]]]:
+    """httpx event hooks for an SDK client's HTTP client: what every client here is built with
+    (a test giving the SDK its own HTTP client passes these too)."""
+    return {"request": [_request_leaving]}
+
+
 @lru_cache(maxsize=16)
 def client_for(endpoint: Endpoint) -> OpenAI:
     """The one client of this process for ``endpoint`` (the SDK client is thread-safe)."""
-    from openai import AzureOpenAI, OpenAI
+    from openai import AzureOpenAI, DefaultHttpxClient, OpenAI
 
+    http_client = DefaultHttpxClient(event_hooks=event_hooks())
     if endpoint.kind == "openai":
         return OpenAI(
             base_url=endpoint.base_url,
             api_key=endpoint.api_key or UNUSED_API_KEY,
             timeout=endpoint.timeout_s,
             max_retries=0,
+            http_client=http_client,
         )
     if endpoint.api_key is not None:
         return AzureOpenAI(
@@ -124,6 +143,7 @@ def client_for(endpoint: Endpoint) -> OpenAI:
             api_key=endpoint.api_key,
             timeout=endpoint.timeout_s,
             max_retries=0,
+            http_client=http_client,
         )
     from azure.identity import DefaultAzureCredential, get_bearer_token_provider
 
@@ -134,6 +154,7 @@ def client_for(endpoint: Endpoint) -> OpenAI:
         azure_ad_token_provider=token_provider,
         timeout=endpoint.timeout_s,
         max_retries=0,
+        http_client=http_client,
     )
 
 

@@ -36,9 +36,7 @@ upstream answers by status, with their latency (telemetry/fleet_metrics.py).
 
 from __future__ import annotations
 
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,7 +48,7 @@ from opentelemetry.trace import SpanKind
 
 from quota import QuotaLimiter
 from settings import Deployment, PoolName, get_logger
-from tasks.clients import deployment_client
+from tasks.clients import REQUEST_HOOKS, deployment_client
 from tasks.connections import quota_limiter, redis_client
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
 from telemetry import tracer
@@ -165,9 +163,6 @@ def _reached_upstream(error: Exception) -> bool:
 # cleared when the request leaves or the call ends (set, never reset by token: a streamed answer's
 # generator may be resumed from another context).
 _SENDING: ContextVar[QuotaCall | None] = ContextVar("conduit_quota_sending", default=None)
-# The HTTP clients that tell _on_the_wire when a request leaves (each SDK client's, hooked once).
-_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
-_HOOKING = threading.Lock()
 
 
 def _on_the_wire(request: Any) -> None:
@@ -178,16 +173,8 @@ def _on_the_wire(request: Any) -> None:
         call._restamp_if_late()
 
 
-def _hooked(client: OpenAI) -> OpenAI:
-    """``client`` with _on_the_wire among its HTTP client's request hooks."""
-    http = client._client  # the SDK's HTTP client; the SDK offers no request hook of its own
-    if http not in _HOOKED:
-        with _HOOKING:
-            if http not in _HOOKED:
-                hooks = http.event_hooks
-                http.event_hooks = {**hooks, "request": [*hooks["request"], _on_the_wire]}
-                _HOOKED.add(http)
-    return client
+# Every SDK client built by tasks/clients.py calls this as each request leaves.
+REQUEST_HOOKS.append(_on_the_wire)
 
 
 @dataclass
@@ -213,7 +200,7 @@ class QuotaCall:
 
     @property
     def client(self) -> OpenAI:
-        return _hooked(deployment_client(self.pool, self.settings))
+        return deployment_client(self.pool, self.settings)
 
     def sending(self) -> None:
         """The request is about to be sent: if the charge was stamped longer ago than the upstream

@@ -13,6 +13,7 @@ import httpx2
 import openai
 import pytest
 
+from tasks.clients import event_hooks
 from tasks.connections import quota_limiter
 from tasks.errors import PermanentError, QuotaExhausted, TransientError
 from tasks.upstream import quota_call
@@ -172,7 +173,9 @@ def test_a_slow_sdk_after_sending_moves_the_charge_to_when_the_request_leaves(
         base_url="http://upstream.test/v1",
         api_key="unused",
         max_retries=0,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(upstream)),
+        http_client=httpx2.Client(
+            transport=httpx2.MockTransport(upstream), event_hooks=event_hooks()
+        ),
     )
     monkeypatch.setattr("tasks.upstream.deployment_client", lambda pool, settings: client)
     with quota_call("completion", MODEL, 100, app_id="a") as current:
