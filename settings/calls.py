@@ -9,11 +9,12 @@ always speaks TLS.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
+
+from settings.validation import string_list
 
 # Where the ACS emulator listens unless told otherwise: beside the OpenAI emulator's 8700.
 DEFAULT_ACS_EMULATOR_PORT = 8710
@@ -151,12 +152,7 @@ class CallSettings(BaseModel):
     @field_validator("calls_allowed_callers", "calls_denied_callers", mode="before")
     @classmethod
     def _parse_callers(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        return string_list(value)
 
     # --- derived values --------------------------------------------------------------------------
     @property

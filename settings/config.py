@@ -43,6 +43,7 @@ from settings.jsonsafe import DEFAULT_MAX_DEPTH
 from settings.logship import LogShippingSettings
 from settings.search import SearchSettings
 from settings.telemetry import TelemetrySettings
+from settings.validation import string_list
 from settings.voice import VoiceSettings
 
 # The embedded emulator serves every deployment on this address unless told otherwise.
@@ -464,12 +465,7 @@ class Settings(
     @field_validator("auth_audiences", mode="before")
     @classmethod
     def _parse_audiences(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        return string_list(value)
 
     @model_validator(mode="after")
     def _visibility_outlasts_tasks(self) -> Settings:

@@ -23,6 +23,7 @@ emulators use it alike.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from pydantic import ValidationError
@@ -39,3 +40,18 @@ def describe_invalid_fields(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(
         f"field {field_name(item['loc'], prefix)!r}: {item['msg']}" for item in error.errors()
     )
+
+
+def string_list(value: object) -> object:
+    """A list setting as an environment variable gives it: ``a, b`` or a JSON list ``["a", "b"]``
+    (anything else is left for pydantic to check).
+
+    >>> string_list("+15551234567, +15557654321"), string_list('["api://conduit"]')
+    (['+15551234567', '+15557654321'], ['api://conduit'])
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
