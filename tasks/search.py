@@ -461,20 +461,7 @@ def vector_search(
     filter: str | None = None,
 ) -> dict[str, Any]:
     """The ``k`` nearest documents to ``vector`` (cosine): ``{"results": [...]}``, nearest first."""
-    client = search_client(index)
-    query = _vector_query(vector, vector_field, k)
-
-    def call() -> dict[str, Any]:
-        paged = client.search(
-            None,
-            vector_queries=[query],
-            top=k,
-            select=list(select) if select else None,
-            filter=filter,
-        )
-        return _results(paged, False)
-
-    return _calling(f"vector search of index {index!r}", call)
+    return _search_with_vector(index, None, vector, vector_field, k, k, select, filter)
 
 
 def hybrid_search(
@@ -490,8 +477,23 @@ def hybrid_search(
 ) -> dict[str, Any]:
     """Text and vector in one query, fused by Azure's Reciprocal Rank Fusion (each document
     scores the sum of ``1 / (60 + rank)`` over the rankings it appears in)."""
+    return _search_with_vector(index, text, vector, vector_field, k, top, select, filter)
+
+
+def _search_with_vector(  # noqa: PLR0917 - the two public forms' arguments, passed through
+    index: str,
+    text: str | None,
+    vector: Sequence[float],
+    vector_field: str,
+    k: int,
+    top: int,
+    select: Sequence[str] | None,
+    filter: str | None,
+) -> dict[str, Any]:
+    """One query with a vector, and with text too (hybrid) when ``text`` is given."""
     client = search_client(index)
     query = _vector_query(vector, vector_field, k)
+    what = "hybrid search" if text is not None else "vector search"
 
     def call() -> dict[str, Any]:
         paged = client.search(
@@ -503,7 +505,7 @@ def hybrid_search(
         )
         return _results(paged, False)
 
-    return _calling(f"hybrid search of index {index!r}", call)
+    return _calling(f"{what} of index {index!r}", call)
 
 
 def get_document(
