@@ -14,4 +14,4 @@ RUN pip install --no-cache-dir --no-deps .
 RUN useradd --uid 10001 --no-create-home conduit
 USER conduit
 ENV PYTHONUNBUFFERED=1
-EXPOSE 8000 5555
+EXPOSE 8000 8001 5555

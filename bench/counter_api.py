@@ -2,20 +2,31 @@
 
     python -m bench.counter_api        -> bench/results/counter_api.json
 
-Side by side in one run, each server on its own free port with ONE worker process:
+Side by side in one run, each server on its own free port with ONE server process:
 
 - ``old``: the older counter, re-created from its documented behaviour
-  (``../shared/reference/old_counter.py``, or OLD_COUNTER_DIR), served by ``uvicorn`` as it was;
-- ``conduit``: Conduit's ``/lock`` + ``/report`` (web/counter.py) under gunicorn with the
-  project's own config (web/gunicorn_conf.py, WEB_CONCURRENCY=1), an API key checked on every
-  request, the quota in a local redis-server;
+  (``../shared/reference/old_counter.py``, or OLD_COUNTER_DIR), served by ``uvicorn`` as it was
+  (``pip install fastapi uvicorn``: h11 and asyncio's loop), its counts in the process's memory;
+- ``counter``: Conduit's counter server (web/counter_server.py, ``python -m web.counter_server``,
+  WEB_CONCURRENCY=1), an API key checked on every request, the quota in a local redis-server;
+  ``ratio_vs_old`` is this ÷ ``old``;
+- ``web``: the same routes on the web app (Flask under gunicorn, web/gunicorn_conf.py), for
+  single-port set-ups: ``web_ratio_vs_old``;
 - ``token_client``: the direct path, ``SyncTokenClient.lock_tokens`` + ``report_usage``, no HTTP.
+
+Plus what bounds any server here: ``floor_pairs_per_s``, a server answering fixed JSON at once
+(uvicorn, httptools, no Redis) under the same client, and ``redis_ping_us``, one Redis round trip
+from Python; and the counter server with WEB_CONCURRENCY=2 at 8 threads
+(``counter_2_processes_pairs_per_s``), for how it scales with processes.
 
 Clients are threads with one keep-alive connection each, at 1 and 8 threads, for DURATION_S,
 REPEATS times with the servers interleaved (so a busy neighbour slows all alike); figures are
-medians over the repeats. ``pairs_per_s`` counts lock + report pairs; ``p50_ms`` / ``p99_ms`` are
-per pair. ``ratio_vs_old`` is conduit ÷ old, measured side by side in each repeat, then the median.
-The client threads share the 2 cores with the server, as they would on one box.
+medians over the repeats. The client writes prepared request bytes and reads just enough of each
+answer (:class:`HttpPairs`): http.client costs more per request than the servers measured, which
+capped what any server could show (a server answering at once reached ~4,700 pairs/s at 8
+threads under it, less than twice the older counter). ``pairs_per_s`` counts lock + report
+pairs; ``p50_ms`` / ``p99_ms`` are per pair. The client threads share the 2 cores with the
+servers, as they would on one box.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -59,43 +71,66 @@ def old_counter_dir() -> Path:
 
 
 class HttpPairs:
-    """lock + report over one keep-alive connection per thread."""
+    """lock + report over one keep-alive connection per thread, with as little client work as
+    an HTTP/1.1 exchange allows: request bytes prepared once, answers read by Content-Length."""
 
     def __init__(self, port: int, headers: dict[str, str]) -> None:
-        self.port, self.headers = port, {"Content-Type": "application/json", **headers}
+        self.port = port
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self._head = f"Host: 127.0.0.1\r\nContent-Type: application/json\r\n{head}"
+        self._lock = self._request("/lock", {"app_id": "bench", "token_count": 10})
         self._local = threading.local()
 
-    def _post(self, path: str, body: dict[str, object]) -> dict[str, object]:
+    def _request(self, path: str, body: dict[str, object]) -> bytes:
+        payload = json.dumps(body).encode()
+        return (
+            f"POST {path} HTTP/1.1\r\n{self._head}Content-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+
+    def _exchange(self, request: bytes) -> bytes:
+        """Send ``request``; the body of its 200 answer."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._local.connection = http.client.HTTPConnection(
-                "127.0.0.1", self.port, timeout=30
+            connection = self._local.connection = socket.create_connection(
+                ("127.0.0.1", self.port), timeout=30
             )
-        connection.request("POST", path, json.dumps(body), self.headers)
-        response = connection.getresponse()
-        payload = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{path} answered {response.status}: {payload[:200]!r}")
-        return json.loads(payload)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._local.buffer = b""
+        connection.sendall(request)
+        buffer = self._local.buffer
+        while (end_of_head := buffer.find(b"\r\n\r\n")) < 0:
+            buffer += _received(connection)
+        head = buffer[:end_of_head].lower()
+        length_at = head.index(b"content-length:") + len(b"content-length:")
+        length = int(head[length_at : head.find(b"\r\n", length_at) % (len(head) + 1)])
+        end = end_of_head + 4 + length
+        while len(buffer) < end:
+            buffer += _received(connection)
+        self._local.buffer = buffer[end:]
+        if not head.startswith(b"http/1.1 200"):
+            raise RuntimeError(f"answered {buffer[:end][:300]!r}")
+        return buffer[end_of_head + 4 : end]
 
     def pair(self) -> None:
-        granted = self._post("/lock", {"app_id": "bench", "token_count": 10})
+        granted = json.loads(self._exchange(self._lock))
         if not granted["allowed"]:
             raise RuntimeError(f"refused: {granted}")
-        self._post(
-            "/report",
-            {
-                "app_id": "bench",
-                "request_id": granted["request_id"],
-                "prompt_tokens": 5,
-                "completion_tokens": 5,
-            },
+        report = {"app_id": "bench", "request_id": granted["request_id"]}
+        self._exchange(
+            self._request("/report", report | {"prompt_tokens": 5, "completion_tokens": 5})
         )
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             connection.close()
+
+
+def _received(connection: socket.socket) -> bytes:
+    data = connection.recv(65536)
+    if not data:
+        raise RuntimeError("the server closed the connection")
+    return data
 
 
 def measure(pair: Pair, threads: int) -> dict[str, float]:
@@ -148,6 +183,115 @@ def wait_for_port(port: int, process: Any) -> None:
     raise RuntimeError(f"server on {port} not ready in {READY_TIMEOUT_SECS} s")
 
 
+FIXED_ANSWER = json.dumps({"allowed": True, "request_id": "x", "success": True}).encode()
+
+
+async def fixed_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The floor: an ASGI app that reads the request and answers at once, with no Redis."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(FIXED_ANSWER)),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": FIXED_ANSWER})
+
+
+def redis_ping_us(url: str, count: int = 5000) -> float:
+    """Median of ``count`` PING round trips from Python (µs): the least a quota decision costs."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    timings = []
+    for _ in range(count):
+        began = time.perf_counter()
+        client.ping()
+        timings.append(time.perf_counter() - began)
+    client.close()
+    return median(timings) * 1e6
+
+
+def servers() -> dict[str, tuple[list[str], Path, dict[str, str]]]:
+    """name -> (command, working directory, extra environment) of every server measured."""
+    uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
+    port = {name: str(free_port()) for name in ("old", "counter", "web", "floor", "counter_2")}
+    return {
+        "old": ([*uvicorn, "old_counter:app", "--port", port["old"]], old_counter_dir(), {}),
+        "counter": (
+            [sys.executable, "-m", "web.counter_server"],
+            REPO_ROOT,
+            {"COUNTER_PORT": port["counter"]},
+        ),
+        "web": (
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:web.gunicorn_conf",
+                "--bind",
+                f"127.0.0.1:{port['web']}",
+                "web.app:create_app()",
+            ],
+            REPO_ROOT,
+            {},
+        ),
+        "floor": (
+            [
+                *uvicorn,
+                "bench.counter_api:fixed_answer",
+                "--port",
+                port["floor"],
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+            ],
+            REPO_ROOT,
+            {},
+        ),
+        "counter_2": (
+            [sys.executable, "-m", "web.counter_server"],
+            REPO_ROOT,
+            {"COUNTER_PORT": port["counter_2"], "WEB_CONCURRENCY": "2"},
+        ),
+    }
+
+
+def port_of(command: list[str], extra: dict[str, str]) -> int:
+    if "COUNTER_PORT" in extra:
+        return int(extra["COUNTER_PORT"])
+    if "--bind" in command:
+        return int(command[command.index("--bind") + 1].rpartition(":")[2])
+    return int(command[command.index("--port") + 1])
+
+
+Runs = dict[str, dict[int, list[dict[str, float]]]]
+
+
+def measure_all(systems: dict[str, Pair]) -> tuple[Runs, dict[str, dict[int, list[float]]]]:
+    """Every system at every thread count, REPEATS times interleaved; and each repeat's ratio of
+    the counter server's and the web app's pairs/s to the older counter's."""
+    runs: Runs = {name: {threads: [] for threads in THREAD_COUNTS} for name in systems}
+    ratios: dict[str, dict[int, list[float]]] = {
+        name: {threads: [] for threads in THREAD_COUNTS} for name in ("counter", "web")
+    }
+    for _ in range(REPEATS):
+        for threads in THREAD_COUNTS:
+            for name, pair in systems.items():
+                if name == "counter_2" and threads == 1:
+                    continue  # one connection is served by one process: nothing to scale
+                runs[name][threads].append(measure(pair, threads))
+            for name, per_threads in ratios.items():
+                per_threads[threads].append(
+                    runs[name][threads][-1]["pairs_per_s"] / runs["old"][threads][-1]["pairs_per_s"]
+                )
+    return runs, ratios
+
+
 def main() -> None:
     import subprocess
 
@@ -166,49 +310,24 @@ def main() -> None:
             "WEB_CONCURRENCY": "1",
             "LOG_LEVEL": "WARNING",
         }
-        old_port, conduit_port = free_port(), free_port()
-        logs = [open(work_dir / name, "wb") for name in ("old.log", "conduit.log")]
-        servers = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "old_counter:app",
-                    "--port",
-                    str(old_port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                cwd=old_counter_dir(),
-                env=env,
-                stdout=logs[0],
-                stderr=subprocess.STDOUT,
-            ),
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "python:web.gunicorn_conf",
-                    "--bind",
-                    f"127.0.0.1:{conduit_port}",
-                    "web.app:create_app()",
-                ],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=logs[1],
-                stderr=subprocess.STDOUT,
-            ),
-        ]
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+        logs = []
+        plan = servers()
         try:
-            wait_for_port(conduit_port, servers[1])
-            # The old counter has no /health: any answer (404) means it is up.
-            wait_for_port(old_port, servers[0])
-            old = HttpPairs(old_port, {})
-            conduit = HttpPairs(conduit_port, {"X-API-Key": API_KEY})
+            for name, (command, cwd, extra) in plan.items():
+                log = open(work_dir / f"{name}.log", "wb")
+                logs.append(log)
+                processes[name] = subprocess.Popen(
+                    command, cwd=cwd, env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT
+                )
+            for name, (command, _, extra) in plan.items():
+                # The older counter and the floor have no /health: any answer (404) means up.
+                wait_for_port(port_of(command, extra), processes[name])
+            key = {"X-API-Key": API_KEY}
+            clients = {
+                name: HttpPairs(port_of(command, extra), {} if name in ("old", "floor") else key)
+                for name, (command, _, extra) in plan.items()
+            }
             os.environ.update({name: env[name] for name in ("REDIS_URL", "CONDUIT_ENV_FILE")})
             settings = load_settings(redis_url=server.url, tpm_quota=BIG_LIMIT, rpm_quota=BIG_LIMIT)
             direct = SyncTokenClient("bench", settings=settings)
@@ -219,32 +338,20 @@ def main() -> None:
                     raise RuntimeError(f"refused: {error}")
                 direct.report_usage(request_id, 5, 5)
 
-            systems: dict[str, Pair] = {
-                "old": old.pair,
-                "conduit": conduit.pair,
-                "token_client": direct_pair,
-            }
+            systems: dict[str, Pair] = {name: client.pair for name, client in clients.items()}
+            systems["token_client"] = direct_pair
             for pair in systems.values():  # warm up: imports, scripts, connections
-                for _ in range(50):
+                for _ in range(200):
                     pair()
-            runs: dict[str, dict[int, list[dict[str, float]]]] = {
-                name: {threads: [] for threads in THREAD_COUNTS} for name in systems
-            }
-            ratios: dict[int, list[float]] = {threads: [] for threads in THREAD_COUNTS}
-            for _ in range(REPEATS):
-                for threads in THREAD_COUNTS:
-                    for name, pair in systems.items():
-                        runs[name][threads].append(measure(pair, threads))
-                    ratios[threads].append(
-                        runs["conduit"][threads][-1]["pairs_per_s"]
-                        / runs["old"][threads][-1]["pairs_per_s"]
-                    )
+            runs, ratios = measure_all(systems)
+            ping_us = redis_ping_us(server.url)
             direct.close()
-            old.close()
-            conduit.close()
+            for client in clients.values():
+                client.close()
         finally:
-            for process in servers:
+            for process in processes.values():
                 process.terminate()
+            for process in processes.values():
                 process.wait(15)
             for log in logs:
                 log.close()
@@ -253,7 +360,11 @@ def main() -> None:
         return {
             str(threads): round(median([run[key] for run in runs[name][threads]]), 2)
             for threads in THREAD_COUNTS
+            if runs[name][threads]
         }
+
+    def ratio(name: str) -> dict[str, float]:
+        return {str(threads): round(median(ratios[name][threads]), 2) for threads in THREAD_COUNTS}
 
     result: dict[str, Any] = {
         "duration_s": DURATION_S,
@@ -261,21 +372,23 @@ def main() -> None:
         "threads": list(THREAD_COUNTS),
         "server_processes": 1,
         "load_average": os.getloadavg(),
-        "ratio_vs_old": {
-            str(threads): round(median(ratios[threads]), 2) for threads in THREAD_COUNTS
-        },
+        "ratio_vs_old": ratio("counter"),
+        "web_ratio_vs_old": ratio("web"),
+        "redis_ping_us": round(ping_us, 1),
+        "counter_2_processes_pairs_per_s": figures("counter_2", "pairs_per_s"),
         **{
             f"{name}_{key}": figures(name, key)
-            for name in ("old", "conduit", "token_client")
+            for name in ("old", "counter", "web", "token_client", "floor")
             for key in ("pairs_per_s", "p50_ms", "p99_ms")
         },
     }
-    ratio = result["ratio_vs_old"]
+    ratios_now = result["ratio_vs_old"]
     write_result(
         "counter_api",
         result,
-        f"conduit /lock+/report {ratio['1']}x the older counter at 1 thread, {ratio['8']}x at 8 "
-        f"(load {os.getloadavg()[0]:.1f})",
+        f"conduit's counter server {ratios_now['1']}x the older counter at 1 thread, "
+        f"{ratios_now['8']}x at 8 (web app's routes {result['web_ratio_vs_old']}; "
+        f"load {os.getloadavg()[0]:.1f})",
     )
 
 

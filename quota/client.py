@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from quota.connect import quota_redis
+from quota.connect import async_quota_redis, quota_redis
 from quota.errors import QuotaError
 from quota.limiter import AsyncQuotaLimiter, QuotaLimiter
 from quota.sansio import Decision, QuotaStatus, check_pool
@@ -124,7 +124,7 @@ class TokenClient(_ClientBase):
         self._own_redis: redis.asyncio.Redis | None = None
         if limiter is None:
             # Quota's own Redis (QUOTA_REDIS_URL, else REDIS_URL).
-            self._own_redis = redis.asyncio.Redis.from_url(settings.quota_url)
+            self._own_redis = async_quota_redis(settings)
             limiter = AsyncQuotaLimiter(self._own_redis, settings)
         self.limiter = limiter
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
 import redis.cluster
 
 from settings import Settings
@@ -27,6 +29,14 @@ def on_broker(settings: Settings) -> bool:
     return settings.quota_url == settings.broker_url and not settings.quota_redis_cluster
 
 
+def _cluster_url(settings: Settings) -> str | None:
+    """The plain seed URL when quota state lives on a cluster, else None."""
+    url = settings.quota_url
+    if settings.quota_redis_cluster or is_cluster_url(url):
+        return url.replace("+cluster", "", 1)
+    return None
+
+
 def quota_redis(
     settings: Settings, *, broker: redis.Redis | None = None, **options: Any
 ) -> redis.Redis:
@@ -34,11 +44,20 @@ def quota_redis(
     ``broker``, the process's broker client, is returned as is when quota lives there too."""
     if broker is not None and on_broker(settings):
         return broker
-    url = settings.quota_url
-    if settings.quota_redis_cluster or is_cluster_url(url):
-        plain = url.replace("+cluster", "", 1)
+    plain = _cluster_url(settings)
+    if plain:
         options.pop("health_check_interval", None)  # not a RedisCluster option
         # RedisCluster has the same command methods the limiter uses (EVALSHA, SCRIPT LOAD to
         # every primary, HSET, SADD ...); typed as Redis so callers need not care which.
         return redis.cluster.RedisCluster.from_url(plain, **options)  # type: ignore[return-value]
-    return redis.Redis.from_url(url, **options)
+    return redis.Redis.from_url(settings.quota_url, **options)
+
+
+def async_quota_redis(settings: Settings, **options: Any) -> redis.asyncio.Redis:
+    """:func:`quota_redis` on ``redis.asyncio``, for the asyncio limiter's users."""
+    plain = _cluster_url(settings)
+    if plain:
+        options.pop("health_check_interval", None)
+        cluster = redis.asyncio.cluster.RedisCluster.from_url(plain, **options)
+        return cluster  # type: ignore[return-value]  # the same commands, as quota_redis says
+    return redis.asyncio.Redis.from_url(settings.quota_url, **options)

@@ -406,6 +406,11 @@ class Settings(
     # --- web/ ------------------------------------------------------------------------------------
     web_host: str = Field("127.0.0.1", validation_alias=_env("WEB_HOST"))
     web_port: int = Field(8000, ge=1, le=65535, validation_alias=_env("WEB_PORT", "PORT"))
+    # Processes per server (gunicorn reads it itself; the counter server from here).
+    web_concurrency: int = Field(1, ge=1, le=64, validation_alias=_env("WEB_CONCURRENCY"))
+    # The older counter's /lock, /report, /release and /status on a lean server of their own
+    # (web/counter_server.py): the port callers of the older counter point COUNTER_APP_BASE_URL at.
+    counter_port: int = Field(8001, ge=1, le=65535, validation_alias=_env("COUNTER_PORT"))
     # Explicit and loud: only `make run` should set this. Every endpoint but / and /health is open.
     auth_disabled: bool = Field(False, validation_alias=_env("AUTH_DISABLED"))
     auth_api_key: SecretStr | None = Field(None, validation_alias=_env("AUTH_API_KEY"))

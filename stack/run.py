@@ -1,9 +1,9 @@
 """``make run`` (``python -m stack``): the whole stack, a sample workload, then Ctrl-C to stop.
 
 1. Redis: the embedded ``redis-server`` (settings.redis_server), or none when REDIS_URL is set.
-2. The Procfile's web, worker, bridge and Flower (and the emulators when no Azure OpenAI endpoint
-   is configured) under honcho, with dev defaults (AUTH_DISABLED, console logs) unless the
-   environment says otherwise. Their output goes to ``.data/stack.log``.
+2. The Procfile's web, counter, worker, bridge and Flower (and the emulators when no Azure
+   OpenAI endpoint is configured) under honcho, with dev defaults (AUTH_DISABLED, console logs)
+   unless the environment says otherwise. Their output goes to ``.data/stack.log``.
 3. Waits until ``/ready`` (Redis, broker, a bridge heartbeat, a worker, the Azure OpenAI
    endpoint or emulator) answers 200, saying every few seconds which checks still fail.
 4. Sends the sample workload (stack/workload.py) to the input queues, prints each result as it
@@ -90,7 +90,7 @@ def say(line: str = "") -> None:
 
 
 def process_names(settings: Settings) -> list[str]:
-    names = ["web", "worker", "bridge", "flower"]
+    names = ["web", "counter", "worker", "bridge", "flower"]
     if settings.embedded_openai:
         names.append("emulators")
     if settings.embedded_acs:
@@ -227,6 +227,7 @@ def summary(
     say(f"  dashboard   {web}/dashboard")
     say(f"  flower      http://127.0.0.1:{settings.flower_port}")
     say(f"  quota API   {web}/api/v1/quota")
+    say(f"  counter     http://127.0.0.1:{settings.counter_port}/status  (the older counter's API)")
     say(f"  logs        {log_path}")
     say(f"  try         {PING_COMMAND}")
 

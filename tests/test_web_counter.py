@@ -1,20 +1,24 @@
-"""The older token counter's HTTP API, answered by quota/ on the real embedded Redis.
+"""The older token counter's HTTP API, answered by quota/ on the real embedded Redis, by both
+servers that serve it: the web app (Flask) and the counter server (web/counter_server.py, ASGI).
 
 Shapes are the older service's: refusals are HTTP 200 ``allowed: false`` with the older wording,
-ids the limiter does not know are 400 ``{"detail": ...}``. Auth is off here (test_web_auth.py
-covers it).
+ids the limiter does not know are 400 ``{"detail": ...}``. Auth is off in most tests here
+(test_web_auth.py covers the web app's rules; the last tests check both servers apply them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from werkzeug.test import TestResponse
+from starlette.testclient import TestClient
 
-from settings import load_settings
+from settings import Settings, load_settings
 from settings.redis_server import RedisServer
 from web.app import MAX_REQUEST_BYTES, create_app
+from web.counter_server import CounterServer
 
 STATUS_FIELDS = {
     "available_tokens",
@@ -33,10 +37,66 @@ WHISPER_STATUS_FIELDS = {
 }
 
 
-@pytest.fixture
-def client(redis_url: str):
+class CounterServerResponse:
+    """An httpx response read the way these tests read Flask's (``.json``, ``.is_json``)."""
+
+    def __init__(self, response: Any) -> None:  # starlette's httpx response
+        self._response = response
+        self.status_code = response.status_code
+        self.headers = response.headers
+
+    @property
+    def is_json(self) -> bool:
+        return self.headers.get("content-type", "").startswith("application/json")
+
+    @property
+    def json(self) -> Any:
+        return self._response.json()
+
+
+class CounterServerClient:
+    """The counter server (ASGI, its lifespan run) behind Flask's test-client calls."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> CounterServerResponse:
+        return CounterServerResponse(self._client.get(path, headers=headers))
+
+    def post(
+        self,
+        path: str,
+        json: object = None,
+        data: str | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> CounterServerResponse:
+        headers = {**(headers or {}), **({"content-type": content_type} if content_type else {})}
+        return CounterServerResponse(
+            self._client.post(path, json=json, content=data, headers=headers)
+        )
+
+
+SERVERS = ["web", "counter"]
+
+
+@contextmanager
+def _counter_server(settings: Settings) -> Iterator[CounterServerClient]:
+    with TestClient(CounterServer(settings)) as test_client:
+        yield CounterServerClient(test_client)
+
+
+def serve(kind: str, settings: Settings) -> Any:
+    """A test client of ``kind`` ("web": the Flask app; "counter": the counter server), to use
+    as a context manager."""
+    if kind == "web":
+        return create_app(settings).test_client()
+    return _counter_server(settings)
+
+
+def limits() -> Settings:
     # RPM 60 allows 10 requests per 10 s (Azure's RPM/6); Whisper 6 allows one.
-    settings = load_settings(
+    return load_settings(
         auth_disabled=True,
         tpm_quota=1000,
         rpm_quota=60,
@@ -44,13 +104,25 @@ def client(redis_url: str):
         embedding_rpm_quota=600,
         whisper_rpm_quota=6,
     )
-    with create_app(settings).test_client() as test_client:
+
+
+@pytest.fixture(params=SERVERS)
+def client(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Any]:
+    """The counter's routes on either server."""
+    with serve(request.param, limits()) as test_client:
         yield test_client
 
 
-def json_of(response: TestResponse) -> Any:
+@pytest.fixture
+def web_client(redis_url: str) -> Iterator[Any]:
+    """The web app, for what only it serves (the banner, the quota API)."""
+    with create_app(limits()).test_client() as test_client:
+        yield test_client
+
+
+def json_of(response: Any) -> Any:
     """A response's JSON body (Flask types it optional: None when the body is not JSON)."""
-    assert response.is_json, response.data
+    assert response.is_json, response
     return response.json
 
 
@@ -60,8 +132,8 @@ def lock(client, path: str = "/lock", **body: object) -> dict:
     return response.json
 
 
-def test_root_describes_the_service_and_its_limits(client) -> None:
-    body = client.get("/").json
+def test_root_describes_the_service_and_its_limits(web_client) -> None:
+    body = web_client.get("/").json
     assert body["status"] == "running"
     assert {"app", "version", "start_time"} <= body.keys()
     assert body["token_limit_per_minute"] == 1000
@@ -218,10 +290,10 @@ def test_bad_bodies_are_json_errors(client) -> None:
     assert "detail" in unknown.json
 
 
-def test_quota_api_lists_every_pool_with_the_per_app_split(client) -> None:
-    lock(client, token_count=120, app_id="feedback")
-    lock(client, token_count=30, app_id="search")
-    body = client.get("/api/v1/quota").json
+def test_quota_api_lists_every_pool_with_the_per_app_split(web_client) -> None:
+    lock(web_client, token_count=120, app_id="feedback")
+    lock(web_client, token_count=30, app_id="search")
+    body = web_client.get("/api/v1/quota").json
     assert body["window_seconds"] == 60
     pools = {entry["pool"]: entry for entry in body["pools"]}
     assert set(pools) == {"completion", "embedding", "whisper"}
@@ -263,15 +335,16 @@ def test_counts_must_be_strict_integers(client, path: str, field: str, value: ob
     assert client.get("/status").json["locked_requests"] == 0
 
 
-def test_status_is_503_with_the_reason_while_redis_is_down(tmp_path) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+def test_status_is_503_with_the_reason_while_redis_is_down(kind: str, tmp_path) -> None:
     server = RedisServer(tmp_path).start()
     settings = load_settings(auth_disabled=True, redis_url=server.url)
-    app = create_app(settings)
+    paths = ("/status", "/whisper/status") + (("/api/v1/quota",) if kind == "web" else ())
     try:
-        with app.test_client() as client:
+        with serve(kind, settings) as client:
             assert client.get("/status").status_code == 200
             server.stop()
-            for path in ("/status", "/whisper/status", "/api/v1/quota"):
+            for path in paths:
                 down = client.get(path)
                 assert down.status_code == 503, (path, down.json)
                 assert json_of(down)["detail"].startswith("quota store unreachable")
@@ -281,10 +354,10 @@ def test_status_is_503_with_the_reason_while_redis_is_down(tmp_path) -> None:
         server.stop()
 
 
-def test_the_hot_routes_need_the_credential_like_every_other(redis_url: str) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+def test_the_hot_routes_need_the_credential_like_every_other(kind: str, redis_url: str) -> None:
     key = "k" * 32
-    app = create_app(load_settings(auth_api_key=key))
-    with app.test_client() as client:
+    with serve(kind, load_settings(auth_api_key=key)) as client:
         body = {"app_id": "app1", "token_count": 1}
         for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer x.y.z"}):
             refused = client.post("/lock", json=body, headers=headers)
@@ -299,5 +372,5 @@ def test_the_hot_routes_need_the_credential_like_every_other(redis_url: str) -> 
             headers={"X-API-Key": key},
         )
         assert release.json == {"success": True}
-        # GET on a POST route still reaches Flask (405), as does every other route.
         assert client.get("/lock", headers={"X-API-Key": key}).status_code == 405
+        assert client.get("/health").status_code == 200  # open, as before

@@ -20,7 +20,6 @@ from settings import Settings, get_logger, get_settings
 from telemetry import instrument_flask
 from web import calls, counter, dashboard, health, media, metrics, quota_api
 from web.auth import Authenticator
-from web.counter_fast import CounterFastPath
 from web.errors import register_error_handlers
 from web.extensions import sock
 from web.services import Services
@@ -62,10 +61,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     instrument_flask(app)
     conduit = Services.create(settings)
     conduit.init_app(app)
-    # The counter's hot routes are answered before Flask (profiled: Flask cost more than quota).
-    app.wsgi_app = CounterFastPath(  # type: ignore[method-assign]
-        app.wsgi_app, authenticator, conduit.limiter, MAX_REQUEST_BYTES
-    )
     sock.init_app(app)
     register_error_handlers(app)
     for blueprint in (

@@ -14,13 +14,22 @@ number guessed at. While the quota's Redis is unreachable every route answers 50
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import redis
 from flask import Blueprint, Response, request
 from pydantic import BaseModel, StrictInt, ValidationError
 
-from quota import QuotaError, QuotaLimiter, QuotaStatus
+from quota import (
+    AsyncQuotaLimiter,
+    Decision,
+    QuotaError,
+    QuotaLimiter,
+    QuotaStatus,
+    Settlement,
+)
+from quota.sansio import QuotaProtocol
 from web.errors import json_error
 from web.services import services
 
@@ -127,52 +136,80 @@ def parse_body(model: type[BaseModel], data: object) -> Any:
         ) from None
 
 
-# The answers to POST /lock, /report and /release, shared by the Flask views below and the
-# WSGI fast path (web/counter_fast.py): (HTTP status, JSON body).
-Answer = tuple[int, dict[str, Any]]
+Answer = tuple[int, Any]  # (HTTP status, JSON body)
+ACTIONS = ("lock", "report", "release")
 
 
-def lock_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
-    body = parse_body(LOCK_MODELS[pool], data)
-    tokens = getattr(body, "token_count", 0)
-    try:
-        decision = limiter.acquire(
-            pool, limiter.protocol.defaults[pool].deployment, tokens, body.app_id
-        )
-    except QuotaError as error:
-        return 400, {"detail": str(error)}
-    answer: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
-    if pool != "whisper":
-        rate_id = decision.request_id.partition(":")[2] if decision.request_id else None
-        answer["rate_request_id"] = rate_id
-    answer["message"] = decision.reason
-    return 200, answer
+class CounterCall(NamedTuple):
+    """A POST /lock, /report or /release, parsed and checked, without I/O: the limiter method
+    that answers it and its arguments, and how its result becomes the older API's answer. The
+    Flask views (sync limiter) and the counter server (web/counter_server.py, asyncio limiter)
+    run the same calls."""
+
+    method: Literal["acquire", "report", "release"]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    answer: Callable[[Any], Answer]
+    # What a 400 says before quota's reason when it refuses the id.
+    failure: str
 
 
-def report_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
-    body = parse_body(REPORT_MODELS[pool], data)
-    try:
-        limiter.report(
-            body.request_id,
-            getattr(body, "prompt_tokens", 0),
-            getattr(body, "completion_tokens", 0),
-            pool=pool,
-        )
-    except QuotaError as error:
-        return 400, {"detail": f"Failed to report usage: {error}"}
+def _lock_answer(pool: str) -> Callable[[Decision], Answer]:
+    def answer(decision: Decision) -> Answer:
+        body: dict[str, Any] = {"allowed": decision.allowed, "request_id": decision.request_id}
+        if pool != "whisper":
+            rate_id = decision.request_id.partition(":")[2] if decision.request_id else None
+            body["rate_request_id"] = rate_id
+        body["message"] = decision.reason
+        return 200, body
+
+    return answer
+
+
+def _settled(_: Settlement) -> Answer:
     return 200, {"success": True}
 
 
-def release_answer(limiter: QuotaLimiter, pool: str, data: object) -> Answer:
+def counter_call(action: str, pool: str, data: object, protocol: QuotaProtocol) -> CounterCall:
+    """``data`` (the decoded body) of a POST ``action`` on ``pool`` as a :class:`CounterCall`;
+    raises :class:`BadCount` or pydantic's ValidationError (the FastAPI 422) for a bad body."""
+    if action == "lock":
+        body = parse_body(LOCK_MODELS[pool], data)
+        deployment = protocol.defaults[pool].deployment
+        tokens = getattr(body, "token_count", 0)
+        return CounterCall(
+            "acquire", (pool, deployment, tokens, body.app_id), {}, _lock_answer(pool), ""
+        )
+    if action == "report":
+        body = parse_body(REPORT_MODELS[pool], data)
+        usage = (getattr(body, "prompt_tokens", 0), getattr(body, "completion_tokens", 0))
+        return CounterCall(
+            "report",
+            (body.request_id, *usage),
+            {"pool": pool},
+            _settled,
+            "Failed to report usage: ",
+        )
     body = parse_body(ReleaseRequest, data)
+    return CounterCall(
+        "release", (body.request_id,), {"pool": pool}, _settled, "Failed to release: "
+    )
+
+
+def answer_call(limiter: QuotaLimiter, call: CounterCall) -> Answer:
     try:
-        limiter.release(body.request_id, pool=pool)
+        result = getattr(limiter, call.method)(*call.args, **call.kwargs)
     except QuotaError as error:
-        return 400, {"detail": f"Failed to release: {error}"}
-    return 200, {"success": True}
+        return 400, {"detail": f"{call.failure}{error}"}
+    return call.answer(result)
 
 
-ANSWERS = {"lock": lock_answer, "report": report_answer, "release": release_answer}
+async def answer_call_async(limiter: AsyncQuotaLimiter, call: CounterCall) -> Answer:
+    try:
+        result = await getattr(limiter, call.method)(*call.args, **call.kwargs)
+    except QuotaError as error:
+        return 400, {"detail": f"{call.failure}{error}"}
+    return call.answer(result)
 
 
 @blueprint.errorhandler(BadCount)
@@ -186,7 +223,7 @@ def unreachable_detail(error: Exception) -> str:
 
 def unreachable(error: Exception) -> tuple[Response, int]:
     """503 with the reason: the quota store is down, which is neither the caller's fault nor a
-    bug here (web/quota_api.py and web/counter_fast.py answer it too)."""
+    bug here (web/quota_api.py and web/counter_server.py answer it too)."""
     return json_error(503, unreachable_detail(error))
 
 
@@ -212,7 +249,9 @@ def root():
 
 
 def _answer(action: str, pool: str) -> tuple[dict[str, Any], int]:
-    status, body = ANSWERS[action](services().limiter, pool, request.get_json(force=True))
+    limiter = services().limiter
+    call = counter_call(action, pool, request.get_json(force=True), limiter.protocol)
+    status, body = answer_call(limiter, call)
     return body, status
 
 
