@@ -157,7 +157,7 @@ def test_gunicorn_records_the_chart_with_nobody_watching(start_web, redis_client
 def test_a_snapshot_loads_the_status_script_again_after_a_flush(redis_client) -> None:
     limiter = QuotaLimiter(redis_client, load_settings())
     assert limiter.acquire("completion", "gpt-4o", 10, "a").allowed
-    reader = SnapshotReader(redis_client, limiter, [])
+    reader = SnapshotReader(redis_client, redis_client, limiter, [])
     assert reader.read()["pools"]  # the settings' deployments, read with the status script
     redis_client.script_flush()
     views = {view["name"]: view for view in reader.read()["pools"]}
