@@ -25,7 +25,7 @@ import redis
 
 from bridge.bus_api import OutgoingMessage
 from bridge.celery_publisher import CeleryPublisher
-from bridge.durability import broker_durability
+from bridge.durability import redis_durability
 from bridge.ingress import Ingress
 from bridge.ledger import Ledger, ledger_key
 from bridge.local_bus import LocalBus
@@ -175,7 +175,7 @@ def test_an_external_bus_over_everysec_loses_the_last_second_and_the_bridge_says
     bus_client = redis.Redis.from_url(bus_server.url, decode_responses=True)
     broker_client = redis.Redis.from_url(broker.url, decode_responses=True)
     try:
-        durability = broker_durability(broker_client)
+        durability = redis_durability(broker_client)
         assert not durability.durable
         assert "appendfsync everysec" in durability.detail
         assert "REDIS_APPENDFSYNC=always" in durability.detail
@@ -208,7 +208,7 @@ def test_an_external_bus_over_appendfsync_always_loses_nothing_to_a_crash(tmp_pa
     broker_client = redis.Redis.from_url(broker.url, decode_responses=True)
     try:
         assert broker_client.config_get("appendfsync") == {"appendfsync": "always"}
-        assert broker_durability(broker_client).durable
+        assert redis_durability(broker_client).durable
         bus = LocalBus(bus_client, lock_duration_s=30)
         ids = send(bus, MESSAGES)
         move_all(bus, broker.url, MESSAGES)
