@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 import redis
+import redis.cluster
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanKind
 
@@ -59,6 +60,17 @@ def current_carrier_of(span: Span) -> dict[str, str]:
         context.detach(token)
 
 
+def slot_groups(client: redis.Redis, streams: Sequence[str]) -> list[list[str]]:
+    """``streams`` in groups one XREADGROUP may read together: all of them on a plain Redis; on a
+    cluster, those in one hash slot (a read over two slots fails with CROSSSLOT)."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return [list(streams)]
+    groups: dict[int, list[str]] = {}
+    for stream in streams:
+        groups.setdefault(client.keyslot(stream), []).append(stream)
+    return list(groups.values())
+
+
 class ResultTooLarge(Exception):
     """A task's result no message can carry; its name is the error type in the failure payload."""
 
@@ -80,6 +92,7 @@ class Egress:
     ) -> None:
         self.client, self.bus, self.consumer, self.counters = client, bus, consumer, counters
         self.out_queue_of = {stream_key(queue): queue for queue in sorted(set(out_queues))}
+        self.read_groups = slot_groups(client, list(self.out_queue_of))
         self.batch_size = batch_size
         self.reclaim_idle_ms = int(reclaim_idle_s * 1000)
         self.max_message_bytes = max_message_bytes
@@ -122,21 +135,27 @@ class Egress:
     def run_once(self) -> int:
         """Read and send one batch per stream; returns how many entries were sent."""
         start = "0" if self.own_pending else ">"
-        # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
-        replies = cast(
-            list[tuple[str, list[Entry]]] | None,
-            self.client.xreadgroup(
-                GROUP,
-                self.consumer,
-                dict.fromkeys(self.out_queue_of, start),
-                count=self.batch_size,
-                block=None if self.own_pending else READ_BLOCK_MS,
-            ),
-        )
-        sent = 0
-        for stream, entries in replies or []:
-            sent += self.send(stream, entries)
-        if self.own_pending and not any(entries for _, entries in replies or []):
+        # One read per slot group (one in all on a plain Redis); the wait is shared out so a
+        # stop request still waits READ_BLOCK_MS at most, and once a group had entries the
+        # others are read without waiting.
+        block_ms = max(1, READ_BLOCK_MS // len(self.read_groups))
+        sent, read_any = 0, False
+        for streams in self.read_groups:
+            # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
+            replies = cast(
+                list[tuple[str, list[Entry]]] | None,
+                self.client.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    dict.fromkeys(streams, start),
+                    count=self.batch_size,
+                    block=None if self.own_pending or read_any else block_ms,
+                ),
+            )
+            for stream, entries in replies or []:
+                read_any = read_any or bool(entries)
+                sent += self.send(stream, entries)
+        if self.own_pending and not read_any:
             self.own_pending = False
         return sent
 

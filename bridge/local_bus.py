@@ -30,6 +30,7 @@ import redis
 
 from bridge.bus_api import OutgoingMessage, ReceivedMessage
 from bridge.errors import BusError, BusUnavailable, MessageTooLarge
+from settings.state_redis import state_redis
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -129,7 +130,9 @@ class LocalBus:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBus:
-        client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        # The state Redis (STATE_REDIS_URL, else REDIS_URL; maybe a cluster): every script and
+        # transaction here touches one queue's keys, all under its hash tag ``{queue}``.
+        client = state_redis(settings, decode_responses=True)
         return cls(
             client,
             lock_duration_s=settings.local_bus_lock_duration_s,
@@ -220,7 +223,8 @@ class LocalBus:
         return int(self.run_script("resubmit_dead_letters", queue, [max_count]))
 
     def active_message_counts(self) -> dict[str, int]:
-        # Every queue that ever held a message has a "ready" sorted set while it holds one.
+        # Every queue that ever held a message has a "ready" sorted set while it holds one. On a
+        # cluster, scan_iter visits every primary; the ZCARDs go to each key's own node.
         prefix, suffix = f"{KEY_PREFIX}:{{", "}:ready"
         with _mapped_errors():
             keys = list(self.client.scan_iter(match=f"{prefix}*{suffix}", count=1000))

@@ -159,12 +159,15 @@ def _counts(raw: dict[Any, Any], names: tuple[str, ...]) -> dict[str, int]:
     return {name: stored.get(name, 0) for name in names}
 
 
-def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
-    """Everything the dashboard shows about the bridge, from Redis alone (any client, decoded
+def read_bridge_stats(client: redis.Redis, broker: redis.Redis | None = None) -> dict[str, Any]:
+    """Everything the dashboard shows about the bridge, from Redis alone (any clients, decoded
     or not): ``{"alive", "bridges": [...], "routes": [...]}``. Per route: the counters, the
     ``celery_backlog`` (tasks waiting for a worker) and the ``outbox_lag`` (results written but
     not yet sent; the bridge deletes what it sent, so the stream holds only what is owed).
-    ``unrouted``: the queues holding messages that no route reads, as last checked."""
+    ``unrouted``: the queues holding messages that no route reads, as last checked.
+
+    ``client`` is the state Redis (these keys), ``broker`` Celery's, for the backlogs; None:
+    the same Redis."""
     # redis-py types a sync client's replies as "maybe awaitable": cast to what they are.
     seconds, micros = cast(tuple[int, int], client.time())
     now = seconds + micros / 1e6
@@ -181,10 +184,13 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
     for in_queue, route in routes.items():
         pipe.hgetall(counters_key(in_queue))
         pipe.hgetall(counters_key(route["out_queue"]))
-        # kombu keeps a Celery queue's unprioritised messages in a list named after it.
-        pipe.llen(route["celery_queue"])
         pipe.xlen(stream_key(route["out_queue"]))
     replies = iter(pipe.execute())
+    celery = (broker or client).pipeline(transaction=False)
+    for route in routes.values():
+        # kombu keeps a Celery queue's unprioritised messages in a list named after it.
+        celery.llen(route["celery_queue"])
+    backlogs = iter(celery.execute())
     since = {_text(queue): float(value) for queue, value in next(replies).items()}
 
     bridges = []
@@ -203,15 +209,15 @@ def read_bridge_stats(client: redis.Redis) -> dict[str, Any]:
         )
     route_stats = []
     for in_queue, route in routes.items():
-        ingress, egress = next(replies), next(replies)
+        ingress, egress, outbox_lag = next(replies), next(replies), next(replies)
         route_stats.append(
             {
                 "in_queue": in_queue,
                 **route,
                 **_counts(ingress, INGRESS_COUNTERS),
                 **_counts(egress, EGRESS_COUNTERS),
-                "celery_backlog": next(replies),
-                "outbox_lag": next(replies),
+                "celery_backlog": next(backlogs),
+                "outbox_lag": outbox_lag,
                 "counting_since": since.get(in_queue),
             }
         )

@@ -16,7 +16,7 @@ import redis
 
 from bridge.bus import Bus, connect_bus
 from bridge.celery_publisher import CeleryPublisher
-from bridge.durability import broker_durability
+from bridge.durability import bridge_durability
 from bridge.egress import Egress
 from bridge.errors import BridgeError
 from bridge.ingress import Ingress
@@ -25,6 +25,7 @@ from bridge.metrics import HEARTBEAT_SECS, Counters, Heartbeat, celery_queue, ne
 from bridge.unrouted import UnroutedReporter
 from logship import start_log_shipping, stop_log_shipping
 from settings import Settings, configure_logging, get_logger
+from settings.state_redis import on_broker, state_redis
 from tasks.processors import UnknownProcessor, get_processor
 from telemetry import configure_tracing
 
@@ -40,7 +41,12 @@ class Bridge:
         from worker import create_celery
 
         self.bus = bus
-        self.client = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        # Conduit's state (ledger, outbox, heartbeats and counters: STATE_REDIS_URL, else
+        # REDIS_URL, maybe a cluster) apart from Celery's broker, which the publisher reaches
+        # through kombu and the durability check asks directly.
+        self.broker = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        self.client = state_redis(settings, broker=self.broker, decode_responses=True)
+        self.state_apart = not on_broker(settings)
         self.publisher = CeleryPublisher(create_celery(settings))
         self.bridge_id = new_bridge_id()
         counters = Counters()
@@ -84,26 +90,29 @@ class Bridge:
             reclaim_idle_s=settings.bridge_reclaim_idle_s,
             max_message_bytes=settings.bridge_max_message_bytes,
         )
-        if not settings.uses_local_bus:
-            self.check_durability()
+        self.check_durability(local_bus=settings.uses_local_bus)
         for route in settings.routes:
             try:
                 get_processor(route.processor)
             except UnknownProcessor as error:
                 log.error("route %s: %s; its messages will be dead-lettered", route.in_queue, error)
 
-    def check_durability(self) -> None:
-        """Say at start whether a message completed on Service Bus has its task on disk (the
-        local bus needs no such check: see durability.py)."""
+    def check_durability(self, *, local_bus: bool) -> None:
+        """Say at start whether a completed message has its task and ledger record on disk: one
+        line per Redis that decides it (none when the local bus shares the broker's Redis; see
+        durability.py)."""
         try:
-            durability = broker_durability(self.client)
+            found = bridge_durability(
+                self.broker, self.client, local_bus=local_bus, state_apart=self.state_apart
+            )
         except redis.RedisError as error:
-            log.warning("could not read the broker Redis's AOF policy: %s", error)
+            log.warning("could not read the AOF policy of the broker or state Redis: %s", error)
             return
-        if durability.durable:
-            log.info("%s: a completed message's task survives a power loss", durability.detail)
-        else:
-            log.warning("%s", durability.detail)
+        for durability in found:
+            if durability.durable:
+                log.info("%s: a completed message's task survives a power loss", durability.detail)
+            else:
+                log.warning("%s", durability.detail)
 
     def run(self, stop: threading.Event) -> bool:
         """Run until ``stop`` is set, then drain; False when a thread died of an error."""
@@ -156,7 +165,9 @@ class Bridge:
     def close(self) -> None:
         self.publisher.close()
         self.bus.close()
-        self.client.close()
+        if self.client is not self.broker:
+            self.client.close()
+        self.broker.close()
 
 
 def run_bridge(settings: Settings) -> int:

@@ -24,11 +24,11 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from quota.connect import async_quota_redis, quota_redis
 from quota.errors import QuotaError
 from quota.limiter import AsyncQuotaLimiter, QuotaLimiter
 from quota.sansio import Decision, QuotaStatus, check_pool
 from settings import Settings, get_settings
+from settings.state_redis import async_state_redis, state_redis
 
 logger = logging.getLogger("conduit.quota.client")
 
@@ -123,8 +123,8 @@ class TokenClient(_ClientBase):
         super().__init__(app_id, settings, deployments)
         self._own_redis: redis.asyncio.Redis | None = None
         if limiter is None:
-            # Quota's own Redis (QUOTA_REDIS_URL, else REDIS_URL).
-            self._own_redis = async_quota_redis(settings)
+            # The state Redis (STATE_REDIS_URL, else REDIS_URL; a cluster when it says so).
+            self._own_redis = async_state_redis(settings)
             limiter = AsyncQuotaLimiter(self._own_redis, settings)
         self.limiter = limiter
 
@@ -183,8 +183,8 @@ class SyncTokenClient(_ClientBase):
         super().__init__(app_id, settings, deployments)
         self._own_redis: redis.Redis | None = None
         if limiter is None:
-            # Quota's own Redis (QUOTA_REDIS_URL, else REDIS_URL; a cluster when it says so).
-            self._own_redis = quota_redis(settings)
+            # The state Redis (STATE_REDIS_URL, else REDIS_URL; a cluster when it says so).
+            self._own_redis = state_redis(settings)
             limiter = QuotaLimiter(self._own_redis, settings)
         self.limiter = limiter
 

@@ -259,11 +259,17 @@ class Settings(
     quota_charge_model: Literal["azure", "usage"] = Field(
         "azure", validation_alias=_env("QUOTA_CHARGE_MODEL")
     )
-    # Where quota state lives; unset: REDIS_URL. May be a Redis Cluster (redis+cluster:// or
-    # rediss+cluster://, or a plain URL with QUOTA_REDIS_CLUSTER=true) while Celery's broker stays
-    # a plain Redis, which kombu requires.
-    quota_redis_url: str | None = Field(None, validation_alias=_env("QUOTA_REDIS_URL"))
-    quota_redis_cluster: bool = Field(False, validation_alias=_env("QUOTA_REDIS_CLUSTER"))
+    # Where Conduit's own state lives (quota, outbox, bridge ledger and stats, local bus, fleet
+    # metrics); unset: REDIS_URL, so one Redis serves everything, as before. May be a Redis
+    # Cluster (redis+cluster:// or rediss+cluster://, or a plain URL with STATE_REDIS_CLUSTER=true)
+    # while Celery's broker stays a plain Redis, which kombu requires. QUOTA_REDIS_* are the names
+    # from when only quota could move.
+    state_redis_url: str | None = Field(
+        None, validation_alias=_env("STATE_REDIS_URL", "QUOTA_REDIS_URL")
+    )
+    state_redis_cluster: bool = Field(
+        False, validation_alias=_env("STATE_REDIS_CLUSTER", "QUOTA_REDIS_CLUSTER")
+    )
     # Priority lanes: the last tenth of each window (tokens and requests) is kept for interactive
     # calls (voice turns, user-facing requests) whenever one was seen in the last
     # QUOTA_INTERACTIVE_IDLE_SECONDS; then batch may use it all. A tenth: one voice turn per second
@@ -501,9 +507,9 @@ class Settings(
         return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
-    def quota_url(self) -> str:
-        """Where quota state lives: QUOTA_REDIS_URL, else the broker's Redis."""
-        return self.quota_redis_url or self.broker_url
+    def state_url(self) -> str:
+        """Where Conduit's own state lives: STATE_REDIS_URL, else the broker's Redis."""
+        return self.state_redis_url or self.broker_url
 
     @property
     def emulator_url(self) -> str:

@@ -37,6 +37,7 @@ from bridge.bus import connect_bus
 from quota import QuotaLimiter
 from settings import Settings, settings_or_exit
 from settings.redis_server import RedisServer, RedisServerError, ensure_redis, port_in_use
+from settings.state_redis import state_redis
 from settings.tiktoken_offline import seed_tiktoken_cache
 from stack.call_demo import place_demo_call
 from stack.honcho_start import STOP_GRACE_SECS
@@ -242,10 +243,13 @@ def run_workload(
 ) -> ResultTally:
     messages: list[SampleMessage] = sample_workload(settings, DATA_DIR / "samples")
     tally = ResultTally(messages)
+    settings = settings.model_copy(update={"redis_url": redis_url})
     bus = connect_bus(settings)
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    celery = create_celery(settings.model_copy(update={"redis_url": redis_url}))
-    limiter, peaks = QuotaLimiter(client, settings), QuotaPeaks()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)  # the broker: queue depths
+    celery = create_celery(settings)
+    # Quota is state: on STATE_REDIS_URL when set (maybe a cluster), else this same client.
+    state = state_redis(settings, broker=client, decode_responses=True)
+    limiter, peaks = QuotaLimiter(state, settings), QuotaPeaks()
     reader = ResultReader(bus, output_queues(settings), consume=consume)
     try:
         started = time.monotonic()
@@ -272,6 +276,8 @@ def run_workload(
     finally:
         reader.close()
         bus.close()
+        if state is not client:
+            state.close()
         client.close()
         celery.close()
     return tally

@@ -23,11 +23,13 @@ import redis
 os.environ["CONDUIT_ENV_FILE"] = os.devnull
 os.environ.setdefault("LOG_FORMAT", "json")
 
-from settings import get_settings
+from settings import get_settings, load_settings
 from settings.redis_server import RedisServer, free_port
+from settings.state_redis import state_redis
 from tests.support.acs_emulator import AcsEmulatorStarter, RunningAcsEmulator
 from tests.support.azurite import AzuriteServer, require_node, running_azurite
 from tests.support.calls_web import CallsWebStarter
+from tests.support.cluster import RedisClusterServers
 from tests.support.emulator import EmulatorStarter, RunningEmulator
 from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 
@@ -101,6 +103,45 @@ def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Ite
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real three-master Redis Cluster (tests/support/cluster.py), started once per session."""
+    with RedisClusterServers(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def state_url(
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    redis_cluster: RedisClusterServers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
+    """Where this test's Conduit state lives (settings/state_redis.py). Parametrize it
+    indirectly: ``"plain"`` (the default) is the broker's Redis itself; ``"cluster"`` is the
+    session's Redis Cluster, emptied for this test and exported as STATE_REDIS_URL, while the
+    broker stays on ``redis_url``. (The cluster is asked for either way: a session fixture
+    started lazily, inside a test, would look like a process that test leaked.)"""
+    if getattr(request, "param", "plain") == "plain":
+        return redis_url
+    cluster = redis_cluster
+    client = cluster.client()
+    client.flushall(target_nodes=client.PRIMARIES)
+    client.close()
+    url = cluster.url.replace("redis://", "redis+cluster://", 1)
+    monkeypatch.setenv("STATE_REDIS_URL", url)
+    get_settings.cache_clear()
+    return url
+
+
+@pytest.fixture
+def state_client(state_url: str) -> Iterator[redis.Redis]:
+    """A decoding client on :func:`state_url` (a RedisCluster there)."""
+    client = state_redis(load_settings(state_redis_url=state_url), decode_responses=True)
     yield client
     client.close()
 

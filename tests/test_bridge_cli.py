@@ -1,4 +1,5 @@
-"""`python -m bridge send | peek | dlq`, here against the local bus (Service Bus alike)."""
+"""`python -m bridge send | peek | dlq`, here against the local bus (Service Bus alike), on the
+broker's Redis and with STATE_REDIS_URL on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import pytest
 
 from bridge.cli import main
 from bridge.local_bus import LocalBus
+from tests.support.cluster import on_plain_and_cluster
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    on_plain_and_cluster(metafunc)  # each test on a plain Redis and on a Redis Cluster
 
 
 @pytest.fixture
-def bus(redis_client) -> LocalBus:
-    return LocalBus(redis_client)
+def bus(state_client) -> LocalBus:
+    return LocalBus(state_client)
 
 
 def shown(capsys) -> list[dict]:

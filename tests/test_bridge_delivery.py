@@ -1,5 +1,7 @@
 """The bridge for real: local bus in, real `celery worker` and `python -m bridge` processes, a
-real Redis; every result out exactly once, whatever is killed or stopped along the way."""
+real Redis; every result out exactly once, whatever is killed or stopped along the way. Some run
+twice: everything on one Redis, and everything but Celery's broker (the local bus, ledger,
+outbox, bridge stats) on a real three-master Redis Cluster."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from bridge.local_bus import LocalBus, queue_keys
 from bridge.metrics import HEARTBEATS_KEY, read_bridge_stats
 from settings import load_settings
 from settings.redis_server import RedisServer, free_port
+from settings.state_redis import state_redis
 from tasks.outbox import stream_key
 from tests.support.processes import ManagedProcess, celery_worker_args, python_args
 
@@ -40,17 +43,29 @@ STACK_ENV = {
     "BRIDGE_REPUBLISH_AFTER_SECONDS": "10",
     "LOG_LEVEL": "INFO",
 }
+# The state on the broker's Redis, and on a Redis Cluster (tests/conftest.py's state_url).
+ON_PLAIN_AND_CLUSTER = pytest.mark.parametrize("state_url", ["plain", "cluster"], indirect=True)
 # Generous: a loaded 2-core machine, a worker restart and a visibility timeout on the way.
 DELIVERY_TIMEOUT_SECS = 150.0
 
 
 class Stack:
-    """A bus client and the worker and bridge processes of one test, all on one Redis."""
+    """A bus client and the worker and bridge processes of one test: Celery's broker on
+    ``redis_url``, the state (local bus, ledger, outbox) on ``state_url`` (the same Redis when
+    None or equal)."""
 
-    def __init__(self, redis_url: str, env: dict[str, str], log_dir: Path) -> None:
-        self.env = {**env, **STACK_ENV, "REDIS_URL": redis_url}
+    def __init__(
+        self, redis_url: str, env: dict[str, str], log_dir: Path, state_url: str | None = None
+    ) -> None:
+        state_url = state_url or redis_url
+        self.env = {**env, **STACK_ENV, "REDIS_URL": redis_url, "STATE_REDIS_URL": state_url}
         self.log_dir = log_dir
-        self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.broker = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.client = state_redis(
+            load_settings(redis_url=redis_url, state_redis_url=state_url),
+            broker=self.broker,
+            decode_responses=True,
+        )
         self.bus = LocalBus(self.client)
         self.app: Celery | None = None
         self.processes: list[ManagedProcess] = []
@@ -99,8 +114,8 @@ class Stack:
         """Nothing left anywhere between the input queue and the output queue."""
         return (
             not self.bus.peek("echo_iq", 1)
-            and self.client.llen("echo") == 0
-            and self.client.hlen("unacked") == 0
+            and self.broker.llen("echo") == 0
+            and self.broker.hlen("unacked") == 0
             and self.client.xlen(stream_key("echo_oq")) == 0
             and self.client.zcard(ledger_key("echo_oq")) == 0
         )
@@ -119,7 +134,7 @@ class Stack:
             f"results={sum(self.results().values())} missing={missing[:20]} "
             f"inputs={len(self.bus.peek('echo_iq', 10_000))} "
             f"dead={len(self.bus.dead_letters('echo_iq', 10_000))} "
-            f"celery_queue={self.client.llen('echo')} unacked={self.client.hlen('unacked')} "
+            f"celery_queue={self.broker.llen('echo')} unacked={self.broker.hlen('unacked')} "
             f"outbox={self.client.xlen(stream_key('echo_oq'))} "
             f"ledger={self.client.zcard(ledger_key('echo_oq'))}"
         )
@@ -142,25 +157,34 @@ class Stack:
             process.stop()
         if self.app is not None:
             self.app.close()
-        self.client.close()
+        if self.client is not self.broker:
+            self.client.close()
+        self.broker.close()
 
 
 @pytest.fixture
-def stack(redis_url: str, conduit_env: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(redis_url, conduit_env, tmp_path)
+def stack(
+    redis_url: str, state_url: str, conduit_env: dict[str, str], tmp_path: Path
+) -> Iterator[Stack]:
+    stack = Stack(redis_url, conduit_env, tmp_path, state_url)
     yield stack
     stack.stop()
 
 
+@ON_PLAIN_AND_CLUSTER
 def test_a_thousand_messages_in_a_thousand_results_out(stack):
     stack.start_worker()
     bridge = stack.start_bridge()
     stack.send(1000)
     stack.assert_each_result_exactly_once(1000, bridge)
     bridge.stop()
-    [route] = [r for r in read_bridge_stats(stack.client)["routes"] if r["in_queue"] == "echo_iq"]
+    stats = read_bridge_stats(stack.client, stack.broker)
+    [route] = [r for r in stats["routes"] if r["in_queue"] == "echo_iq"]
     assert (route["received"], route["published"], route["sent"]) == (1000, 1000, 1000)
     assert route["dead_lettered"] == 0 and route["outbox_lag"] == 0
+    if stack.client is not stack.broker:
+        # All of Conduit's own keys went to the cluster; the broker holds only Celery's.
+        assert list(stack.broker.scan_iter("conduit:*")) == []
 
 
 def test_bridge_killed_mid_batch_twice_still_sends_each_result_once(stack):
@@ -183,11 +207,12 @@ def test_worker_killed_mid_task_still_sends_each_result_once(stack):
     stack.assert_each_result_exactly_once(1000, bridge)
 
 
+@ON_PLAIN_AND_CLUSTER
 def test_a_task_the_broker_loses_is_published_again(stack):
     bridge = stack.start_bridge()
     stack.send(10)
-    bridge.wait_until(lambda: stack.client.llen("echo") == 10, 30, "10 published tasks")
-    stack.client.rpop("echo")  # what a worker killed as it took a task leaves behind
+    bridge.wait_until(lambda: stack.broker.llen("echo") == 10, 30, "10 published tasks")
+    stack.broker.rpop("echo")  # what a worker killed as it took a task leaves behind
     stack.start_worker()
     stack.assert_each_result_exactly_once(10, bridge)
     assert "publishing again 1 task(s) the broker lost" in bridge.output()
@@ -207,6 +232,7 @@ def test_sigterm_drains_without_losing_or_duplicating(stack):
     stack.assert_each_result_exactly_once(1000, stack.start_bridge())
 
 
+@ON_PLAIN_AND_CLUSTER
 def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carries_on(stack):
     stack.start_worker()
     # A queue no route reads: reported, not left to sit silently (issue 10.16).
@@ -238,7 +264,7 @@ def test_malformed_and_unroutable_messages_are_dead_lettered_and_the_bridge_carr
     assert reasons["fields"] == ("InvalidFields", "field 'id': Field required")
     assert dead("ghost_iq")["ghost"][0] == "UnknownProcessor"
     assert "'ghost'" in dead("ghost_iq")["ghost"][1]
-    assert read_bridge_stats(stack.client)["unrouted"]["queues"] == [
+    assert read_bridge_stats(stack.client, stack.broker)["unrouted"]["queues"] == [
         {"queue": "nowhere_iq", "messages": 1}
     ]
     assert "messages wait in queue(s) no route reads: nowhere_iq (1)" in bridge.output()

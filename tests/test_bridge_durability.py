@@ -25,7 +25,7 @@ import redis
 
 from bridge.bus_api import OutgoingMessage
 from bridge.celery_publisher import CeleryPublisher
-from bridge.durability import broker_durability
+from bridge.durability import redis_durability
 from bridge.ingress import Ingress
 from bridge.ledger import Ledger, ledger_key
 from bridge.local_bus import LocalBus
@@ -175,7 +175,7 @@ def test_an_external_bus_over_everysec_loses_the_last_second_and_the_bridge_says
     bus_client = redis.Redis.from_url(bus_server.url, decode_responses=True)
     broker_client = redis.Redis.from_url(broker.url, decode_responses=True)
     try:
-        durability = broker_durability(broker_client)
+        durability = redis_durability(broker_client)
         assert not durability.durable
         assert "appendfsync everysec" in durability.detail
         assert "REDIS_APPENDFSYNC=always" in durability.detail
@@ -208,7 +208,7 @@ def test_an_external_bus_over_appendfsync_always_loses_nothing_to_a_crash(tmp_pa
     broker_client = redis.Redis.from_url(broker.url, decode_responses=True)
     try:
         assert broker_client.config_get("appendfsync") == {"appendfsync": "always"}
-        assert broker_durability(broker_client).durable
+        assert redis_durability(broker_client).durable
         bus = LocalBus(bus_client, lock_duration_s=30)
         ids = send(bus, MESSAGES)
         move_all(bus, broker.url, MESSAGES)
@@ -242,3 +242,36 @@ def test_the_bridge_warns_at_start_when_service_bus_meets_an_everysec_redis(redi
     client.close()
     assert "appendfsync everysec: a power loss or host crash can lose" in caplog.text
     assert "REDIS_APPENDFSYNC=always" in caplog.text
+
+
+def test_with_the_state_on_a_cluster_the_bridge_asks_every_primary_as_well(
+    redis_url, redis_cluster, caplog
+):
+    # Apart from the broker, a message's writes span several AOFs (the broker's and one per
+    # state primary): one ordered log no longer protects the local bus, so each is checked.
+    from bridge.runner import Bridge
+
+    cluster_url = redis_cluster.url.replace("redis://", "redis+cluster://", 1)
+    settings = load_settings(redis_url=redis_url, state_redis_url=cluster_url)
+    assert settings.uses_local_bus
+    with caplog.at_level(logging.INFO, logger="bridge.runner"):
+        bridge = Bridge(settings, LocalBus.from_settings(settings))
+    bridge.close()
+    lines = [record.getMessage() for record in caplog.records if record.name == "bridge.runner"]
+    assert any(line.startswith("the broker Redis fsyncs its AOF") for line in lines)
+    for port in redis_cluster.ports:
+        # The suite's cluster nodes keep no AOF: each is named, with the setting that fixes it.
+        assert any(
+            line.startswith(f"state Redis node 127.0.0.1:{port} keeps no AOF (appendonly no)")
+            for line in lines
+        ), lines
+
+
+def test_the_local_bus_on_the_brokers_redis_needs_no_check(redis_url, caplog):
+    from bridge.runner import Bridge
+
+    settings = load_settings(redis_url=redis_url)
+    with caplog.at_level(logging.INFO, logger="bridge.runner"):
+        bridge = Bridge(settings, LocalBus.from_settings(settings))
+    bridge.close()
+    assert "AOF" not in caplog.text

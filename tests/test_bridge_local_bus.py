@@ -6,17 +6,25 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 import redis
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bridge.bus import OutgoingMessage
 from bridge.errors import BusUnavailable, MessageTooLarge
-from bridge.local_bus import LocalBus
+from bridge.local_bus import LocalBus, queue_keys
 from settings.redis_server import free_port
+from tests.support.cluster import on_plain_and_cluster
 from tests.support.waiting import wait_until
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    on_plain_and_cluster(metafunc)  # each test on a plain Redis and on a Redis Cluster
+
 
 # Short enough that a test waits for a lock to expire, long enough to settle within it.
 LOCK_S = 0.5
@@ -25,11 +33,10 @@ WAIT_SECS = 10
 
 
 @pytest.fixture
-def bus(redis_url: str):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    bus = LocalBus(client, lock_duration_s=LOCK_S, max_delivery_count=3, duplicate_window_s=60)
-    yield bus
-    client.close()
+def bus(state_client):
+    return LocalBus(
+        state_client, lock_duration_s=LOCK_S, max_delivery_count=3, duplicate_window_s=60
+    )
 
 
 def send(bus: LocalBus, *ids: str, queue: str = "q", **fields) -> None:
@@ -118,11 +125,11 @@ def test_a_scheduled_message_waits_for_its_enqueue_time(bus):
     assert [m.message_id for m in arrived] == ["later"]
 
 
-def test_a_message_id_sent_twice_within_the_window_is_dropped(bus, redis_client):
+def test_a_message_id_sent_twice_within_the_window_is_dropped(bus, state_client):
     send(bus, "m-1", "m-1")
     send(bus, "m-1")
     assert len(bus.peek("q", 10)) == 1
-    short = LocalBus(redis_client, duplicate_window_s=0.2)
+    short = LocalBus(state_client, duplicate_window_s=0.2)
 
     def sent_again() -> bool:
         send(short, "m-1")  # dropped while the window lasts (a drop does not extend it)
@@ -132,8 +139,8 @@ def test_a_message_id_sent_twice_within_the_window_is_dropped(bus, redis_client)
     assert len(bus.peek("q", 10)) == 2
 
 
-def test_a_message_over_the_size_limit_is_refused_and_its_batch_not_sent(redis_client):
-    bus = LocalBus(redis_client, max_message_bytes=1024)
+def test_a_message_over_the_size_limit_is_refused_and_its_batch_not_sent(state_client):
+    bus = LocalBus(state_client, max_message_bytes=1024)
     batch = [
         OutgoingMessage(body='{"id": 1}', message_id="small"),
         OutgoingMessage(body=json.dumps({"pad": "x" * 1024}), message_id="big"),
@@ -152,15 +159,23 @@ def test_peek_shows_locked_and_available_messages_without_taking_them(bus):
     assert [m.message_id for m in receiver.receive(10, 0)] == ["b"]
 
 
+def blocked_in_redis(bus: LocalBus, queue: str) -> bool:
+    """Whether a client waits (BLPOP) on the Redis node holding ``queue``."""
+    client = bus.client
+    if isinstance(client, redis.cluster.RedisCluster):
+        node = client.get_node_from_key(queue_keys(queue)["signal"])
+        # RedisCluster's client_list is typed for its asyncio twin too.
+        clients = cast("list[dict[str, Any]]", client.client_list(target_nodes=node))
+    else:
+        clients = client.client_list()
+    return any(c["cmd"] == "blpop" for c in clients)
+
+
 def test_a_waiting_receiver_wakes_when_a_message_is_sent(bus):
     received = []
     waiter = threading.Thread(target=lambda: received.extend(bus.receiver("q").receive(10, 30)))
     waiter.start()
-    wait_until(
-        lambda: any(c["cmd"] == "blpop" for c in bus.client.client_list()),
-        WAIT_SECS,
-        "the receiver to wait in Redis",
-    )
+    wait_until(lambda: blocked_in_redis(bus, "q"), WAIT_SECS, "the receiver to wait in Redis")
     send(bus, "m-1")
     # Without the wake-up the receive would sit out its 30 s wait.
     waiter.join(20)
@@ -172,3 +187,24 @@ def test_an_unreachable_redis_is_reported_as_bus_unavailable():
     with pytest.raises(BusUnavailable, match="unreachable"):
         LocalBus(client).receiver("q").receive(1, 0)
     client.close()
+
+
+def test_every_queue_holding_messages_is_counted_wherever_its_keys_live(bus):
+    # On a cluster the queues' keys spread over the three primaries: the SCAN visits each.
+    queues = [f"q{i}" for i in range(12)]
+    for n, queue in enumerate(queues, start=1):
+        send(bus, *(f"{queue}-{i}" for i in range(n)), queue=queue)
+    assert bus.active_message_counts() == {queue: n for n, queue in enumerate(queues, start=1)}
+
+
+def test_each_queue_keeps_all_its_keys_in_one_cluster_slot(redis_cluster):
+    # Every script and MULTI of the bus touches the keys of one queue (receive, lock, complete,
+    # abandon, dead-letter, resubmit, peek): a cluster runs them only if those share a slot.
+    # Asked of the cluster itself, not computed here.
+    node = redis.Redis.from_url(redis_cluster.url)
+    try:
+        for queue in ("q", "echo_iq", "forms:in", "{odd}"):
+            slots = {node.cluster("keyslot", key) for key in queue_keys(queue).values()}
+            assert len(slots) == 1, f"{queue}: keys in slots {slots}"
+    finally:
+        node.close()

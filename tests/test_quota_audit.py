@@ -31,8 +31,8 @@ import pytest
 
 from bench.quota_limiter import most_in_any_window
 from quota import QuotaLimiter
-from quota.connect import quota_redis
 from settings import load_settings
+from settings.state_redis import state_redis
 from tests.support.cluster import RedisClusterServers
 from tests.support.processes import REPO_ROOT
 from tests.support.quota import granted, retry_after
@@ -100,13 +100,13 @@ def make_limiter(url: str, charge_model: str, margin_s: float, mode: str) -> Quo
     options: dict[str, object] = {
         "quota_charge_model": charge_model,
         "quota_upstream_margin_s": margin_s,
-        "quota_redis_url": url,
-        "quota_redis_cluster": mode == "cluster",
+        "state_redis_url": url,
+        "state_redis_cluster": mode == "cluster",
     }
     if mode != "plain":
         options.update(FEATURES)
     settings = load_settings(**options)
-    return QuotaLimiter(quota_redis(settings), settings, window_s=WINDOW_S)
+    return QuotaLimiter(state_redis(settings), settings, window_s=WINDOW_S)
 
 
 def race(limiter: QuotaLimiter, seeds: range, start: float, until: float) -> list[list[Grant]]:

@@ -21,7 +21,9 @@ OLDER_STATUS = {
 }
 
 
-def test_older_async_usage_runs_unchanged_on_the_real_redis(redis_url):
+@pytest.mark.parametrize("state_url", ["plain", "cluster"], indirect=True)
+def test_older_async_usage_runs_unchanged_on_the_real_redis(state_client):
+    # "cluster": STATE_REDIS_URL names a Redis Cluster, and the asyncio client is a cluster one.
     async def older_code() -> None:
         # Exactly the older service's calls; only the import changed.
         client = TokenClient(app_id="my_app", base_url="http://token-counter:8000")
@@ -49,6 +51,7 @@ def test_older_async_usage_runs_unchanged_on_the_real_redis(redis_url):
         await client.aclose()
 
     asyncio.run(older_code())
+    assert list(state_client.scan_iter("conduit:quota:*"))  # where STATE_REDIS_URL says
 
 
 @pytest.fixture

@@ -157,7 +157,7 @@ def test_gunicorn_records_the_chart_with_nobody_watching(start_web, redis_client
 def test_a_snapshot_loads_the_status_script_again_after_a_flush(redis_client) -> None:
     limiter = QuotaLimiter(redis_client, load_settings())
     assert limiter.acquire("completion", "gpt-4o", 10, "a").allowed
-    reader = SnapshotReader(redis_client, limiter, [])
+    reader = SnapshotReader(redis_client, redis_client, limiter, [])
     assert reader.read()["pools"]  # the settings' deployments, read with the status script
     redis_client.script_flush()
     views = {view["name"]: view for view in reader.read()["pools"]}
@@ -267,3 +267,37 @@ def test_dashboard_moves_in_chromium_when_tasks_spend_quota(
             shutil.copyfile(screenshot, SCREENSHOT_FOR_README)
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("state_url", ["cluster"], indirect=True)
+def test_with_the_state_on_a_cluster_the_web_reads_quota_and_bridge_there(
+    redis_url, state_url
+) -> None:
+    # STATE_REDIS_URL on a Redis Cluster: the dashboard's quota and bridge stats and /ready's
+    # Redis check go there, the Celery queue depths to the broker's plain Redis.
+    from web.health import check_bridge, check_redis
+    from web.services import Services
+
+    settings = load_settings(redis_url=redis_url, state_redis_url=state_url)
+    conduit = Services.create(settings)
+    try:
+        assert conduit.state is not conduit.redis
+        assert conduit.limiter.acquire("completion", "gpt-4o", 10, "a").allowed
+        route = Route(in_queue="form_iq", processor="feedback", out_queue="form_oq")
+        counters = Counters()
+        counters.add("form_iq", "received", 3)
+        Heartbeat(conduit.state, "bridge-c", [route], counters).beat()
+        conduit.redis.rpush("feedback", "a task waiting")  # a Celery queue, on the broker
+
+        frame = conduit.snapshot.read()
+        views = {view["name"]: view for view in frame["pools"]}
+        assert views["completion/gpt-4o"]["locked_tokens"] == 10
+        [stats] = frame["bridge"]["routes"]
+        assert (stats["received"], stats["celery_backlog"]) == (3, 1)
+        assert check_redis(conduit) == "PING answered by the broker and the state Redis"
+        assert check_bridge(conduit) == "1 bridge(s) beating"
+        assert conduit.redis.exists("conduit:bridge:heartbeats") == 0  # not on the broker
+    finally:
+        conduit.celery.close()
+        conduit.state.close()
+        conduit.redis.close()

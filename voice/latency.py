@@ -29,11 +29,11 @@ from collections import defaultdict, deque
 from functools import cache
 from typing import Any
 
-import redis
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from settings import get_settings
+from settings.state_redis import state_redis
 from telemetry import tracer
 from telemetry.fleet_metrics import FleetMetrics
 from telemetry.tracing import tracing_enabled
@@ -101,7 +101,7 @@ PROCESS_LATENCIES = LatencySamples()
 
 @cache
 def _fleet_metrics() -> FleetMetrics:
-    return FleetMetrics(redis.Redis.from_url(get_settings().broker_url))
+    return FleetMetrics(state_redis(get_settings()))
 
 
 def _wall_ns(monotonic_s: float, now_monotonic: float, now_ns: int) -> int:

@@ -218,7 +218,7 @@ def _bad_count(error: BadCount) -> tuple[Response, int]:
 
 
 def unreachable_detail(error: Exception) -> str:
-    return f"quota store unreachable (QUOTA_REDIS_URL / REDIS_URL): {error}"
+    return f"quota store unreachable (STATE_REDIS_URL / REDIS_URL): {error}"
 
 
 def unreachable(error: Exception) -> tuple[Response, int]:

@@ -33,7 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from logship import start_log_shipping, stop_log_shipping
 from quota import AsyncQuotaLimiter
-from quota.connect import async_quota_redis
+from settings.state_redis import async_state_redis
 from settings import Settings, configure_logging, get_logger, settings_or_exit
 from settings.jsonsafe import JsonRejected, loads_bounded
 from telemetry import configure_tracing
@@ -168,8 +168,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class CounterServer:
-    """The ASGI app. ``limiter``: one to use (tests); else one is built on QUOTA_REDIS_URL /
-    REDIS_URL when the server starts (ASGI lifespan), in each server process."""
+    """The ASGI app. ``limiter``: one to use (tests); else one is built on the state Redis
+    (STATE_REDIS_URL, else REDIS_URL) when the server starts (ASGI lifespan), in each process."""
 
     def __init__(self, settings: Settings, limiter: AsyncQuotaLimiter | None = None) -> None:
         self.settings = settings
@@ -205,7 +205,7 @@ class CounterServer:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 if self.limiter is None:
-                    own_client = async_quota_redis(self.settings, health_check_interval=30)
+                    own_client = async_state_redis(self.settings, health_check_interval=30)
                     self.limiter = AsyncQuotaLimiter(own_client, self.settings)
                 start_log_shipping(self.settings)
                 await send({"type": "lifespan.startup.complete"})

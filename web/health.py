@@ -67,7 +67,10 @@ def probe_upstream(upstream: Upstream) -> str | None:
 
 def check_redis(conduit: Services) -> str:
     conduit.redis.ping()
-    return "PING answered"
+    if conduit.state is conduit.redis:
+        return "PING answered"
+    conduit.state.ping()
+    return "PING answered by the broker and the state Redis"
 
 
 def check_broker(conduit: Services) -> str:
@@ -76,7 +79,7 @@ def check_broker(conduit: Services) -> str:
 
 
 def check_bridge(conduit: Services) -> str:
-    alive = [bridge for bridge in read_bridge_stats(conduit.redis)["bridges"] if bridge["alive"]]
+    alive = [bridge for bridge in read_bridge_stats(conduit.state)["bridges"] if bridge["alive"]]
     if not alive:
         raise RuntimeError(f"no bridge heartbeat in the last {ALIVE_WITHIN_SECS:g} s")
     return f"{len(alive)} bridge(s) beating"

@@ -156,6 +156,6 @@ def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     active_calls = cast(int, conduit.redis.zcard(ACTIVE_CALLS))
     registry.register(
-        FleetCollector(conduit.snapshot.read(), FleetMetrics(conduit.redis), active_calls)
+        FleetCollector(conduit.snapshot.read(), FleetMetrics(conduit.state), active_calls)
     )
     return Response(generate_latest(registry), content_type=PROMETHEUS_CONTENT_TYPE)

@@ -16,8 +16,8 @@ from celery import Celery
 from flask import Flask, current_app
 
 from quota import QuotaLimiter
-from quota.connect import quota_redis
 from settings import Settings
+from settings.state_redis import state_redis
 from web.broadcaster import StatusBroadcaster
 from web.history import ChartHistory
 from web.snapshot import SnapshotReader
@@ -37,6 +37,11 @@ def project_version() -> str:
 @dataclass
 class Services:
     settings: Settings
+    # Conduit's state (quota, bridge stats, fleet metrics, the dashboard's history):
+    # STATE_REDIS_URL, maybe a cluster; ``redis`` itself when unset. (Declared first: below
+    # the field named ``redis``, ``redis.Redis`` would name the field.)
+    state: redis.Redis
+    # The broker's Redis (Celery's queues; the voice agent's calls and sessions).
     redis: redis.Redis
     limiter: QuotaLimiter
     celery: Celery
@@ -54,24 +59,23 @@ class Services:
             socket_connect_timeout=REDIS_TIMEOUT_SECS,
             health_check_interval=30,
         )
-        limiter = QuotaLimiter(
-            quota_redis(
-                settings,
-                broker=client,
-                decode_responses=True,
-                socket_timeout=REDIS_TIMEOUT_SECS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECS,
-            ),
+        state = state_redis(
             settings,
+            broker=client,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT_SECS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECS,
         )
-        reader = SnapshotReader(client, limiter, queue_names(settings))
+        limiter = QuotaLimiter(state, settings)
+        reader = SnapshotReader(client, state, limiter, queue_names(settings))
         return cls(
             settings=settings,
             redis=client,
+            state=state,
             limiter=limiter,
             celery=create_celery(settings),
             snapshot=reader,
-            broadcaster=StatusBroadcaster(reader.read, ChartHistory(client)),
+            broadcaster=StatusBroadcaster(reader.read, ChartHistory(state)),
             version=project_version(),
         )
 

@@ -25,8 +25,12 @@ UNACKED_KEY = "unacked"
 class SnapshotReader:
     """Reads one dashboard frame; safe to call from one thread (the broadcaster's)."""
 
-    def __init__(self, client: redis.Redis, limiter: QuotaLimiter, queues: list[str]) -> None:
+    def __init__(
+        self, client: redis.Redis, state: redis.Redis, limiter: QuotaLimiter, queues: list[str]
+    ) -> None:
+        # client: the broker's Redis (Celery's queues); state: where the bridge's stats live.
         self._client = client
+        self._state = state
         self._limiter = limiter
         self._protocol = limiter.protocol
         self._queues = queues
@@ -37,7 +41,7 @@ class SnapshotReader:
         return reloading(self._client, "status", self._read_once)
 
     def _read_once(self) -> dict[str, Any]:
-        # Quota on its own Redis (QUOTA_REDIS_URL, maybe a cluster): read it there, apart.
+        # State on its own Redis (STATE_REDIS_URL, maybe a cluster): read quota there, apart.
         apart = self._limiter.client is not self._client
         calls = [self._protocol.status(pool, deployment) for pool, deployment in self._deployments]
         pipe = self._client.pipeline(transaction=False)
@@ -77,7 +81,7 @@ class SnapshotReader:
                 for name, depth in zip(self._queues, depths, strict=True)
             ],
             "in_progress": replies[offset],
-            "bridge": read_bridge_stats(self._client),
+            "bridge": read_bridge_stats(self._state, self._client),
             "point": chart_point(now, statuses),
         }
 

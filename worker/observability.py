@@ -11,10 +11,10 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import redis
 from celery.signals import task_failure, task_retry, task_success, worker_init, worker_process_init
 
 from settings import get_settings
+from settings.state_redis import state_redis
 from telemetry import configure_tracing
 from telemetry.fleet_metrics import FleetMetrics
 
@@ -34,7 +34,7 @@ def _trace_pool_process(**_: Any) -> None:
 
 @cache
 def _fleet_metrics() -> FleetMetrics:
-    return FleetMetrics(redis.Redis.from_url(get_settings().broker_url))
+    return FleetMetrics(state_redis(get_settings()))
 
 
 def _count(sender: Any, state: str) -> None:

@@ -168,3 +168,11 @@ class RedisClusterServers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def on_plain_and_cluster(metafunc: Any) -> None:
+    """For a test module's ``pytest_generate_tests``: each test that uses ``state_url`` (or
+    ``state_client``) runs twice, with the state on the broker's plain Redis and on the
+    session's three-master cluster (tests/conftest.py)."""
+    if "state_url" in metafunc.fixturenames:
+        metafunc.parametrize("state_url", ["plain", "cluster"], indirect=True)
