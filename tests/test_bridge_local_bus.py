@@ -164,11 +164,11 @@ def blocked_in_redis(bus: LocalBus, queue: str) -> bool:
     client = bus.client
     if isinstance(client, redis.cluster.RedisCluster):
         node = client.get_node_from_key(queue_keys(queue)["signal"])
-        # RedisCluster's client_list is typed for its asyncio twin too.
-        clients = cast("list[dict[str, Any]]", client.client_list(target_nodes=node))
+        clients = client.client_list(target_nodes=node)
     else:
         clients = client.client_list()
-    return any(c["cmd"] == "blpop" for c in clients)
+    # redis-py types client_list for its asyncio twin too.
+    return any(c["cmd"] == "blpop" for c in cast("list[dict[str, Any]]", clients))
 
 
 def test_a_waiting_receiver_wakes_when_a_message_is_sent(bus):

@@ -33,9 +33,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from logship import start_log_shipping, stop_log_shipping
 from quota import AsyncQuotaLimiter
-from settings.state_redis import async_state_redis
 from settings import Settings, configure_logging, get_logger, settings_or_exit
 from settings.jsonsafe import JsonRejected, loads_bounded
+from settings.state_redis import async_state_redis
 from telemetry import configure_tracing
 from web.auth import Authenticator, AuthError
 from web.counter import (
