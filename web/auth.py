@@ -3,11 +3,12 @@
 The older counter accepted only Entra ID access tokens; Conduit keeps that and adds a static key
 for callers that have no identity (a cron job, a smoke test):
 
-- ``Authorization: Bearer <JWT>``: RS256 only, signature checked against the keys published at
-  ``AUTH_JWKS_URL`` (cached, refetched when an unknown ``kid`` appears, as after a key rotation),
-  ``exp`` required, ``aud`` one of ``AUTH_AUDIENCES``, ``iss`` equal to ``AUTH_ISSUER`` when set,
-  and the calling application (``azp`` in v2 tokens, ``appid`` in v1) equal to
-  ``AUTH_REQUIRED_CLIENT_ID`` when set.
+- ``Authorization: Bearer <JWT>``: settings/bearer.py's rules (as for ACS's tokens): RS256 only,
+  signature checked against the keys published at ``AUTH_JWKS_URL`` (cached, refetched when an
+  unknown ``kid`` appears, as after a key rotation), ``exp`` required, ``aud`` one of
+  ``AUTH_AUDIENCES``, ``iss`` equal to ``AUTH_ISSUER`` when set; and here, the calling
+  application (``azp`` in v2 tokens, ``appid`` in v1) equal to ``AUTH_REQUIRED_CLIENT_ID`` when
+  set.
 - ``X-API-Key: <key>``: compared in constant time with ``AUTH_API_KEY``.
 - Browsers cannot put headers on a page load or a WebSocket, so the dashboard and its socket also
   take either credential as an ``access_token`` query parameter.
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import hmac
 
-import jwt
 from flask import Request
 
 from settings import Settings
+from settings.bearer import BearerTokenError, BearerVerifier, bearer_token
 
 # Endpoints anyone may call: the counter's banner and the liveness probe, as before.
 OPEN_ENDPOINTS = frozenset({"counter.root", "health.health"})
@@ -36,13 +37,6 @@ BROWSER_ENDPOINTS = frozenset(
     {"dashboard.page", "dashboard.status_socket", "calls.calls_socket", "calls.call_page"}
 )
 QUERY_TOKEN_PARAM = "access_token"
-# Azure signs its access tokens with RS256; accepting anything else (none, HS256 with the public
-# key as secret) is how JWT validation usually goes wrong.
-ALLOWED_ALGORITHMS = ["RS256"]
-# The JWKS endpoint answers in milliseconds; a hung one must not hold a request thread for long.
-JWKS_FETCH_TIMEOUT_SECS = 5.0
-# Clocks of Entra ID and this machine may differ a little.
-CLOCK_SKEW_SECS = 30
 
 
 class AuthError(Exception):
@@ -61,20 +55,21 @@ class Authenticator:
         self._api_key = (
             settings.auth_api_key.get_secret_value().encode() if settings.auth_api_key else None
         )
-        self._audiences = list(settings.auth_audiences)
         self._issuer = settings.auth_issuer
         self._required_client_id = settings.auth_required_client_id
-        self._jwks = (
-            jwt.PyJWKClient(settings.auth_jwks_url, timeout=JWKS_FETCH_TIMEOUT_SECS)
+        self._bearer = (
+            BearerVerifier(
+                settings.auth_jwks_url, audiences=settings.auth_audiences, issuer=self._issuer
+            )
             if settings.auth_jwks_url
             else None
         )
-        if not self.disabled and self._jwks is None and self._api_key is None:
+        if not self.disabled and self._bearer is None and self._api_key is None:
             raise AuthConfigError(
                 "Auth is on but no credential check is configured: set AUTH_JWKS_URL and "
                 "AUTH_AUDIENCES (Entra ID), or AUTH_API_KEY, or AUTH_DISABLED=true for local dev."
             )
-        if self._jwks is not None and not self._audiences:
+        if self._bearer is not None and not settings.auth_audiences:
             raise AuthConfigError(
                 "AUTH_JWKS_URL is set but AUTH_AUDIENCES is empty: set the audience(s) your "
                 "tokens are issued for (e.g. api://conduit)."
@@ -84,7 +79,7 @@ class Authenticator:
         """What is allowed by this configuration but should not be, one line each, for the log
         at start-up."""
         warnings = []
-        if not self.disabled and self._jwks is not None and not self._issuer:
+        if not self.disabled and self._bearer is not None and not self._issuer:
             warnings.append(
                 "AUTH_ISSUER is unset: bearer tokens from ANY Entra ID tenant whose audience "
                 "matches AUTH_AUDIENCES are accepted. Set AUTH_ISSUER to your tenant's issuer "
@@ -97,7 +92,7 @@ class Authenticator:
         if self.disabled or endpoint in OPEN_ENDPOINTS or endpoint in SELF_AUTHENTICATED_ENDPOINTS:
             return
         api_key = request.headers.get("X-API-Key")
-        bearer = _bearer_token(request.headers.get("Authorization", ""))
+        bearer = bearer_token(request.headers.get("Authorization"))
         if endpoint in BROWSER_ENDPOINTS and not (api_key or bearer):
             presented = request.args.get(QUERY_TOKEN_PARAM)
             # A JWT is three dot-separated parts; anything else is taken as an API key.
@@ -119,36 +114,12 @@ class Authenticator:
             raise AuthError("Invalid API key.")
 
     def _check_jwt(self, token: str) -> None:
-        if self._jwks is None:
+        if self._bearer is None:
             raise AuthError("Bearer tokens are not accepted here: no AUTH_JWKS_URL is configured.")
         try:
-            signing_key = self._jwks.get_signing_key_from_jwt(token)
-            claims = jwt.decode(
-                token,
-                signing_key.key,
-                algorithms=ALLOWED_ALGORITHMS,
-                audience=self._audiences,
-                issuer=self._issuer,
-                leeway=CLOCK_SKEW_SECS,
-                options={"require": ["exp", "aud"] + (["iss"] if self._issuer else [])},
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("Token expired.") from None
-        except jwt.InvalidAudienceError:
-            raise AuthError("Token audience is not accepted.") from None
-        except jwt.InvalidIssuerError:
-            raise AuthError("Token issuer is not accepted.") from None
-        except jwt.PyJWKClientConnectionError:
-            raise AuthError("Signing keys are unreachable right now; try again shortly.") from None
-        except (jwt.PyJWKClientError, jwt.InvalidTokenError):
-            raise AuthError("Invalid token.") from None
+            claims = self._bearer.claims(token)
+        except BearerTokenError as error:
+            raise AuthError(str(error)) from None
         client_id = claims.get("azp") or claims.get("appid")
         if self._required_client_id and client_id != self._required_client_id:
             raise AuthError("Token was issued to a client that may not call this API.")
-
-
-def _bearer_token(header: str) -> str | None:
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return value.strip() or None
