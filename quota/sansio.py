@@ -233,6 +233,11 @@ class QuotaProtocol:
         margin_us = round(settings.quota_upstream_margin_s * 1_000_000)
         self.margin_buckets = math.ceil(margin_us / self.bucket_us)
         self.margin_s = self.margin_buckets * self.bucket_us / 1e6
+        # The margin covers the time from the stamp to the upstream's count in two halves: a send
+        # later than the first half is restamped when it leaves (tasks/upstream.py), so the path
+        # to the wire never takes more than half; the other half is for the wire and the
+        # upstream's own work before it counts the request.
+        self.restamp_after_s = self.margin_s / 2
         self.lock_ttl_s = settings.quota_lock_ttl_s
         self.prefix = prefix
         self.defaults: dict[str, Pool] = {pool.name: pool for pool in settings.pools()}
@@ -428,10 +433,20 @@ class QuotaProtocol:
             raise QuotaError(f"cooldown_s must be from 0 to 3600 seconds, got {cooldown_s!r}")
         return self._settle(ref, request_id, "reject", ref.lock_id, round(cooldown_s * 1e6))
 
-    def restamp(self, request_id: str, pool: str | None = None) -> Call[Settlement]:
-        """The request is sent only now: count its charge from now."""
+    def restamp(self, request_id: str, pool: str | None = None) -> Call[int]:
+        """The request is sent only now: count its charge from now. Parsed: the server time (µs)
+        it is counted from."""
         ref = self._ref(request_id, pool)
-        return self._settle(ref, request_id, "restamp", ref.lock_id)
+        settled = self._settlement(request_id)
+
+        def parse(reply: Sequence[Any]) -> int:
+            settled(reply)  # raises for an unknown, settled or expired lock
+            return int(reply[0])
+
+        deployment = self._deployment_of_ref(ref)
+        return self._deployment_call(
+            "settle", ref.pool, ref.model, deployment, "restamp", ref.lock_id, parse=parse
+        )
 
     def _settle(self, ref: RequestRef, request_id: str, *args: str | int) -> Call[Settlement]:
         deployment = self._deployment_of_ref(ref)
