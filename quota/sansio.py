@@ -32,11 +32,9 @@ LANES: tuple[Lane, ...] = ("interactive", "batch")
 
 POOLS: tuple[PoolName, ...] = ("completion", "embedding", "whisper")
 DEFAULT_PREFIX = "conduit:quota"
-# The window is kept in this many buckets: one bucket (1 s of a 60 s window) is how late capacity
-# may come back, and how many Redis commands a refusal's retry time costs.
-WINDOW_BUCKETS = 60
-# Azure enforces RPM/6 per 10 s, a sixth of the minute.
-SUB_WINDOW_BUCKETS = WINDOW_BUCKETS // 6
+# Azure enforces RPM/6 per 10 s, a sixth of the minute: the sub-window is a sixth of the
+# window's buckets (QUOTA_WINDOW_BUCKETS, a multiple of 6).
+SUB_WINDOW_FRACTION = 6
 # Far above any model's context: a larger count is a bug in the caller, not a request.
 MAX_TOKENS = 10_000_000
 
@@ -226,8 +224,11 @@ class QuotaProtocol:
         self.window_s = float(window_s if window_s is not None else settings.quota_window_s)
         if not self.window_s > 0:
             raise QuotaError(f"window_s must be positive, got {window_s!r}")
+        # The window is kept in this many buckets: a bucket is how late capacity may come back,
+        # and how many Redis commands a refusal's retry time costs.
+        self.window_buckets = settings.quota_window_buckets  # a multiple of 6 (settings check)
         # Rounded up: a window a few µs longer than asked is safe, a shorter one is not.
-        self.bucket_us = math.ceil(self.window_s * 1_000_000 / WINDOW_BUCKETS)
+        self.bucket_us = math.ceil(self.window_s * 1_000_000 / self.window_buckets)
         # How many buckets a charge stays counted past the window (QUOTA_UPSTREAM_MARGIN_SECONDS),
         # rounded up for the same reason.
         margin_us = round(settings.quota_upstream_margin_s * 1_000_000)
@@ -253,7 +254,8 @@ class QuotaProtocol:
         # The scripts' constant settings as one argument: every argument costs the client time to
         # encode and the script time to convert.
         self._layout_arg = (
-            f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
+            f"{self.bucket_us} {self.window_buckets} "
+            f"{self.window_buckets // SUB_WINDOW_FRACTION} "
             f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000}"
         )
         self._reserve_ppm = round(settings.quota_interactive_reserve * PPM)
@@ -599,7 +601,7 @@ class QuotaProtocol:
             lanes[lane][index] += count
         oldest = min((bucket for bucket, _kind, _app, count in counts if count), default=None)
         # The oldest bucket stops counting when the window and the margin have passed it.
-        span = WINDOW_BUCKETS + self.margin_buckets
+        span = self.window_buckets + self.margin_buckets
         reset_us = 0 if oldest is None else (oldest + span + 1) * self.bucket_us - now_us
         # Locks older than the window are no longer in it; the split must still add up.
         shown_locked_tokens = min(locked_tokens, tokens)
