@@ -248,13 +248,13 @@ class Settings(
     # A charge stays counted this long past the window, because the upstream counts it from when
     # the request arrives, after we stamped it. A send later than half of it is restamped when it
     # leaves (tasks/upstream.py), so the stamp-to-arrival time is at most half of it plus the wire:
-    # measured at 16 threads on a loaded 2-core machine, the wire and the emulator's parse took
-    # p50 1.3 ms, p99 225 ms (cold connections), stamp to arrival p50 3.6 ms, p99 640 ms while
-    # only sends later than 1 s were restamped (bench/quota_utilization.py, stamp_to_charge_ms).
-    # A slower wire costs a 429 at a window turn, which keeps its charge and cools the
-    # deployment down for every process. Rounded up to whole buckets (a sixtieth of the window:
-    # 1 s in a 60 s window, 0.67 s in the benchmark's 20 s). 0 only for an upstream counting at
-    # our stamp.
+    # measured at 16 threads on a loaded 2-core machine (bench/quota_utilization.py,
+    # stamp_to_charge_ms), the wire and the emulator's parse took p90 27 ms, p99 245 ms (cold
+    # connections); stamp to arrival p99 640 ms while only sends later than 1 s were restamped,
+    # p99 550 ms at load 5 with the half-margin restamp (0.67 s at 20 s). A slower wire costs a
+    # 429 at a window turn, which keeps its charge and cools the deployment down for every
+    # process. Rounded up to whole buckets (1 s in a 60 s window of 60 buckets, 0.67 s in the
+    # benchmark's 20 s). 0 only for an upstream counting at our stamp.
     quota_upstream_margin_s: float = Field(
         0.5, ge=0, le=60, validation_alias=_env("QUOTA_UPSTREAM_MARGIN_SECONDS")
     )
