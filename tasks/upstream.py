@@ -10,10 +10,10 @@ or :func:`call_within_quota` (one request, built on it):
 2. **send** to the deployment quota chose, with its client (``call.deployment``,
    ``call.client``); the SDK's own retries are off. If the path from acquire to the wire took
    longer than half the upstream margin, the charge is moved to the send time (the other half is
-   for the wire), so our window holds it
-   where the upstream's will. The time is taken when the request leaves (an HTTP client hook),
-   not when the caller says it is about to send: a cold worker's first call spends seconds inside
-   the SDK (its first import, client and request), after the caller's last line before sending;
+   for the wire), so our window holds it where the upstream's will. The time is taken when the
+   request leaves (an HTTP client hook), not when the caller says it is about to send: a cold
+   worker's first call spends seconds inside the SDK (its first import, client and request),
+   after the caller's last line before sending;
 3. **observe** ``x-ratelimit-remaining-tokens`` and ``-requests`` (of answers and of 429s): when
    other clients share the deployment, Azure has counted more than we did, and the limiter
    charges the difference so we stop over-spending;
