@@ -261,7 +261,8 @@ class Settings(
     # How many buckets the window is kept in: a charge counts until its bucket leaves, half a
     # bucket longer than the window on average, and the margin rounds up to whole buckets, so
     # finer buckets give a saturating backlog more of the limit (120 at a 60 s window: 0.988
-    # instead of 0.975), at more Lua work per window move and refusal (bench/quota_limiter.py).
+    # instead of 0.975), at more Lua work per window move and refusal (no more than noise at 120),
+    # but the margin rounds up less: raise it with the buckets (quota/README.md, Window).
     # 60 (1 s at 60 s, as Azure's 1 s evaluation): a pool's state is kept in one layout, and every
     # process must count in the same one, so a change needs the pool's keys reset.
     quota_window_buckets: int = Field(
