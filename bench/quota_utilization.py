@@ -55,6 +55,7 @@ from celery import shared_task
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from bench.report import percentile, write_result
+from emulators.control import STAMP_HEADER
 from settings import load_settings
 from settings.redis_server import RedisServer
 
@@ -83,7 +84,6 @@ FIXED_WINDOW_KEY = "bench:fixed-window"
 # emulator reports how much later it charged it (``stamp_to_charge_ms``): what the upstream
 # margin must cover.
 PROBE_ENV = "BENCH_STAMP_PROBE"
-STAMP_HEADER = "x-conduit-stamp-us"  # emulators/app.py reads it
 
 
 def stamp_probe(call: Any, request: Any) -> None:

@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from emulators import chat, embeddings
 from emulators.audio import MAX_FILE_BYTES, AudioRequest, decode_audio, format_transcript
-from emulators.control import Controls, Stats
+from emulators.control import STAMP_HEADER, Controls, Stats
 from emulators.errors import (
     BadRequest,
     DeploymentNotFound,
@@ -193,12 +193,8 @@ def _body_digest() -> bytes:
     return digest.digest()
 
 
-# A client that says when it counted the request (wall-clock µs since the epoch), as the
-# quota benchmark's probe does, learns how much later the request was charged here.
-STAMP_HEADER = "x-conduit-stamp-us"
-
-
 def _record_stamp_lag(emulator: Emulator) -> None:
+    """How long after the client's stamp (STAMP_HEADER) the request is charged, when it says."""
     stamp = request.headers.get(STAMP_HEADER, "")
     if stamp.isdigit():
         emulator.stats.record_stamp_lag(time.time_ns() // 1000 - int(stamp))

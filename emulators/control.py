@@ -56,6 +56,9 @@ class DeploymentStats:
     repeated_requests: int = 0
 
 
+# A client that says when it counted a request (wall-clock µs since the epoch), as the quota
+# benchmark's probe does, learns from the stats how much later the request was charged here.
+STAMP_HEADER = "x-conduit-stamp-us"
 # Stamp lags kept (the newest): a benchmark's few thousand requests, a few hundred kB at most.
 MAX_STAMP_LAGS = 100_000
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from emulators.app import STAMP_HEADER
+from emulators.control import STAMP_HEADER
 from emulators.jsonschema_fill import fill
 from emulators.ratelimit import Limit, RateLimiter
 from tests.support.emulator import RunningEmulator, ask
