@@ -24,10 +24,15 @@ Per way: ``utilization`` (tokens the upstream accepted in the trailing window ÷
 the windows after the first while the backlog lasts), ``upstream_429`` (answers the emulator
 refused), ``failed_tasks`` (tasks that gave up), ``p50_task_s`` / ``p95_task_s`` (queued to
 done). Conduit and the emulator count in the same window. quota/ counts a charge from when it is
-locked, the emulator from when the request arrives, so quota/ keeps each charge counted for its
-upstream margin (QUOTA_UPSTREAM_MARGIN_SECONDS, the default 1 s) past the window, plus the part
-of a bucket (a sixtieth of the window) already gone: conduit can spend T per 21-21.33 s, about
-0.95 of T per 20 s (about 0.98 with the production 60 s window, where 1 s weighs less).
+stamped, the emulator from when the request arrives, so quota/ keeps each charge counted for its
+upstream margin (QUOTA_UPSTREAM_MARGIN_SECONDS, the default 0.5 s, two buckets of a sixtieth of
+the window here: 0.67 s) past the window, plus the part of its bucket still to come: conduit can
+spend T per 20.67-21 s, about 0.96 of T per 20 s (0.975 with the production 60 s window).
+
+Conduit's ways also report ``stamp_to_charge_ms``: the worker's requests carry when quota/
+stamped their charge (``x-conduit-stamp-us``, set by a send observer only in the bench's worker)
+and the emulator says how much later it charged them (p50, p90, p99, max): what the margin must
+cover. ``BENCH_STAMP_PROBE=sent`` stamps them when they leave instead: the wire's part alone.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from celery import shared_task
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from bench.report import percentile, write_result
+from emulators.control import STAMP_HEADER
 from settings import load_settings
 from settings.redis_server import RedisServer
 
@@ -74,6 +80,23 @@ TOKEN_MS = 0.5
 NAIVE_SDK_RETRIES = 10
 RESULT_TIMEOUT_SECS = 900
 FIXED_WINDOW_KEY = "bench:fixed-window"
+# Set in the bench's worker: each request carries when quota/ stamped its charge, and the
+# emulator reports how much later it charged it (``stamp_to_charge_ms``): what the upstream
+# margin must cover.
+PROBE_ENV = "BENCH_STAMP_PROBE"
+
+
+def stamp_probe(call: Any, request: Any) -> None:
+    """tasks.upstream's send observer: the request says when its charge was stamped."""
+    request.headers[STAMP_HEADER] = str(
+        time.time_ns() // 1000 if os.environ.get(PROBE_ENV) == "sent" else call.stamped_us
+    )
+
+
+if os.environ.get(PROBE_ENV):
+    from tasks.upstream import SEND_OBSERVERS
+
+    SEND_OBSERVERS.append(stamp_probe)
 
 
 def workload(seed: int = 7, tasks: int = TASKS) -> list[dict[str, Any]]:
@@ -296,6 +319,8 @@ def run_way(way: str, app, emulator, redis_url: str) -> dict[str, float | int]:
         figures["outside_429"] = outside.refused
         figures["outside_tokens"] = outside.per_call * len(outside.accepted_at)
     stats = emulator.stats()
+    if WAYS[way] == "ai.chat_completion":
+        figures["stamp_to_charge_ms"] = stats["stamp_to_charge_ms"]
     repeated = stats.get("repeated_requests")
     if repeated is None:
         repeated = stats["deployments"].get(DEPLOYMENT, {}).get("repeated_requests")
@@ -334,6 +359,7 @@ def main() -> None:
             "APP_RPM_QUOTA": "100000",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            PROBE_ENV: os.environ.get(PROBE_ENV, "1"),
         }
         starter = EmulatorStarter(work_dir, env)
         try:

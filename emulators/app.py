@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from emulators import chat, embeddings
 from emulators.audio import MAX_FILE_BYTES, AudioRequest, decode_audio, format_transcript
-from emulators.control import Controls, Stats
+from emulators.control import STAMP_HEADER, Controls, Stats
 from emulators.errors import (
     BadRequest,
     DeploymentNotFound,
@@ -165,6 +165,7 @@ def _charge(deployment: str, operation: str, tokens: int) -> None:
     """Charge ``tokens`` to ``deployment``, recording the decision; RateLimited when refused."""
     emulator = _emulator()
     decision = emulator.limiter.charge(deployment, tokens)
+    _record_stamp_lag(emulator)
     emulator.stats.record_charge(deployment, decision.admitted, tokens, _body_digest())
     g.rate_limit_headers = decision.headers()
     if not decision.admitted:
@@ -190,6 +191,13 @@ def _body_digest() -> bytes:
     else:
         digest.update(request.get_data(cache=True))
     return digest.digest()
+
+
+def _record_stamp_lag(emulator: Emulator) -> None:
+    """How long after the client's stamp (STAMP_HEADER) the request is charged, when it says."""
+    stamp = request.headers.get(STAMP_HEADER, "")
+    if stamp.isdigit():
+        emulator.stats.record_stamp_lag(time.time_ns() // 1000 - int(stamp))
 
 
 def _inject_faults(deployment: str, controls: Controls) -> None:
@@ -326,6 +334,7 @@ def read_stats() -> Response:
         deployments=emulator.stats.snapshot(),
         limits=limits,
         window_s=emulator.limiter.token_window_s,
+        stamp_to_charge_ms=emulator.stats.stamp_lags_ms(),
     )
 
 

@@ -7,6 +7,7 @@ request thread always sees one consistent set); ``/_emulator/stats`` reports :cl
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -55,12 +56,22 @@ class DeploymentStats:
     repeated_requests: int = 0
 
 
+# A client that says when it counted a request (wall-clock µs since the epoch), as the quota
+# benchmark's probe does, learns from the stats how much later the request was charged here.
+STAMP_HEADER = "x-conduit-stamp-us"
+# Stamp lags kept (the newest): a benchmark's few thousand requests, a few hundred kB at most.
+MAX_STAMP_LAGS = 100_000
+
+
 class Stats:
     """Counters per deployment, safe to update from any request thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._deployments: dict[str, DeploymentStats] = {}
+        # How long after the client counted a request (its x-conduit-stamp-us header, wall-clock
+        # µs) the request was charged here, in µs: the judge of a client's upstream margin.
+        self._stamp_lags_us: deque[int] = deque(maxlen=MAX_STAMP_LAGS)
         # Digests of admitted request bodies (32 bytes each; a benchmark's tens of thousands of
         # requests are a few MB), forgotten on reset.
         self._admitted_digests: set[bytes] = set()
@@ -86,6 +97,26 @@ class Stats:
             else:
                 entry.throttled += 1
 
+    def record_stamp_lag(self, lag_us: int) -> None:
+        with self._lock:
+            self._stamp_lags_us.append(lag_us)
+
+    def stamp_lags_ms(self) -> dict[str, float | int]:
+        """The stamp-to-charge lags recorded since the reset: count, p50, p99 and max (ms)."""
+        with self._lock:
+            lags = sorted(self._stamp_lags_us)
+        if not lags:
+            return {"count": 0}
+
+        def at(fraction: float) -> float:
+            return round(lags[min(len(lags) - 1, int(fraction * len(lags)))] / 1000, 2)
+
+        return {
+            "count": len(lags),
+            **{f"p{round(q * 100)}": at(q) for q in (0.5, 0.9, 0.99)},
+            "max": at(1.0),
+        }
+
     def record_fault(self, deployment: str) -> None:
         with self._lock:
             self._entry(deployment).faults += 1
@@ -98,3 +129,4 @@ class Stats:
         with self._lock:
             self._deployments.clear()
             self._admitted_digests.clear()
+            self._stamp_lags_us.clear()

@@ -138,8 +138,9 @@ class QuotaLimiter(_LimiterBase):
         ``cooldown_s`` in every process."""
         return self._run(self.protocol.reject(request_id, cooldown_s, pool))
 
-    def restamp(self, request_id: str, *, pool: str | None = None) -> Settlement:
-        """Count the lock's charge from now: the request leaves later than the margin covers."""
+    def restamp(self, request_id: str, *, pool: str | None = None) -> int:
+        """Count the lock's charge from now: the request leaves later than the margin covers.
+        The server time (µs) it is counted from."""
         return self._run(self.protocol.restamp(request_id, pool))
 
     def observe_upstream(
@@ -252,7 +253,7 @@ class AsyncQuotaLimiter(_LimiterBase):
     ) -> Settlement:
         return await self._run(self.protocol.reject(request_id, cooldown_s, pool))
 
-    async def restamp(self, request_id: str, *, pool: str | None = None) -> Settlement:
+    async def restamp(self, request_id: str, *, pool: str | None = None) -> int:
         return await self._run(self.protocol.restamp(request_id, pool))
 
     async def observe_upstream(

@@ -32,11 +32,9 @@ LANES: tuple[Lane, ...] = ("interactive", "batch")
 
 POOLS: tuple[PoolName, ...] = ("completion", "embedding", "whisper")
 DEFAULT_PREFIX = "conduit:quota"
-# The window is kept in this many buckets: one bucket (1 s of a 60 s window) is how late capacity
-# may come back, and how many Redis commands a refusal's retry time costs.
-WINDOW_BUCKETS = 60
-# Azure enforces RPM/6 per 10 s, a sixth of the minute.
-SUB_WINDOW_BUCKETS = WINDOW_BUCKETS // 6
+# Azure enforces RPM/6 per 10 s, a sixth of the minute: the sub-window is a sixth of the
+# window's buckets (QUOTA_WINDOW_BUCKETS, a multiple of 6).
+SUB_WINDOW_FRACTION = 6
 # Far above any model's context: a larger count is a bug in the caller, not a request.
 MAX_TOKENS = 10_000_000
 
@@ -226,13 +224,21 @@ class QuotaProtocol:
         self.window_s = float(window_s if window_s is not None else settings.quota_window_s)
         if not self.window_s > 0:
             raise QuotaError(f"window_s must be positive, got {window_s!r}")
+        # The window is kept in this many buckets: a bucket is how late capacity may come back,
+        # and how many Redis commands a refusal's retry time costs.
+        self.window_buckets = settings.quota_window_buckets  # a multiple of 6 (settings check)
         # Rounded up: a window a few µs longer than asked is safe, a shorter one is not.
-        self.bucket_us = math.ceil(self.window_s * 1_000_000 / WINDOW_BUCKETS)
+        self.bucket_us = math.ceil(self.window_s * 1_000_000 / self.window_buckets)
         # How many buckets a charge stays counted past the window (QUOTA_UPSTREAM_MARGIN_SECONDS),
         # rounded up for the same reason.
         margin_us = round(settings.quota_upstream_margin_s * 1_000_000)
         self.margin_buckets = math.ceil(margin_us / self.bucket_us)
         self.margin_s = self.margin_buckets * self.bucket_us / 1e6
+        # The margin covers the time from the stamp to the upstream's count in two halves: a send
+        # later than the first half is restamped when it leaves (tasks/upstream.py), so the path
+        # to the wire never takes more than half; the other half is for the wire and the
+        # upstream's own work before it counts the request.
+        self.restamp_after_s = self.margin_s / 2
         self.lock_ttl_s = settings.quota_lock_ttl_s
         self.prefix = prefix
         self.defaults: dict[str, Pool] = {pool.name: pool for pool in settings.pools()}
@@ -248,7 +254,8 @@ class QuotaProtocol:
         # The scripts' constant settings as one argument: every argument costs the client time to
         # encode and the script time to convert.
         self._layout_arg = (
-            f"{self.bucket_us} {WINDOW_BUCKETS} {SUB_WINDOW_BUCKETS} "
+            f"{self.bucket_us} {self.window_buckets} "
+            f"{self.window_buckets // SUB_WINDOW_FRACTION} "
             f"{self.margin_buckets} {self.lock_ttl_s * 1_000_000}"
         )
         self._reserve_ppm = round(settings.quota_interactive_reserve * PPM)
@@ -428,10 +435,20 @@ class QuotaProtocol:
             raise QuotaError(f"cooldown_s must be from 0 to 3600 seconds, got {cooldown_s!r}")
         return self._settle(ref, request_id, "reject", ref.lock_id, round(cooldown_s * 1e6))
 
-    def restamp(self, request_id: str, pool: str | None = None) -> Call[Settlement]:
-        """The request is sent only now: count its charge from now."""
+    def restamp(self, request_id: str, pool: str | None = None) -> Call[int]:
+        """The request is sent only now: count its charge from now. Parsed: the server time (µs)
+        it is counted from."""
         ref = self._ref(request_id, pool)
-        return self._settle(ref, request_id, "restamp", ref.lock_id)
+        settled = self._settlement(request_id)
+
+        def parse(reply: Sequence[Any]) -> int:
+            settled(reply)  # raises for an unknown, settled or expired lock
+            return int(reply[0])
+
+        deployment = self._deployment_of_ref(ref)
+        return self._deployment_call(
+            "settle", ref.pool, ref.model, deployment, "restamp", ref.lock_id, parse=parse
+        )
 
     def _settle(self, ref: RequestRef, request_id: str, *args: str | int) -> Call[Settlement]:
         deployment = self._deployment_of_ref(ref)
@@ -584,7 +601,7 @@ class QuotaProtocol:
             lanes[lane][index] += count
         oldest = min((bucket for bucket, _kind, _app, count in counts if count), default=None)
         # The oldest bucket stops counting when the window and the margin have passed it.
-        span = WINDOW_BUCKETS + self.margin_buckets
+        span = self.window_buckets + self.margin_buckets
         reset_us = 0 if oldest is None else (oldest + span + 1) * self.bucket_us - now_us
         # Locks older than the window are no longer in it; the split must still add up.
         shown_locked_tokens = min(locked_tokens, tokens)

@@ -246,12 +246,27 @@ class Settings(
     # Shorter windows are for benchmarks only; limits stay "per window".
     quota_window_s: int = Field(60, ge=1, le=3600, validation_alias=_env("QUOTA_WINDOW_SECONDS"))
     # A charge stays counted this long past the window, because the upstream counts it from when
-    # the request arrives, after we locked it: the time from acquire to arrival (up to ~0.6 s seen
-    # on a cold worker) must fit. Absolute, as that time does not grow with the window; 1 s keeps
-    # a charge 1/60 longer in a 60 s window (1/10 in Azure's 10 s request window). Rounded up to
-    # whole buckets (a sixtieth of the window). 0 only for an upstream that counts at our lock.
+    # the request arrives, after we stamped it. A send later than half of it is restamped when it
+    # leaves (tasks/upstream.py), so the stamp-to-arrival time is at most half of it plus the wire:
+    # measured at 16 threads on a loaded 2-core machine (bench/quota_utilization.py,
+    # stamp_to_charge_ms), the wire and the emulator's parse took p90 27 ms, p99 245 ms (cold
+    # connections); stamp to arrival p99 640 ms while only sends later than 1 s were restamped,
+    # p99 550 ms at load 5 with the half-margin restamp (0.67 s at 20 s). A slower wire costs a
+    # 429 at a window turn, which keeps its charge and cools the deployment down for every
+    # process. Rounded up to whole buckets (1 s in a 60 s window of 60 buckets, 0.67 s in the
+    # benchmark's 20 s). 0 only for an upstream counting at our stamp.
     quota_upstream_margin_s: float = Field(
-        1.0, ge=0, le=60, validation_alias=_env("QUOTA_UPSTREAM_MARGIN_SECONDS")
+        0.5, ge=0, le=60, validation_alias=_env("QUOTA_UPSTREAM_MARGIN_SECONDS")
+    )
+    # How many buckets the window is kept in: a charge counts until its bucket leaves, half a
+    # bucket longer than the window on average, and the margin rounds up to whole buckets, so
+    # finer buckets give a saturating backlog more of the limit (120 at a 60 s window: 0.988
+    # instead of 0.975), at more Lua work per window move and refusal (no more than noise at 120),
+    # but the margin rounds up less: raise it with the buckets (quota/README.md, Window).
+    # 60 (1 s at 60 s, as Azure's 1 s evaluation): a pool's state is kept in one layout, and every
+    # process must count in the same one, so a change needs the pool's keys reset.
+    quota_window_buckets: int = Field(
+        60, ge=6, le=600, multiple_of=6, validation_alias=_env("QUOTA_WINDOW_BUCKETS")
     )
     # A lock neither reported nor released in this time expires and stays spent (crashed worker).
     quota_lock_ttl_s: int = Field(300, ge=1, validation_alias=_env("QUOTA_LOCK_TTL_SECONDS"))

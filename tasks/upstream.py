@@ -9,10 +9,11 @@ or :func:`call_within_quota` (one request, built on it):
    ``retry_after_s``: the caller retries later without holding anything;
 2. **send** to the deployment quota chose, with its client (``call.deployment``,
    ``call.client``); the SDK's own retries are off. If the path from acquire to the wire took
-   longer than the upstream margin, the charge is moved to the send time, so our window holds it
-   where the upstream's will. The time is taken when the request leaves (an HTTP client hook),
-   not when the caller says it is about to send: a cold worker's first call spends seconds inside
-   the SDK (its first import, client and request), after the caller's last line before sending;
+   longer than half the upstream margin, the charge is moved to the send time (the other half is
+   for the wire), so our window holds it where the upstream's will. The time is taken when the
+   request leaves (an HTTP client hook), not when the caller says it is about to send: a cold
+   worker's first call spends seconds inside the SDK (its first import, client and request),
+   after the caller's last line before sending;
 3. **observe** ``x-ratelimit-remaining-tokens`` and ``-requests`` (of answers and of 429s): when
    other clients share the deployment, Azure has counted more than we did, and the limiter
    charges the difference so we stop over-spending;
@@ -165,12 +166,19 @@ def _reached_upstream(error: Exception) -> bool:
 _SENDING: ContextVar[QuotaCall | None] = ContextVar("conduit_quota_sending", default=None)
 
 
+# Called with each quota call and its HTTP request as the request leaves, after any restamp: a
+# benchmark's probe reads ``call.stamped_us`` here (bench/quota_utilization.py).
+SEND_OBSERVERS: list[Callable[[QuotaCall, Any], None]] = []
+
+
 def _on_the_wire(request: Any) -> None:
     """The HTTP client's request hook: the request leaves now."""
     call = _SENDING.get()
     if call is not None:
         _SENDING.set(None)  # one send is one request: the SDK's retries are off
         call._restamp_if_late()
+        for observe in SEND_OBSERVERS:
+            observe(call, request)
 
 
 # Every SDK client built by tasks/clients.py calls this as each request leaves.
@@ -193,7 +201,9 @@ class QuotaCall:
     limiter: QuotaLimiter
     settings: Deployment
     deployments: int  # how many deployments the model has (a 5xx cools one down only if > 1)
-    # When the charge was stamped: at acquire, or moved by a restamp.
+    # When the charge was stamped (Redis's time, µs): at acquire, or moved by a restamp.
+    stamped_us: int = 0
+    # The same moment on this process's clock, for telling whether a send is late.
     stamped_at: float = field(default_factory=time.monotonic)
     settled: bool = False
     usage: Usage | None = None
@@ -203,16 +213,18 @@ class QuotaCall:
         return deployment_client(self.pool, self.settings)
 
     def sending(self) -> None:
-        """The request is about to be sent: if the charge was stamped longer ago than the upstream
-        margin, count it from now, so our window holds it where the upstream's will; and again
-        when the request actually leaves, if the SDK took longer than the margin to send it."""
+        """The request is about to be sent: if the charge was stamped longer ago than half the
+        upstream margin, count it from now, so our window holds it where the upstream's will; and
+        again when the request actually leaves, if the SDK took that long to send it. The other
+        half of the margin is for the wire (quota.sansio: ``restamp_after_s``)."""
         self._restamp_if_late()
         _SENDING.set(self)
 
     def _restamp_if_late(self) -> None:
-        if not self.settled and time.monotonic() - self.stamped_at > self.limiter.protocol.margin_s:
-            self.limiter.restamp(self.request_id)
-            self.stamped_at = time.monotonic()
+        asked_at = time.monotonic()
+        if not self.settled and asked_at - self.stamped_at > self.limiter.protocol.restamp_after_s:
+            self.stamped_us = self.limiter.restamp(self.request_id)
+            self.stamped_at = asked_at
 
     def observe(self, headers: Any, lasts_s: float | None = None) -> None:
         """Book what the upstream's x-ratelimit-remaining-* headers say others spent (for
@@ -290,7 +302,9 @@ def quota_call(
         attributes={"conduit.pool": pool, "conduit.model": model, "conduit.lane": lane,
                     "conduit.estimate_tokens": estimate},
     ) as span:  # fmt: skip
-        decision = limiter.acquire(pool, model, estimate, app_id, lane)
+        # Before the stamp: a send is judged late a little early, never too late.
+        asked_at = time.monotonic()
+        decision, stamped_us = limiter.acquire_timed(pool, model, estimate, app_id, lane)
         span.set_attribute("conduit.allowed", decision.allowed)
         if decision.deployment is not None:
             span.set_attribute("conduit.deployment", decision.deployment)
@@ -311,6 +325,8 @@ def quota_call(
         model=model,
         deployment=decision.deployment,
         request_id=decision.request_id,
+        stamped_us=stamped_us,
+        stamped_at=asked_at,
         limiter=limiter,
         settings=limiter.protocol.deployment(pool, decision.deployment),
         deployments=len(limiter.protocol.deployments_of(pool, model)),

@@ -11,6 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from emulators.control import STAMP_HEADER
 from emulators.jsonschema_fill import fill
 from emulators.ratelimit import Limit, RateLimiter
 from tests.support.emulator import RunningEmulator, ask
@@ -63,6 +64,24 @@ def test_a_spent_tpm_answers_429_with_azures_headers_until_retry_after(
     assert (stats["requests"], stats["admitted"], stats["throttled"]) == (3, 2, 1)
     emulator.reset()
     assert emulator.stats()["deployments"] == {}
+
+
+@pytest.mark.slow
+def test_a_request_saying_when_it_was_counted_learns_how_much_later_it_was_charged(
+    start_emulator,
+) -> None:
+    emulator: RunningEmulator = start_emulator()
+    stamped_us = time.time_ns() // 1000 - 200_000  # counted 0.2 s ago by the client
+    emulator.azure_client().chat.completions.create(
+        model=CHAT, messages=ask("hi"), extra_headers={STAMP_HEADER: str(stamped_us)}
+    )
+    emulator.azure_client().chat.completions.create(model=CHAT, messages=ask("no stamp"))
+    lags = emulator.stats()["stamp_to_charge_ms"]
+    assert lags["count"] == 1
+    # At least the 0.2 s; the rest is this loaded machine's HTTP round trip.
+    assert 200 <= lags["p50"] == lags["max"] < 200 + 30_000
+    emulator.reset()
+    assert emulator.stats()["stamp_to_charge_ms"] == {"count": 0}
 
 
 @pytest.mark.slow

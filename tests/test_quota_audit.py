@@ -61,6 +61,8 @@ FEATURES = {
     "quota_interactive_reserve": 0.2,
 }
 INTERACTIVE_SHARE = 0.2
+# QUOTA_WINDOW_BUCKETS for the "fine" race: twice the default.
+FINE_BUCKETS = 120
 
 Grant = tuple[int, int, str]  # (server time in µs, tokens still charged, deployment)
 
@@ -95,15 +97,17 @@ def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list
 
 
 def make_limiter(url: str, charge_model: str, margin_s: float, mode: str) -> QuotaLimiter:
-    """mode: "plain" (one deployment, no lanes or shares), "features", or "cluster" (features
-    on a Redis Cluster at ``url``)."""
+    """mode: "plain" (one deployment, no lanes or shares), "fine" (plain, the window in twice the
+    default buckets), "features", or "cluster" (features on a Redis Cluster at ``url``)."""
     options: dict[str, object] = {
         "quota_charge_model": charge_model,
         "quota_upstream_margin_s": margin_s,
         "state_redis_url": url,
         "state_redis_cluster": mode == "cluster",
     }
-    if mode != "plain":
+    if mode == "fine":
+        options["quota_window_buckets"] = FINE_BUCKETS
+    elif mode != "plain":
         options.update(FEATURES)
     settings = load_settings(**options)
     return QuotaLimiter(state_redis(settings), settings, window_s=WINDOW_S)
@@ -148,7 +152,7 @@ def race_everyone(
     """This process's threads and the subprocesses race for three windows; every client's grants
     (this process's threads first, then one list per subprocess)."""
     limiter = make_limiter(redis_url, charge_model, margin_s, mode)
-    if mode == "plain":
+    if mode in ("plain", "fine"):
         limiter.set_limits("completion", DEPLOYMENT, tpm=TPM, rpm=RPM)
     code = "from tests.test_quota_audit import run_process; run_process()"
     processes = [
@@ -232,6 +236,11 @@ def test_no_window_ever_holds_more_than_the_limit(redis_url, charge_model):
 
 def test_no_upstream_window_arriving_up_to_the_margin_later_holds_more(redis_url):
     results = race_everyone(redis_url, "azure", margin_s=MARGIN_S)
+    assert_no_span_holds_more_than_the_limit(results, margin_s=MARGIN_S)
+
+
+def test_finer_buckets_keep_every_upstream_window_within_the_limit(redis_url):
+    results = race_everyone(redis_url, "azure", margin_s=MARGIN_S, mode="fine")
     assert_no_span_holds_more_than_the_limit(results, margin_s=MARGIN_S)
 
 

@@ -40,11 +40,13 @@ def make_limiter(
     charge_model: str = "azure",
     tpm: int = 1000,
     rpm: int = 60,
+    buckets: int = 60,
 ) -> QuotaLimiter:
     settings = load_settings(
         quota_lock_ttl_s=lock_ttl_s,
         quota_charge_model=charge_model,
         quota_upstream_margin_s=margin_s,
+        quota_window_buckets=buckets,
     )
     limiter = QuotaLimiter(client, settings, window_s=window_s)
     limiter.set_limits("completion", DEPLOYMENT, tpm=tpm, rpm=rpm)
@@ -135,9 +137,10 @@ def test_retry_after_is_honest(client):
     assert limiter.acquire("completion", DEPLOYMENT, 50, "a").allowed
 
 
-def test_a_charge_stays_counted_for_the_upstream_margin_past_the_window(client):
+@pytest.mark.parametrize("buckets", [60, 120])
+def test_a_charge_stays_counted_for_the_upstream_margin_past_the_window(client, buckets):
     # 1 s window, 0.5 s margin: the upstream may count this charge until 1.5 s from now.
-    limiter = make_limiter(client, window_s=1, margin_s=0.5, tpm=100, rpm=600)
+    limiter = make_limiter(client, window_s=1, margin_s=0.5, tpm=100, rpm=600, buckets=buckets)
     assert limiter.acquire("completion", DEPLOYMENT, 100, "a").allowed
     refused = limiter.acquire("completion", DEPLOYMENT, 1, "a")
     assert not refused.allowed and 1.0 < retry_after(refused) <= 1.55

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from quota import AppUsage, QuotaError
 from quota.sansio import (
     MAX_TOKENS,
-    WINDOW_BUCKETS,
     QuotaProtocol,
     format_request_id,
     parse_request_id,
@@ -105,11 +104,17 @@ def test_keys_share_one_hash_tag_per_pool_and_deployment(protocol):
     assert len(set(keys)) == 3
 
 
+@pytest.mark.parametrize("buckets", [60, 120, 6])
 @pytest.mark.parametrize("window_s", [60, 2, 2.5, 0.7])
-def test_buckets_never_make_the_window_shorter_than_asked(window_s):
-    protocol = QuotaProtocol(load_settings(), window_s=window_s)
-    assert protocol.bucket_us * WINDOW_BUCKETS >= window_s * 1_000_000
-    assert protocol.bucket_us * WINDOW_BUCKETS < window_s * 1_000_000 + WINDOW_BUCKETS
+def test_buckets_never_make_the_window_shorter_than_asked(window_s, buckets):
+    protocol = QuotaProtocol(load_settings(quota_window_buckets=buckets), window_s=window_s)
+    assert protocol.bucket_us * buckets >= window_s * 1_000_000
+    assert protocol.bucket_us * buckets < window_s * 1_000_000 + buckets
+
+
+def test_the_bucket_count_must_split_into_sixths():
+    with pytest.raises(ValueError, match="QUOTA_WINDOW_BUCKETS"):
+        load_settings(quota_window_buckets=100)
 
 
 @pytest.mark.parametrize(
@@ -120,6 +125,8 @@ def test_buckets_never_make_the_window_shorter_than_asked(window_s):
         (20, 1.0, 3),
         (11, 1.0, 6),
         (60, 0, 0),
+        (20, 0.5, 2),
+        (60, 0.5, 1),
     ],
 )
 def test_the_upstream_margin_is_rounded_up_to_whole_buckets(window_s, margin_s, margin_buckets):
@@ -185,7 +192,7 @@ def test_status_reply_becomes_the_older_fields_with_a_per_app_split(protocol):
         "locked_requests": 1,
         # The oldest charge (bucket 990) leaves when the window and the margin have passed it.
         "reset_time_seconds": (
-            (990 + WINDOW_BUCKETS + protocol.margin_buckets + 1) * bucket_us - now_us
+            (990 + protocol.window_buckets + protocol.margin_buckets + 1) * bucket_us - now_us
         )
         / 1e6,
         "apps": {

@@ -156,6 +156,29 @@ def test_a_slow_path_to_sending_moves_the_charge_to_the_send_time(redis_client):
     assert (status().used_tokens, status().used_requests) == (100, 1)
 
 
+def test_a_send_within_half_the_margin_keeps_its_stamp_and_a_later_one_is_restamped(
+    monkeypatch,
+):
+    # The margin covers stamp to arrival: half for the path to the wire, half for the wire, so a
+    # send later than half of it is counted from when it leaves. 1 s here: a loaded machine's
+    # path from acquire to sending() stays well inside the first half.
+    monkeypatch.setenv("QUOTA_UPSTREAM_MARGIN_SECONDS", "1")
+    from settings import get_settings
+
+    get_settings.cache_clear()
+    with quota_call("completion", MODEL, 100, app_id="a") as call:
+        acquired_us = call.stamped_us
+        call.sending()  # at once: kept
+        assert call.stamped_us == acquired_us
+        call.report(100)
+    with quota_call("completion", MODEL, 100, app_id="a") as call:
+        acquired_us = call.stamped_us
+        time.sleep(0.6)  # more than half the margin, less than all of it
+        call.sending()
+        assert call.stamped_us >= acquired_us + 500_000
+        call.report(100)
+
+
 def test_a_slow_sdk_after_sending_moves_the_charge_to_when_the_request_leaves(
     redis_client, monkeypatch
 ):

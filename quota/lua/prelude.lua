@@ -3,8 +3,8 @@
 Redis Lua has no includes, so each operation's script is this prelude followed by the operation
 (acquire.lua, settle.lua, observe.lua, status.lua), joined at load time, as bridge/lua does.
 
-The window is WINDOW buckets wide (60) plus the current bucket; requests are also limited over the
-last SUB buckets (10, a sixth, as Azure enforces RPM/6 per 10 s). Counting one bucket more than the
+The window is WINDOW buckets wide (QUOTA_WINDOW_BUCKETS, 60) plus the current bucket; requests are
+also limited over the last SUB buckets (a sixth, as Azure enforces RPM/6 per 10 s). Counting one bucket more than the
 window is deliberate: every window of the configured length ending now lies inside it, so no such
 window can ever hold more than the limit. A charge also stays counted a margin of buckets longer
 (SPAN, SUB_SPAN): we count it from when it is locked, the upstream from when the request arrives,
@@ -221,7 +221,8 @@ local function load(k, default_tpm, default_rpm)
   if stored[3] and stored[3] ~= layout then
     return 'CONDUIT quota window mismatch: this pool counts in "' .. stored[3]
       .. '" (bucket us, margin buckets), the caller in "' .. layout .. '"; every process must'
-      .. ' use the same QUOTA_WINDOW_SECONDS and QUOTA_UPSTREAM_MARGIN_SECONDS'
+      .. ' use the same QUOTA_WINDOW_SECONDS, QUOTA_WINDOW_BUCKETS and'
+      .. ' QUOTA_UPSTREAM_MARGIN_SECONDS'
   end
   local clock
   clock, head, tokens, requests, sub_requests, locked_tokens, locked_requests, seq =
