@@ -19,6 +19,7 @@ from settings import load_settings
 from tasks.completion import chat_completion
 from tasks.connections import quota_limiter
 from tasks.errors import QuotaExhausted, TransientError
+from tests.support.emulator import LOADED_MARGIN_ENV
 from tests.support.quota import granted, retry_after
 
 pytestmark = pytest.mark.slow
@@ -167,6 +168,8 @@ def two_deployments(start_emulator, redis_url, tiktoken_cache, monkeypatch):
     monkeypatch.setenv("APP_OPENAI_DEPLOYMENTS", json.dumps(deployments))
     monkeypatch.setenv("QUOTA_WINDOW_SECONDS", str(EMULATOR_WINDOW_S))
     monkeypatch.setenv("QUOTA_ERROR_COOLDOWN_SECONDS", "2")
+    for name, value in LOADED_MARGIN_ENV.items():
+        monkeypatch.setenv(name, value)
     return emulators
 
 

@@ -9,13 +9,14 @@ import pytest
 from tasks.connections import quota_limiter
 from tasks.outbox import stream_key
 from tasks.processors import get_processor, task_id_for
+from tests.support.emulator import LOADED_MARGIN_ENV
 
 pytestmark = pytest.mark.slow
 
 CHAT = "gpt-4o"
 # A short window so a tiny quota refills within the test; the same for the emulator and Conduit.
-# The emulator counts a request from its arrival, after Conduit locked it: quota/'s upstream
-# margin (QUOTA_UPSTREAM_MARGIN_SECONDS, default 1 s) covers the way between.
+# The emulator counts a request from its arrival, after Conduit stamped it: quota/'s upstream
+# margin covers the way between (LOADED_MARGIN_ENV: the slack a loaded test box needs).
 WINDOW_SECS = "11"
 LIMITS = {
     CHAT: {"tpm": 100_000, "rpm": 60_000},
@@ -35,7 +36,12 @@ def emulator(module_emulator_starter):
 def worker_env(emulator, conduit_env, monkeypatch):
     """Environment of this test process and of the workers it starts: same quota, same window."""
     emulator.reset()
-    env = {**emulator.client_env(), "QUOTA_WINDOW_SECONDS": WINDOW_SECS, "APP_TPM_QUOTA": "100000"}
+    env = {
+        **emulator.client_env(),
+        **LOADED_MARGIN_ENV,
+        "QUOTA_WINDOW_SECONDS": WINDOW_SECS,
+        "APP_TPM_QUOTA": "100000",
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

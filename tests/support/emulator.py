@@ -49,6 +49,14 @@ API_VERSION = "2024-10-21"
 CLIENT_TIMEOUT_SECS = 30.0
 
 
+# The emulator charges a request when its handler runs: on this 2-core box under a full
+# test run that is up to ~0.6 s after the request left (bench.quota_utilization's
+# stamp_to_charge_ms, p99 at load 5), more than the 0.5 s default margin is for (Azure's
+# network time). Tests that count upstream 429s give the margin that slack; what the default
+# margin achieves is measured by the benchmark, not asserted on a loaded CI machine.
+LOADED_MARGIN_ENV = {"QUOTA_UPSTREAM_MARGIN_SECONDS": "1"}
+
+
 @dataclass
 class RunningEmulator:
     url: str
