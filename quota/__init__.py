@@ -5,7 +5,7 @@ Depends on settings/ only. See docs/architecture.md, "The quota contract"
 """
 
 from quota.client import SyncTokenClient, TokenClient
-from quota.errors import QuotaError, QuotaExceeded
+from quota.errors import QuotaError, QuotaExceeded, StaleLock
 from quota.limiter import AsyncQuotaLimiter, QuotaLimiter
 from quota.retry import is_quota_refusal, with_token_limit_retry, with_token_limit_retry_decorator
 from quota.sansio import (
@@ -28,6 +28,7 @@ __all__ = [
     "QuotaLimiter",
     "QuotaStatus",
     "Settlement",
+    "StaleLock",
     "SyncTokenClient",
     "TokenClient",
     "is_quota_refusal",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
-from quota.errors import QuotaError
+from quota.errors import QuotaError, StaleLock
 from settings import Deployment, Pool, PoolName, Settings
 
 if TYPE_CHECKING:  # a name only: quota.scripts imports redis, which this module must not
@@ -531,6 +531,11 @@ class QuotaProtocol:
         def parse(reply: Sequence[Any]) -> Settlement:
             if int(reply[1]) == 1:
                 return Settlement(int(reply[2]), int(reply[3]))
+            if _text(reply[2]) == "stale":
+                raise StaleLock(
+                    f"request_id {request_id!r} was not sent within the window of its lock: its "
+                    "charge has left the window, acquire again"
+                )
             why = {
                 "done": "was already reported or released: settle each lock once",
                 "expired": f"expired: it was not reported within {self.lock_ttl_s} s "

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
-from quota import QuotaLimiter
+from quota import QuotaLimiter, StaleLock
 from settings import Deployment, PoolName, get_logger
 from tasks.clients import REQUEST_HOOKS, deployment_client
 from tasks.connections import quota_limiter, redis_client
@@ -223,7 +223,12 @@ class QuotaCall:
     def _restamp_if_late(self) -> None:
         asked_at = time.monotonic()
         if not self.settled and asked_at - self.stamped_at > self.limiter.protocol.restamp_after_s:
-            self.stamped_us = self.limiter.restamp(self.request_id)
+            try:
+                self.stamped_us = self.limiter.restamp(self.request_id)
+            except StaleLock as error:
+                # Held past its window: quota finished the lock; nothing was sent. Acquire again.
+                self.settled = True
+                raise QuotaExhausted(str(error), 0.0) from None
             self.stamped_at = asked_at
 
     def observe(self, headers: Any, lasts_s: float | None = None) -> None:

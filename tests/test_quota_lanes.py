@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from quota import QuotaError, QuotaLimiter
+from quota import QuotaError, QuotaLimiter, StaleLock
 from settings import load_settings
 from tests.support.quota import granted, reason, retry_after
+from tests.support.waiting import wait_until
 
 MODEL = "gpt-4o"
 # A logical model served by two deployments with different limits, in spill-over order.
@@ -208,6 +209,22 @@ def test_a_restamped_charge_is_counted_from_when_it_was_sent(client):
     limiter.report(granted(decision), 600)
     status = limiter.status("completion", MODEL)
     assert status.used_tokens == 600 and status.used_requests == 1
+
+
+def test_a_lock_held_past_its_window_is_not_counted_again_unweighed(client):
+    limiter = make_limiter(client, window_s=1)
+    stale = granted(limiter.acquire("completion", MODEL, 600, "a"))
+    wait_until(
+        lambda: limiter.status("completion", MODEL).available_tokens == 1000, 10, "it to leave"
+    )
+    assert limiter.acquire("completion", MODEL, 1000, "b").allowed  # the window is full again
+    # Sent only now: counting its 600 tokens again would put 1,600 in a window of 1,000.
+    with pytest.raises(StaleLock, match="acquire again"):
+        limiter.restamp(stale)
+    status = limiter.status("completion", MODEL)
+    assert status.used_tokens + status.locked_tokens == 1000
+    with pytest.raises(QuotaError, match="already reported or released"):
+        limiter.report(stale, 600)
 
 
 # --- limits back to defaults ---------------------------------------------------------------------

@@ -179,6 +179,18 @@ def test_a_send_within_half_the_margin_keeps_its_stamp_and_a_later_one_is_restam
         call.report(100)
 
 
+def test_a_call_held_past_its_window_acquires_again_before_it_sends():
+    with pytest.raises(QuotaExhausted, match="acquire again") as again:
+        with quota_call("completion", MODEL, 100, app_id="a") as call:
+            # The window is 6 s here: the charge leaves it before anything was sent.
+            wait_until(
+                lambda: status().available_tokens == 1000, timeout=30, what="the charge to leave"
+            )
+            call.sending()
+    assert again.value.retry_after_s == 0.0
+    assert status().locked_tokens == 0  # the lock is finished, nothing left held
+
+
 def test_a_slow_sdk_after_sending_moves_the_charge_to_when_the_request_leaves(
     redis_client, monkeypatch
 ):

@@ -8,7 +8,8 @@ ARGV  2 "default_tpm default_rpm", 3 operation, 4 lock id, then
       reject: 5 cool-down (µs; 0: none): the upstream answered 429 or 5xx
       restamp: (nothing more): the request is being sent now, later than the margin covers
 Returns {now, 1, extra_tokens_charged, tokens_refunded}  or  {now, 0, why}
-  why: "unknown", "done" (already reported or released), "expired"
+  why: "unknown", "done" (already reported or released), "expired", "stale" (restamp: the charge
+  left the window before the request was sent; the lock is finished)
 ]]
 local default_tpm, default_rpm = string.match(ARGV[2], '^(%d+) (%d+)$')
 local problem = load(1, tonumber(default_tpm), tonumber(default_rpm))
@@ -57,10 +58,16 @@ end
 
 -- The request leaves only now, later than the upstream margin covers: move its charge (tokens and
 -- request) from the bucket it was locked in to the current one, so our window holds it where the
--- upstream's will. Counting it later only keeps it counted longer: never an over-admission.
+-- upstream's will. Counting it later only keeps it counted longer: never an over-admission. A
+-- charge that already left the window is not counted again unweighed: the lock is finished
+-- ("stale") and the caller acquires again.
 local function restamp(id)
   local lock, why = find_lock(id)
   if not lock then return {now, 0, why} end
+  if lock.bucket < current - SPAN then
+    unlock(id, lock, 'done')
+    return {now, 0, 'stale'}
+  end
   if lock.bucket < current then
     if lock.bucket >= current - SPAN then add(lock.bucket, lock.app, -lock.tokens, -1) end
     add(current, lock.app, lock.tokens, 1)
