@@ -6,11 +6,9 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-import numpy as np
 import pytest
 
-from emulators.recognizer import DEFAULT_PHRASES_FILE, read_phrases
-from emulators.speech import synthesize, wav_bytes
+from emulators.speech import wav_bytes
 from quota import QuotaLimiter
 from tasks.ai_tasks import transcribe_audio
 from tasks.connections import redis_client
@@ -24,6 +22,7 @@ from tasks.transcription import (
 )
 from tests.support.audio import compressed
 from tests.support.processors import run_message
+from tests.support.speech import known_phrases
 
 WHISPER = "whisper"
 LIMITS = {WHISPER: {"tpm": 0, "rpm": 600}}
@@ -34,20 +33,6 @@ PAUSE_SECS = 0.7
 RESULT_TIMEOUT_SECS = 240
 
 
-def recording(seconds: float) -> np.ndarray:
-    """Known phrases, spoken one after another with a pause between, for about ``seconds``
-    (int16 at 16 kHz)."""
-    phrases = read_phrases(DEFAULT_PHRASES_FILE)
-    pause = np.zeros(int(PAUSE_SECS * 16000), dtype=np.int16)
-    parts, samples, number = [], 0, 0
-    while samples < seconds * 16000:
-        speech = synthesize(phrases[number % len(phrases)])
-        parts += [speech, pause]
-        samples += len(speech) + len(pause)
-        number += 1
-    return np.concatenate(parts)
-
-
 @pytest.fixture(scope="module")
 def emulator(module_emulator_starter):
     return module_emulator_starter(limits=LIMITS)
@@ -56,14 +41,14 @@ def emulator(module_emulator_starter):
 @pytest.fixture(scope="module")
 def short_wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("audio") / "short.wav"
-    path.write_bytes(wav_bytes(recording(8)))
+    path.write_bytes(wav_bytes(known_phrases(8, PAUSE_SECS)))
     return path
 
 
 @pytest.fixture(scope="module")
 def three_minutes_wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("audio") / "three-minutes.wav"
-    path.write_bytes(wav_bytes(recording(180)))
+    path.write_bytes(wav_bytes(known_phrases(180, PAUSE_SECS)))
     return path
 
 
@@ -149,7 +134,7 @@ def test_rate_limit_stats_and_changes_are_shared(env, short_wav, redis_client):
 
 def test_a_short_webm_is_accepted_and_sent_whole(env, emulator, tmp_path):
     clip = tmp_path / "clip.webm"
-    clip.write_bytes(compressed(recording(8), 16000, "webm"))
+    clip.write_bytes(compressed(known_phrases(8, PAUSE_SECS), 16000, "webm"))
     answer = text_answer(transcribe_audio(clip, response_format="text"))
     assert answer.startswith("What is the weather today.")
     assert whisper_requests(emulator) == 1
@@ -165,7 +150,7 @@ def assert_monotonic(segments, total_s):
 @pytest.mark.slow
 def test_a_long_m4a_is_cut_at_silences_and_merged_in_order(env, emulator, tmp_path):
     # In-process, chunk by chunk: the Celery group around these is the three-minute test's.
-    speech = recording(60)
+    speech = known_phrases(60, PAUSE_SECS)
     memo = tmp_path / "memo.m4a"
     memo.write_bytes(compressed(speech, 16000, "m4a"))
     chunks = prepare_transcription(memo, "verbose_json")
