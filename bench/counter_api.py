@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.report import median, percentile, write_result
 from settings.redis_server import RedisServer, free_port
@@ -214,59 +214,43 @@ def redis_ping_us(url: str, count: int = 5000) -> float:
     return median(timings) * 1e6
 
 
-def servers() -> dict[str, tuple[list[str], Path, dict[str, str]]]:
-    """name -> (command, working directory, extra environment) of every server measured."""
+class Server(NamedTuple):
+    port: int
+    command: list[str]
+    cwd: Path
+    env: dict[str, str]  # added to the benchmark's environment
+
+
+def servers() -> dict[str, Server]:
+    """Every server measured, each on a free port."""
     uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log"]
-    port = {name: str(free_port()) for name in ("old", "counter", "web", "floor", "counter_2")}
+    counter_server = [sys.executable, "-m", "web.counter_server"]
+    port = {name: free_port() for name in ("old", "counter", "web", "floor", "counter_2")}
     return {
-        "old": ([*uvicorn, "old_counter:app", "--port", port["old"]], old_counter_dir(), {}),
-        "counter": (
-            [sys.executable, "-m", "web.counter_server"],
-            REPO_ROOT,
-            {"COUNTER_PORT": port["counter"]},
+        "old": Server(
+            port["old"], [*uvicorn, "old_counter:app", "--port", str(port["old"])],
+            old_counter_dir(), {},
         ),
-        "web": (
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:web.gunicorn_conf",
-                "--bind",
-                f"127.0.0.1:{port['web']}",
-                "web.app:create_app()",
-            ],
-            REPO_ROOT,
-            {},
+        "counter": Server(
+            port["counter"], counter_server, REPO_ROOT, {"COUNTER_PORT": str(port["counter"])}
         ),
-        "floor": (
-            [
-                *uvicorn,
-                "bench.counter_api:fixed_answer",
-                "--port",
-                port["floor"],
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-            ],
-            REPO_ROOT,
-            {},
+        "web": Server(
+            port["web"],
+            [sys.executable, "-m", "gunicorn", "-c", "python:web.gunicorn_conf",
+             "--bind", f"127.0.0.1:{port['web']}", "web.app:create_app()"],
+            REPO_ROOT, {},
         ),
-        "counter_2": (
-            [sys.executable, "-m", "web.counter_server"],
-            REPO_ROOT,
-            {"COUNTER_PORT": port["counter_2"], "WEB_CONCURRENCY": "2"},
+        "floor": Server(
+            port["floor"],
+            [*uvicorn, "bench.counter_api:fixed_answer", "--port", str(port["floor"]),
+             "--loop", "uvloop", "--http", "httptools"],
+            REPO_ROOT, {},
         ),
-    }
-
-
-def port_of(command: list[str], extra: dict[str, str]) -> int:
-    if "COUNTER_PORT" in extra:
-        return int(extra["COUNTER_PORT"])
-    if "--bind" in command:
-        return int(command[command.index("--bind") + 1].rpartition(":")[2])
-    return int(command[command.index("--port") + 1])
+        "counter_2": Server(
+            port["counter_2"], counter_server, REPO_ROOT,
+            {"COUNTER_PORT": str(port["counter_2"]), "WEB_CONCURRENCY": "2"},
+        ),
+    }  # fmt: skip
 
 
 Runs = dict[str, dict[int, list[dict[str, float]]]]
@@ -314,19 +298,23 @@ def main() -> None:
         logs = []
         plan = servers()
         try:
-            for name, (command, cwd, extra) in plan.items():
+            for name, spec in plan.items():
                 log = open(work_dir / f"{name}.log", "wb")
                 logs.append(log)
                 processes[name] = subprocess.Popen(
-                    command, cwd=cwd, env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT
+                    spec.command,
+                    cwd=spec.cwd,
+                    env={**env, **spec.env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
-            for name, (command, _, extra) in plan.items():
+            for name, spec in plan.items():
                 # The older counter and the floor have no /health: any answer (404) means up.
-                wait_for_port(port_of(command, extra), processes[name])
+                wait_for_port(spec.port, processes[name])
             key = {"X-API-Key": API_KEY}
             clients = {
-                name: HttpPairs(port_of(command, extra), {} if name in ("old", "floor") else key)
-                for name, (command, _, extra) in plan.items()
+                name: HttpPairs(spec.port, {} if name in ("old", "floor") else key)
+                for name, spec in plan.items()
             }
             os.environ.update({name: env[name] for name in ("REDIS_URL", "CONDUIT_ENV_FILE")})
             settings = load_settings(redis_url=server.url, tpm_quota=BIG_LIMIT, rpm_quota=BIG_LIMIT)
