@@ -28,9 +28,11 @@ from quota.sansio import (
     ChargeModel,
     Decision,
     ExternalUsage,
+    LeaseGrant,
     QuotaProtocol,
     QuotaStatus,
     Settlement,
+    SettleResult,
 )
 from quota.scripts import reloading, reloading_async, sha_of
 from settings import Settings, get_settings
@@ -117,6 +119,37 @@ class QuotaLimiter(_LimiterBase):
         call = self.protocol.acquire(pool, deployment, tokens, app_id, lane)
         self._register(pool, deployment)
         return self._run(call)
+
+    def acquire_with_lease(
+        self,
+        pool: str,
+        deployment: str,
+        tokens: int,
+        app_id: str,
+        *,
+        lease_requests: int,
+        lease_tokens: int,
+        lease_hold_s: float,
+    ) -> tuple[Decision, int, LeaseGrant | None]:
+        """``acquire_timed`` (batch lane), and a lease beside it when there is room (see
+        quota/leases.py)."""
+        call = self.protocol.acquire_with_lease(
+            pool,
+            deployment,
+            tokens,
+            app_id,
+            lease_requests=lease_requests,
+            lease_tokens=lease_tokens,
+            lease_hold_s=lease_hold_s,
+        )
+        self._register(pool, deployment)
+        return self._run(call)
+
+    def settle_many(
+        self, pool: str, model: str, deployment: str, operations: list[str]
+    ) -> list[SettleResult]:
+        """settle.lua's ``operations`` on one deployment in one call, in order."""
+        return self._run(self.protocol.settle_many(pool, model, deployment, operations))
 
     def report(
         self,
@@ -232,6 +265,34 @@ class AsyncQuotaLimiter(_LimiterBase):
         call = self.protocol.acquire(pool, deployment, tokens, app_id, lane)
         await self._register(pool, deployment)
         return await self._run(call)
+
+    async def acquire_with_lease(
+        self,
+        pool: str,
+        deployment: str,
+        tokens: int,
+        app_id: str,
+        *,
+        lease_requests: int,
+        lease_tokens: int,
+        lease_hold_s: float,
+    ) -> tuple[Decision, int, LeaseGrant | None]:
+        call = self.protocol.acquire_with_lease(
+            pool,
+            deployment,
+            tokens,
+            app_id,
+            lease_requests=lease_requests,
+            lease_tokens=lease_tokens,
+            lease_hold_s=lease_hold_s,
+        )
+        await self._register(pool, deployment)
+        return await self._run(call)
+
+    async def settle_many(
+        self, pool: str, model: str, deployment: str, operations: list[str]
+    ) -> list[SettleResult]:
+        return await self._run(self.protocol.settle_many(pool, model, deployment, operations))
 
     async def report(
         self,

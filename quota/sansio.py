@@ -40,14 +40,18 @@ MAX_TOKENS = 10_000_000
 
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _APP_ID = re.compile(r"[A-Za-z0-9_.@/-]{1,100}")
-# pool/deployment/t<n>:r<n>, or pool/model/deployment/... for a deployment of a spill-over model
+# pool/deployment/t<n>:r<n>, or pool/model/deployment/... for a deployment of a spill-over model;
+# <n> is "<lease>.<grant>" for a lock granted from a lease (quota/leases.py)
 _REQUEST_ID = re.compile(
-    r"(?P<pool>[a-z]+)/(?:(?P<model>[^/:]+)/)?(?P<deployment>[^/:]+)/t(?P<seq>\d+):r(?P=seq)"
+    r"(?P<pool>[a-z]+)/(?:(?P<model>[^/:]+)/)?(?P<deployment>[^/:]+)"
+    r"/t(?P<seq>\d+(?:\.\d+)?):r(?P=seq)"
 )
 # The suffix an app's interactive charges are booked under (app ids cannot contain "!").
 INTERACTIVE_MARK = "!i"
 # Deployment names whose acquire arguments are kept built (a fleet has a handful).
 MAX_CACHED_NAMES = 1024
+# The most requests one lease may ask for (acquire.lua grants at most an eighth of the room left).
+MAX_LEASE_REQUESTS = 10_000
 # Fractions travel to the script as parts per million, so it computes in whole numbers.
 PPM = 1_000_000
 _BUCKET_FIELD = re.compile(r"(?P<bucket>\d+):(?P<kind>[tr])(?::(?P<app>.+))?")
@@ -67,6 +71,30 @@ class Decision(NamedTuple):
     retry_after_s: float | None
     reason: str | None
     deployment: str | None = None
+
+
+class SettleResult(NamedTuple):
+    """One operation's result in :meth:`QuotaProtocol.settle_many`: done, or why not ("unknown",
+    "done", "expired", "stale", "overdrawn"), and the tokens charged beyond the lock or refunded."""
+
+    done: bool
+    why: str
+    charged_tokens: int
+    refunded_tokens: int
+
+
+class LeaseGrant(NamedTuple):
+    """Room granted beside an acquire for its process to grant from (quota/leases.py): a lock of
+    ``requests`` requests and ``tokens`` tokens on ``deployment``, charged at ``stamped_us``
+    (server time), expiring with the lock it came with."""
+
+    pool: str
+    model: str
+    deployment: str
+    lease_id: str
+    requests: int
+    tokens: int
+    stamped_us: int
 
 
 class Settlement(NamedTuple):
@@ -173,6 +201,36 @@ def check_limit(name: str, value: object) -> int:
     return value
 
 
+def usage_tokens(prompt_tokens: object, completion_tokens: object) -> int:
+    """The tokens a report charges, each count checked."""
+    return check_count("prompt_tokens", prompt_tokens) + check_count(
+        "completion_tokens", completion_tokens
+    )
+
+
+def release_operation(lock_id: str) -> str:
+    """settle.lua's operation giving back lock ``lock_id`` (a lease: the room it still holds)."""
+    return f"release {lock_id}"
+
+
+def carve_operation(lease_id: str, grant: int, tokens: int) -> str:
+    """settle.lua's operation making grant ``grant`` of a lease a lock of its own."""
+    return f"carve {lease_id} {grant} {tokens}"
+
+
+def settled_operation(
+    lease_id: str,
+    *,
+    requests: int,
+    tokens: int,
+    extra: int,
+    refund_tokens: int,
+    refund_requests: int,
+) -> str:
+    """settle.lua's operation booking grants of a lease settled before they were carved."""
+    return f"settled {lease_id} {requests} {tokens} {extra} {refund_tokens} {refund_requests}"
+
+
 def check_lane(lane: str) -> Lane:
     if lane not in LANES:
         raise QuotaError(f"lane {lane!r} must be one of {', '.join(LANES)}")
@@ -200,6 +258,13 @@ def parse_request_id(request_id: object) -> RequestRef:
 
 def _text(value: bytes | str | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _settle_result(result: Sequence[Any]) -> SettleResult:
+    """One of settle.lua's results: {1, charged, refunded} or {0, why}."""
+    if int(result[0]) == 1:
+        return SettleResult(True, "", int(result[1]), int(result[2]))
+    return SettleResult(False, _text(result[1]), 0, 0)
 
 
 class Target(NamedTuple):
@@ -377,16 +442,60 @@ class QuotaProtocol:
         self, pool: str, name: str, tokens: int, app_id: str, lane: str = "batch"
     ) -> Call[tuple[Decision, int]]:
         """Weigh every deployment ``name`` stands for, in order, in one script call."""
+        call = self.acquire_with_lease(pool, name, tokens, app_id, lane)
+
+        def parse(reply: Sequence[Any]) -> tuple[Decision, int]:
+            decision, now_us, _ = call.parse(reply)
+            return decision, now_us
+
+        return Call(call.script, call.keys, call.args, parse)
+
+    def acquire_with_lease(
+        self,
+        pool: str,
+        name: str,
+        tokens: int,
+        app_id: str,
+        lane: str = "batch",
+        *,
+        lease_requests: int = 0,
+        lease_tokens: int = 0,
+        lease_hold_s: float = 0.0,
+    ) -> Call[tuple[Decision, int, LeaseGrant | None]]:
+        """``acquire``, asking also for a lease of up to ``lease_requests`` more requests and
+        ``lease_tokens`` more tokens where the request lands (acquire.lua grants at most an
+        eighth of the room left, and none to an app with a share), held at most
+        ``lease_hold_s`` (a request refused only for the room leases hold is told to retry
+        then). Parsed: the decision, the
+        server time it was made at (µs), and the lease (None: none granted)."""
         check_count("tokens", tokens)
         check_app_id(app_id)
+        check_count("lease_requests", lease_requests, maximum=MAX_LEASE_REQUESTS)
+        check_count("lease_tokens", lease_tokens)
         interactive = check_lane(lane) == "interactive"
         target, keys, limits = self._acquire_parts(pool, name)
         share_ppm = round(self.shares.get(app_id, 0) * PPM)
-        lane_arg = f"{'i' if interactive else 'b'} {self._reserve_ppm} {self._idle_us} {share_ppm}"
+        lane_arg = (
+            f"{'i' if interactive else 'b'} {self._reserve_ppm} {self._idle_us} {share_ppm} "
+            f"{lease_requests} {lease_tokens} {round(lease_hold_s * 1_000_000)}"
+        )
         booked = app_id + INTERACTIVE_MARK if interactive else app_id
 
-        def parse(reply: Sequence[Any]) -> tuple[Decision, int]:
-            return self._decision(pool, target, app_id, tokens, reply), int(reply[0])
+        def parse(reply: Sequence[Any]) -> tuple[Decision, int, LeaseGrant | None]:
+            decision, now_us = self._decision(pool, target, app_id, tokens, reply), int(reply[0])
+            lease = None
+            if decision.allowed and int(reply[5]):
+                assert decision.deployment is not None  # an allowed decision names it
+                lease = LeaseGrant(
+                    pool,
+                    target.model,
+                    decision.deployment,
+                    _text(reply[4]),
+                    int(reply[5]),
+                    int(reply[6]),
+                    now_us,
+                )
+            return decision, now_us, lease
 
         args: tuple[str | int, ...] = (self._layout_arg, tokens, booked, lane_arg, *limits)
         return Call("acquire", keys, args, parse)
@@ -413,48 +522,68 @@ class QuotaProtocol:
     def report(
         self, request_id: str, prompt_tokens: int, completion_tokens: int, pool: str | None = None
     ) -> Call[Settlement]:
-        ref = self._ref(request_id, pool)
-        actual = check_count("prompt_tokens", prompt_tokens) + check_count(
-            "completion_tokens", completion_tokens
-        )
-        return self._settle(
-            ref, request_id, "report", ref.lock_id, actual, self.charge_models[ref.pool]
-        )
+        ref = self.request_ref(request_id, pool)
+        actual = usage_tokens(prompt_tokens, completion_tokens)
+        return self._settle(ref, request_id, self.report_operation(ref, actual))
+
+    def report_operation(self, ref: RequestRef, actual_tokens: int) -> str:
+        """settle.lua's operation finishing ``ref`` with ``actual_tokens`` used."""
+        return f"report {ref.lock_id} {actual_tokens} {self.charge_models[ref.pool]}"
 
     def release(self, request_id: str, pool: str | None = None) -> Call[Settlement]:
-        ref = self._ref(request_id, pool)
-        return self._settle(ref, request_id, "release", ref.lock_id)
+        ref = self.request_ref(request_id, pool)
+        return self._settle(ref, request_id, release_operation(ref.lock_id))
 
     def reject(
         self, request_id: str, cooldown_s: float, pool: str | None = None
     ) -> Call[Settlement]:
         """The upstream refused (429) or failed (5xx) the request: keep its charge, and skip its
         deployment for ``cooldown_s`` in every process (0: no cool-down)."""
-        ref = self._ref(request_id, pool)
+        ref = self.request_ref(request_id, pool)
         if not 0 <= cooldown_s <= 3600:
             raise QuotaError(f"cooldown_s must be from 0 to 3600 seconds, got {cooldown_s!r}")
-        return self._settle(ref, request_id, "reject", ref.lock_id, round(cooldown_s * 1e6))
+        return self._settle(ref, request_id, f"reject {ref.lock_id} {round(cooldown_s * 1e6)}")
 
     def restamp(self, request_id: str, pool: str | None = None) -> Call[int]:
         """The request is sent only now: count its charge from now. Parsed: the server time (µs)
         it is counted from."""
-        ref = self._ref(request_id, pool)
+        ref = self.request_ref(request_id, pool)
         settled = self._settlement(request_id)
 
         def parse(reply: Sequence[Any]) -> int:
-            settled(reply)  # raises for an unknown, settled or expired lock
+            settled(reply[1])  # raises for an unknown, settled or expired lock
             return int(reply[0])
 
         deployment = self._deployment_of_ref(ref)
         return self._deployment_call(
-            "settle", ref.pool, ref.model, deployment, "restamp", ref.lock_id, parse=parse
+            "settle", ref.pool, ref.model, deployment, f"restamp {ref.lock_id}", parse=parse
         )
 
-    def _settle(self, ref: RequestRef, request_id: str, *args: str | int) -> Call[Settlement]:
+    def _settle(self, ref: RequestRef, request_id: str, operation: str) -> Call[Settlement]:
         deployment = self._deployment_of_ref(ref)
+        settled = self._settlement(request_id)
         return self._deployment_call(
-            "settle", ref.pool, ref.model, deployment, *args, parse=self._settlement(request_id)
+            "settle",
+            ref.pool,
+            ref.model,
+            deployment,
+            operation,
+            parse=lambda reply: settled(reply[1]),
         )
+
+    def settle_many(
+        self, pool: str, model: str, deployment: str, operations: Sequence[str]
+    ) -> Call[list[SettleResult]]:
+        """Several of settle.lua's operations on one deployment in one call (quota/leases.py
+        writes its grants and their settlements behind this way); each operation's result."""
+        if not operations:
+            raise QuotaError("settle_many needs at least one operation")
+        settings = self._deployment_of_ref(RequestRef(check_pool(pool), model, deployment, ""))
+
+        def parse(reply: Sequence[Any]) -> list[SettleResult]:
+            return [_settle_result(result) for result in reply[1:]]
+
+        return self._deployment_call("settle", pool, model, settings, *operations, parse=parse)
 
     def _deployment_of_ref(self, ref: RequestRef) -> Deployment:
         check_deployment(ref.model)
@@ -494,7 +623,7 @@ class QuotaProtocol:
         )
         lock_id = ""
         if request_id is not None:
-            ref = self._ref(request_id, pool)
+            ref = self.request_ref(request_id, pool)
             if ref.deployment != deployment:
                 raise QuotaError(f"request_id {request_id!r} is not one of {deployment!r}")
             lock_id = ref.lock_id
@@ -519,7 +648,8 @@ class QuotaProtocol:
         )
 
     # --- replies ---------------------------------------------------------------------------------
-    def _ref(self, request_id: str, pool: str | None) -> RequestRef:
+    def request_ref(self, request_id: str, pool: str | None = None) -> RequestRef:
+        """What ``request_id`` names; a QuotaError when it is malformed or of another pool."""
         ref = parse_request_id(request_id)
         if pool is not None and ref.pool != pool:
             raise QuotaError(
@@ -528,23 +658,33 @@ class QuotaProtocol:
         return ref
 
     def _settlement(self, request_id: str) -> Callable[[Sequence[Any]], Settlement]:
-        def parse(reply: Sequence[Any]) -> Settlement:
-            if int(reply[1]) == 1:
-                return Settlement(int(reply[2]), int(reply[3]))
-            if _text(reply[2]) == "stale":
-                raise StaleLock(
-                    f"request_id {request_id!r} was not sent within the window of its lock: its "
-                    "charge has left the window, acquire again"
-                )
-            why = {
-                "done": "was already reported or released: settle each lock once",
-                "expired": f"expired: it was not reported within {self.lock_ttl_s} s "
-                "(QUOTA_LOCK_TTL_SECONDS) and stays spent",
-                "unknown": "is unknown here: never issued by this Redis, or finished long ago",
-            }[_text(reply[2])]
-            raise QuotaError(f"request_id {request_id!r} {why}")
+        def parse(result: Sequence[Any]) -> Settlement:
+            return self.settled(request_id, _settle_result(result))
 
         return parse
+
+    def settled(self, request_id: str, result: SettleResult) -> Settlement:
+        """What a settle operation on ``request_id`` answered, as a Settlement, or the error
+        saying why it changed nothing."""
+        if result.done:
+            return Settlement(result.charged_tokens, result.refunded_tokens)
+        raise self.settle_error(request_id, result.why)
+
+    def settle_error(self, request_id: str, why: str) -> QuotaError:
+        """The error for a settle of ``request_id`` that changed nothing because ``why``
+        (StaleLock for "stale")."""
+        if why == "stale":
+            return StaleLock(
+                f"request_id {request_id!r} was not sent within the window of its lock: its "
+                "charge has left the window, acquire again"
+            )
+        reason = {
+            "done": "was already reported or released: settle each lock once",
+            "expired": f"expired: it was not reported within {self.lock_ttl_s} s "
+            "(QUOTA_LOCK_TTL_SECONDS) and stays spent",
+            "unknown": "is unknown here: never issued by this Redis, or finished long ago",
+        }.get(why, f"was refused ({why})")
+        return QuotaError(f"request_id {request_id!r} {reason}")
 
     def _decision(
         self, pool: str, target: Target, app_id: str, tokens: int, reply: Sequence[Any]

@@ -270,6 +270,11 @@ class Settings(
     )
     # A lock neither reported nor released in this time expires and stays spent (crashed worker).
     quota_lock_ttl_s: int = Field(300, ge=1, validation_alias=_env("QUOTA_LOCK_TTL_SECONDS"))
+    # The counter server (web/counter_server.py) grants locks from leases: room charged in Redis
+    # that its process grants from in memory for this long (quota/leases.py). At most half the
+    # upstream margin: a request granted from a lease reaches the upstream within the margin of
+    # the lease's stamp. 0: every lock is decided in Redis, one at a time.
+    quota_lease_s: float = Field(0.05, ge=0, le=30, validation_alias=_env("QUOTA_LEASE_SECONDS"))
     # azure: charge the estimate at arrival, never refund (as Azure counts); usage: true up.
     quota_charge_model: Literal["azure", "usage"] = Field(
         "azure", validation_alias=_env("QUOTA_CHARGE_MODEL")

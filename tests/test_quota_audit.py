@@ -14,10 +14,15 @@ upstream window, whatever each request's delay.
 The same race runs with every feature on (a model spilling over two deployments with different
 limits, random interactive and batch lanes, an app share), audited per deployment, and on a real
 three-master Redis Cluster through ``redis.cluster``.
+
+And with leases (quota/leases.py, the counter server's way): each process's clients are asyncio
+tasks granting from QuotaLeases, which writes behind; a grant is logged at its lease's stamp, the
+time its charge is counted from, and must have been made within the lease time of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -30,9 +35,10 @@ from typing import IO
 import pytest
 
 from bench.quota_limiter import most_in_any_window
-from quota import QuotaLimiter
-from settings import load_settings
-from settings.state_redis import state_redis
+from quota import AsyncQuotaLimiter, QuotaLimiter
+from quota.leases import QuotaLeases
+from settings import Settings, load_settings
+from settings.state_redis import async_state_redis, state_redis
 from tests.support.cluster import RedisClusterServers
 from tests.support.processes import REPO_ROOT
 from tests.support.quota import granted, retry_after
@@ -63,6 +69,14 @@ FEATURES = {
 INTERACTIVE_SHARE = 0.2
 # QUOTA_WINDOW_BUCKETS for the "fine" race: twice the default.
 FINE_BUCKETS = 120
+# QUOTA_LEASE_SECONDS in the "leases" race: half the margin, the most it may be.
+LEASE_S = MARGIN_S / 2
+# Its limits: requests bind (a lease takes at most an eighth of the room left, so under the
+# limits above no lease would ever be granted), tokens up to 300 a request do not.
+LEASE_SPILL = {"audited-a": (180_000, 600), "audited-b": (90_000, 300)}
+# How late after its lease's stamp the test may see a grant: the lease time, plus the time from
+# the grant to the client's clock reading on a loaded machine.
+LATEST_GRANT_S = LEASE_S + 0.5
 
 Grant = tuple[int, int, str]  # (server time in µs, tokens still charged, deployment)
 
@@ -96,9 +110,10 @@ def hammer(limiter: QuotaLimiter, seed: int, start: float, until: float) -> list
     return grants
 
 
-def make_limiter(url: str, charge_model: str, margin_s: float, mode: str) -> QuotaLimiter:
+def audit_settings(url: str, charge_model: str, margin_s: float, mode: str) -> Settings:
     """mode: "plain" (one deployment, no lanes or shares), "fine" (plain, the window in twice the
-    default buckets), "features", or "cluster" (features on a Redis Cluster at ``url``)."""
+    default buckets), "features", "cluster" (features on a Redis Cluster at ``url``), or
+    "leases" (the model spilling over two deployments, batch lane only, granted from leases)."""
     options: dict[str, object] = {
         "quota_charge_model": charge_model,
         "quota_upstream_margin_s": margin_s,
@@ -107,10 +122,73 @@ def make_limiter(url: str, charge_model: str, margin_s: float, mode: str) -> Quo
     }
     if mode == "fine":
         options["quota_window_buckets"] = FINE_BUCKETS
+    elif mode == "leases":
+        options["openai_engine"] = DEPLOYMENT
+        options["openai_deployments"] = json.dumps(
+            [{"name": name, "tpm": tpm, "rpm": rpm} for name, (tpm, rpm) in LEASE_SPILL.items()]
+        )
+        options["quota_lease_s"] = LEASE_S
     elif mode != "plain":
         options.update(FEATURES)
-    settings = load_settings(**options)
+    return load_settings(**options)
+
+
+def make_limiter(url: str, charge_model: str, margin_s: float, mode: str) -> QuotaLimiter:
+    settings = audit_settings(url, charge_model, margin_s, mode)
     return QuotaLimiter(state_redis(settings), settings, window_s=WINDOW_S)
+
+
+async def hammer_leases(
+    quota: QuotaLeases, seed: int, start: float, until: float, leased: list[str]
+) -> list[Grant]:
+    """:func:`hammer` on leases, in the batch lane (leases grant nothing else); the ids of the
+    grants that came from a lease are added to ``leased``."""
+    rng = random.Random(seed)
+    grants: list[Grant] = []
+    await asyncio.sleep(max(0.0, start - time.time()))
+    while time.time() < until:
+        tokens = rng.randint(1, 300)
+        decision, stamped_us = await quota.acquire_timed(
+            "completion", DEPLOYMENT, tokens, f"app{seed % 3}"
+        )
+        if not decision.allowed:
+            await asyncio.sleep(rng.uniform(0, min(retry_after(decision), 0.02)))
+            continue
+        assert time.time() * 1e6 - stamped_us <= LATEST_GRANT_S * 1e6, "granted too late"
+        request_id, deployment = granted(decision), decision.deployment
+        assert deployment is not None, decision
+        if "." in request_id:  # t<lease>.<grant>
+            leased.append(request_id)
+        released = rng.random() < 0.15
+        settlement = (
+            await quota.release(request_id)
+            if released
+            else await quota.report(request_id, rng.randint(0, tokens), 0)
+        )
+        if not (released and settlement.refunded_tokens):
+            grants.append((stamped_us, tokens - settlement.refunded_tokens, deployment))
+    return grants
+
+
+def race_leases(settings: Settings, seeds: range, start: float, until: float) -> list[list[Grant]]:
+    """One asyncio task per seed on one QuotaLeases, all hammering until ``until``."""
+
+    async def race() -> list[list[Grant]]:
+        client = async_state_redis(settings)
+        limiter = AsyncQuotaLimiter(client, settings, window_s=WINDOW_S)
+        quota = QuotaLeases(limiter, settings.quota_lease_s)
+        leased: list[str] = []
+        try:
+            results = await asyncio.gather(
+                *(hammer_leases(quota, seed, start, until, leased) for seed in seeds)
+            )
+            assert leased, "no grant came from a lease: the race tested nothing of them"
+            return list(results)
+        finally:
+            await quota.aclose()
+            await client.aclose()
+
+    return asyncio.run(race())
 
 
 def race(limiter: QuotaLimiter, seeds: range, start: float, until: float) -> list[list[Grant]]:
@@ -136,8 +214,12 @@ def run_process() -> None:
     print("ready", flush=True)
     start, until = map(float, sys.stdin.readline().split())
     seeds = range(int(first_seed), int(first_seed) + THREADS_PER_PROCESS)
-    grants = [grant for result in race(limiter, seeds, start, until) for grant in result]
-    print(json.dumps(grants))
+    if mode == "leases":
+        settings = audit_settings(url, charge_model, float(margin_s), mode)
+        results = race_leases(settings, seeds, start, until)
+    else:
+        results = race(limiter, seeds, start, until)
+    print(json.dumps([grant for result in results for grant in result]))
 
 
 def pipes(process: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
@@ -183,7 +265,11 @@ def race_everyone(
             stdin = pipes(process)[0]
             stdin.write(f"{start} {until}\n")
             stdin.flush()
-        results = race(limiter, range(THREADS), start, until)
+        if mode == "leases":
+            settings = audit_settings(redis_url, charge_model, margin_s, mode)
+            results = race_leases(settings, range(THREADS), start, until)
+        else:
+            results = race(limiter, range(THREADS), start, until)
         for process in processes:
             output, _ = process.communicate(timeout=PROCESS_TIMEOUT_S)
             assert process.returncode == 0
@@ -247,6 +333,13 @@ def test_finer_buckets_keep_every_upstream_window_within_the_limit(redis_url):
 def test_no_deployment_window_holds_more_with_lanes_spill_over_and_shares(redis_url):
     results = race_everyone(redis_url, "azure", margin_s=0, mode="features")
     assert_every_deployment_held_its_limits(results)
+
+
+@pytest.mark.parametrize("charge_model", ["azure", "usage"])
+def test_no_upstream_window_holds_more_with_grants_from_leases(redis_url, charge_model):
+    results = race_everyone(redis_url, charge_model, margin_s=MARGIN_S, mode="leases")
+    for deployment, (tpm, rpm) in LEASE_SPILL.items():
+        assert_no_span_holds_more_than_the_limit(results, MARGIN_S, deployment, tpm, rpm)
 
 
 def test_no_deployment_window_holds_more_on_a_redis_cluster(tmp_path):

@@ -29,6 +29,7 @@ from quota import (
     QuotaStatus,
     Settlement,
 )
+from quota.leases import QuotaLeases
 from quota.sansio import QuotaProtocol
 from web.errors import json_error
 from web.services import services
@@ -204,7 +205,7 @@ def answer_call(limiter: QuotaLimiter, call: CounterCall) -> Answer:
     return call.answer(result)
 
 
-async def answer_call_async(limiter: AsyncQuotaLimiter, call: CounterCall) -> Answer:
+async def answer_call_async(limiter: AsyncQuotaLimiter | QuotaLeases, call: CounterCall) -> Answer:
     try:
         result = await getattr(limiter, call.method)(*call.args, **call.kwargs)
     except QuotaError as error:

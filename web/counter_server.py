@@ -7,9 +7,12 @@ threaded worker, a lock + report pair spent most of its time in the server rathe
 quota decision: gunicorn parses HTTP in Python, hands every request from its poller to a thread,
 and the threads pass the GIL back and forth around each Redis round trip; a trivial WSGI app
 there tops out near 3,400 requests/s on this machine. Here, on one event loop (uvicorn with
-uvloop and httptools), a request is parsed in C, the quota decision is one awaited EVALSHA on the
-asyncio limiter, and concurrent requests overlap their Redis round trips without threads.
-``python -m bench.counter_api`` measures it against the older counter.
+uvloop and httptools), a request is parsed in C, and locks are granted from quota leases
+(quota/leases.py, QUOTA_LEASE_SECONDS): room charged in the shared Redis window that this process
+grants from in memory, writing its grants and their reports behind the answers. A lock and its
+report then cost no Redis round trip, which the older counter never paid either; near the limit,
+leases shrink to nothing and each lock is one awaited EVALSHA. ``python -m bench.counter_api``
+measures it against the older counter.
 
 Served: POST ``/lock``, ``/report``, ``/release`` and GET ``/status`` of every pool (also under
 ``/embedding/`` and ``/whisper/``), and GET ``/health``, with the bodies, status codes and
@@ -33,6 +36,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from logship import start_log_shipping, stop_log_shipping
 from quota import AsyncQuotaLimiter
+from quota.leases import QuotaLeases
 from settings import Settings, configure_logging, get_logger, settings_or_exit
 from settings.jsonsafe import JsonRejected, loads_bounded
 from settings.state_redis import async_state_redis
@@ -68,25 +72,26 @@ KEEP_ALIVE_SECS = 30
 # Open requests are given this long to finish on Ctrl-C / SIGTERM.
 GRACEFUL_STOP_SECS = 5
 CHALLENGE: Header = (b"www-authenticate", b'Bearer error="invalid_token"')
+# Built once: json.dumps with an argument builds an encoder per call.
+_ENCODER = json.JSONEncoder(allow_nan=False)
 
 
 class _Headers:
-    """What the Authenticator reads of a request (``headers.get``), from the ASGI scope."""
+    """A request's headers as the Authenticator reads them (``headers.get``), from the ASGI
+    scope's list; a header sent twice counts as its first value."""
 
     def __init__(self, raw: list[Header]) -> None:
-        self._raw = raw
+        self._fields = dict(reversed(raw))
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        wanted = name.lower().encode("latin-1")  # ASGI servers lower-case header names
-        for key, value in self._raw:
-            if key == wanted:
-                return value.decode("latin-1")
-        return default
+        # ASGI servers lower-case header names.
+        value = self._fields.get(name.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
 
 class _Request:
-    def __init__(self, scope: Scope) -> None:
-        self.headers = _Headers(scope["headers"])
+    def __init__(self, headers: _Headers) -> None:
+        self.headers = headers
         self.args: dict[str, str] = {}  # the counter's routes take no query credential
 
 
@@ -174,6 +179,9 @@ class CounterServer:
     def __init__(self, settings: Settings, limiter: AsyncQuotaLimiter | None = None) -> None:
         self.settings = settings
         self.limiter = limiter
+        # What answers locks, reports and releases: the limiter's leases, or the limiter itself
+        # when QUOTA_LEASE_SECONDS is 0. Built with the limiter, on the server's event loop.
+        self.quota: AsyncQuotaLimiter | QuotaLeases | None = None
         self._authenticator = Authenticator(settings)
         self._routes = _routes()
         self._paths = {path for _, path in self._routes}
@@ -185,7 +193,7 @@ class CounterServer:
         if scope["type"] != "http":  # uvicorn runs this app with WebSockets off
             return
         status, body, headers = await self._respond(scope, receive)
-        payload = json.dumps(body, allow_nan=False).encode()
+        payload = _ENCODER.encode(body).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -207,9 +215,13 @@ class CounterServer:
                 if self.limiter is None:
                     own_client = async_state_redis(self.settings, health_check_interval=30)
                     self.limiter = AsyncQuotaLimiter(own_client, self.settings)
+                lease_s = self.settings.quota_lease_s
+                self.quota = QuotaLeases(self.limiter, lease_s) if lease_s else self.limiter
                 start_log_shipping(self.settings)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if isinstance(self.quota, QuotaLeases):
+                    await self.quota.aclose()
                 stop_log_shipping()
                 if own_client is not None:
                     await own_client.aclose()
@@ -229,15 +241,16 @@ class CounterServer:
         action, pool, endpoint = route
         if action == "health":
             return 200, {"status": "healthy"}, []
+        headers = _Headers(scope["headers"])
         try:
-            await self._authenticate(scope, endpoint)
+            await self._authenticate(headers, endpoint)
         except AuthError as error:
             return 401, {"detail": str(error)}, [CHALLENGE]
-        status, body = await self._answer(scope, receive, action, pool)
+        status, body = await self._answer(headers, receive, action, pool)
         return status, body, []
 
-    async def _authenticate(self, scope: Scope, endpoint: str) -> None:
-        request = _Request(scope)
+    async def _authenticate(self, headers: _Headers, endpoint: str) -> None:
+        request = _Request(headers)
         if request.headers.get("authorization") and not request.headers.get("x-api-key"):
             # A bearer token may need the signing keys fetched (web/auth.py): off the event
             # loop, so one slow JWKS endpoint does not hold every other caller.
@@ -246,19 +259,17 @@ class CounterServer:
             self._authenticator.authenticate(request, endpoint)  # type: ignore[arg-type]
 
     async def _answer(  # noqa: PLR0911 - one answer per kind of failure reads best flat
-        self, scope: Scope, receive: Receive, action: str, pool: str
+        self, headers: _Headers, receive: Receive, action: str, pool: str
     ) -> Answer:
-        limiter = self.limiter
-        assert limiter is not None, "the lifespan builds the limiter before any request"
+        quota = self.quota
+        assert quota is not None, "the lifespan builds the limiter before any request"
         try:
             if action == "status":
-                model = limiter.protocol.defaults[pool].deployment
-                return 200, counter_status(await limiter.model_status(pool, model))
+                model = quota.protocol.defaults[pool].deployment
+                return 200, counter_status(await quota.model_status(pool, model))
             # The same bounded, strict parser as every route of the web app (web/strict_json.py).
-            data = loads_bounded(await _read_body(scope, receive), max_bytes=MAX_REQUEST_BYTES)
-            return await answer_call_async(
-                limiter, counter_call(action, pool, data, limiter.protocol)
-            )
+            data = loads_bounded(await _read_body(headers, receive), max_bytes=MAX_REQUEST_BYTES)
+            return await answer_call_async(quota, counter_call(action, pool, data, quota.protocol))
         except BodyTooLarge:
             return 413, {"detail": f"the body is over {MAX_REQUEST_BYTES} bytes"}
         except (JsonRejected, BadCount) as error:
@@ -274,10 +285,10 @@ class CounterServer:
             return 500, {"detail": "Internal server error; the log has the details."}
 
 
-async def _read_body(scope: Scope, receive: Receive) -> bytes:
+async def _read_body(headers: _Headers, receive: Receive) -> bytes:
     """The request body, refused with :class:`BodyTooLarge` as soon as it is over the bound
     (by its Content-Length before reading, or by what arrived for a chunked one)."""
-    declared = _Headers(scope["headers"]).get("content-length")
+    declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         raise BodyTooLarge
     chunks, size = [], 0

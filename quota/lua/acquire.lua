@@ -10,22 +10,37 @@ request must fit, in this order:
     interactive request always finds room behind a saturating batch);
   - the app's share of the limits, when it has one (QUOTA_APP_SHARES).
 
+A caller may also ask for a lease (quota/leases.py): room for `lease_requests` more requests and
+`lease_tokens` more tokens, charged now with the request, which its process then grants from
+without asking Redis, and gives back (settle.lua's release) when it stops granting. A lease takes at
+most an eighth of the room left after the request (LEASE_PART), of each limit the request was
+weighed against, so it never holds back most of what others could use, and shrinks to nothing as
+the window fills: near the limit every decision is made here again, one request at a time. An app
+with a share gets no lease. A request refused only because leases hold room is told to retry
+when the latest lease may stop holding it (its process gives back what it did not grant).
+
 KEYS  state, locks, expiry of each deployment, in spill-over order (see the prelude)
-ARGV  2 tokens, 3 app, 4 "lane reserve_ppm idle_us share_ppm" (lane "i" interactive or "b" batch;
-      share_ppm 0: the app has no share), 5.. "default_tpm default_rpm" of each deployment
-      (default_tpm 0: no token limit, Whisper)
-Returns {now, 1, lock_id, k}  or  {now, 0, retry_after_us, kind, used, limit, k, detail}
+ARGV  2 tokens, 3 app, 4 "lane reserve_ppm idle_us share_ppm lease_requests lease_tokens
+      lease_hold_us" (lane "i" interactive or "b" batch; share_ppm 0: the app has no share;
+      lease_requests 0: no lease; lease_hold_us: how long a lease may hold its room), 5.. "default_tpm default_rpm" of each deployment (default_tpm 0: no token limit,
+      Whisper)
+Returns {now, 1, lock_id, k, lease_id, lease_requests, lease_tokens} (lease_id 0: no lease)  or
+        {now, 0, retry_after_us, kind, used, limit, k, detail}
   k: which deployment (1-based); kind: "too_large" (never fits: retry_after_us = -1), "tokens",
   "requests", "sub_requests", "cooldown"; detail: "" or "reserve" (held back for interactive
   work) or "share" (the app's share, used and limit are the app's)
 ]]
 local wanted, app = tonumber(ARGV[2]), ARGV[3]
-local lane, reserve_text, idle_text, share_text =
-  string.match(ARGV[4], '^([ib]) (%d+) (%d+) (%d+)$')
+local lane, reserve_text, idle_text, share_text, lease_requests_text, lease_tokens_text,
+  lease_hold_text = string.match(ARGV[4], '^([ib]) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
 if not lane then return redis.error_reply('CONDUIT bad quota call: acquire ' .. ARGV[4]) end
 local interactive = lane == 'i'
 local reserve_ppm, idle_us, share_ppm =
   tonumber(reserve_text), tonumber(idle_text), tonumber(share_text)
+local lease_requests, lease_tokens, lease_hold_us =
+  tonumber(lease_requests_text), tonumber(lease_tokens_text), tonumber(lease_hold_text)
+-- A lease takes at most this part of the room left (1/LEASE_PART).
+local LEASE_PART = 8
 -- The app as booked in either lane: shares count both.
 local base_app = interactive and string.sub(app, 1, -3) or app
 
@@ -73,6 +88,8 @@ end
 
 -- When batch may use the reserve again: interactive work idle for idle_us.
 local interactive_at = 0
+-- The limits the last weigh() held the request to (less the reserve for batch when it applies).
+local token_limit, request_limit, sub_limit
 
 -- The refusal of the loaded deployment, or nil when the request fits there.
 local function weigh()
@@ -89,7 +106,7 @@ local function weigh()
     wait = math.max(wait, this)
     refusal = refusal or {kind, used, limit, reserve_only and 'reserve' or ''}
   end
-  local token_limit, request_limit, sub_limit = tpm, rpm, sub_rpm
+  token_limit, request_limit, sub_limit = tpm, rpm, sub_rpm
   if reserved then
     token_limit = tpm - part(tpm, reserve_ppm)
     request_limit = rpm - part(rpm, reserve_ppm)
@@ -103,6 +120,13 @@ local function weigh()
   end
   if sub_requests + 1 > sub_limit then
     refuse('sub_requests', sub_requests, 1, sub_limit, sub_rpm, 'r', SUB_SPAN)
+  end
+  -- Held back only by what leases hold ungranted: it may be given back when they end.
+  if refusal and leased_until > now
+      and (tpm == 0 or tokens - leased_tokens + wanted <= token_limit)
+      and requests - leased_requests + 1 <= request_limit
+      and sub_requests - leased_requests + 1 <= sub_limit then
+    wait = math.min(wait, leased_until - now)
   end
   if refusal then return {wait, refusal[1], refusal[2], refusal[3], refusal[4]} end
 
@@ -126,16 +150,40 @@ local function weigh()
   return nil
 end
 
-local function admit(k)
+-- Lock `lock.tokens` and `lock.requests` under a new id.
+local function new_lock(lock)
   seq = seq + 1
   local id = int(seq)
+  add(current, lock.app, lock.tokens, lock.requests)
+  locked_tokens = locked_tokens + lock.tokens
+  locked_requests = locked_requests + lock.requests
+  write_lock(id, lock)
+  redis.call('ZADD', expiry, int(lock.expires), id)
+  return id
+end
+
+-- The lease that fits beside the request just admitted: requests, tokens.
+local function room_for_lease()
+  if lease_requests == 0 or share_ppm > 0 then return 0, 0 end
+  local room_requests = math.min(request_limit - requests, sub_limit - sub_requests)
+  local granted = math.min(lease_requests, math.floor(room_requests / LEASE_PART))
+  if granted < 1 then return 0, 0 end
+  if tpm == 0 then return granted, 0 end
+  local room_tokens = math.floor((token_limit - tokens) / LEASE_PART)
+  return granted, math.max(0, math.min(lease_tokens, room_tokens))
+end
+
+local function admit(k)
   local expires = now + lock_ttl_us
-  add(current, app, wanted, 1)
-  locked_tokens = locked_tokens + wanted
-  locked_requests = locked_requests + 1
-  redis.call('HSET', locks, id, string.format('%d|%d|%s|%d', current, wanted, app, expires))
-  redis.call('ZADD', expiry, int(expires), id)
-  return {now, 1, id, k}
+  local id = new_lock({bucket = current, tokens = wanted, app = app, expires = expires,
+                       requests = 1, lease = false})
+  local granted_requests, granted_tokens = room_for_lease()
+  if granted_requests == 0 then return {now, 1, id, k, 0, 0, 0} end
+  local lease = new_lock({bucket = current, tokens = granted_tokens, app = app, expires = expires,
+                          requests = granted_requests, lease = true})
+  lease_room(granted_tokens, granted_requests)
+  leased_until = math.max(leased_until, now + lease_hold_us)
+  return {now, 1, id, k, lease, granted_requests, granted_tokens}
 end
 
 local best, result = nil, nil

@@ -27,13 +27,18 @@ pool+model, so a script touches one Redis Cluster slot however many deployments 
           counts in; "tpm", "rpm" limits set at run time (absent: the defaults the caller sends);
           "cool" until when (µs) the deployment is skipped after the upstream refused or failed;
           "interactive" when an interactive acquire last asked (kept on the model's first
-          deployment, which every acquire of the model loads); "gone" the tokens and requests
+          deployment, which every acquire of the model loads); "leased" the tokens and requests
+          leases hold ungranted and until when (µs) the latest may hold them ("t r until");
+          "gone" the tokens and requests
           of the buckets that left the window lately ("bucket:tokens:requests,..."), kept a
           window and margin (KEEP buckets) after they left, so observe can count what was in
           the window when a request was sent
           An app charged in the interactive lane is booked as "<app>!i", in the batch lane as
           "<app>", so status can show use per lane and per app from the same counts.
-  locks   hash: lock id -> "<bucket>|<tokens>|<app>|<expires_us>", or a "done"/"expired" tombstone
+  locks   hash: lock id -> "<bucket>|<tokens>|<app>|<expires_us>" (one request), or
+          "<bucket>|<tokens>|<app>|<expires_us>|<requests>" (a lease: room for a process to
+          grant from, see acquire.lua; the tokens and requests it still holds), or a "done"/"expired" tombstone. A lease's grants are
+          locks of their own, "<lease id>.<n>", carved out of it (settle.lua)
   expiry  zset: lock id scored by when its lock expires or its tombstone is purged (µs)
 
 ARGV[1] is "bucket_us window_buckets sub_buckets margin_buckets lock_ttl_us", space-separated;
@@ -70,6 +75,8 @@ server_time = tonumber(server_time[1]) * 1000000 + tonumber(server_time[2])
 -- The deployment being weighed: load() fills these from its keys, save() writes them back.
 local state, locks, expiry, stored, cool
 local head, tokens, requests, sub_requests, locked_tokens, locked_requests, seq
+-- What leases hold ungranted (part of locked_*), and until when the latest may hold it.
+local leased_tokens, leased_requests, leased_until
 local now, current, tpm, rpm, sub_rpm
 -- The open bucket (`head`): app -> {tokens, requests}, and its apps in the order first charged.
 local open, open_apps
@@ -91,7 +98,8 @@ end
 local function save()
   redis.call('HSET', state, 'open', serialized_open(), 'totals', string.format(
     '%d %d %d %d %d %d %d %d', now, head, tokens, requests, sub_requests, locked_tokens,
-    locked_requests, seq))
+    locked_requests, seq), 'leased', string.format('%d %d %d', leased_tokens, leased_requests,
+    leased_until))
   if not stored[3] then redis.call('HSET', state, 'layout', layout) end
 end
 
@@ -187,15 +195,31 @@ local function tombstone(id, why)
 end
 
 local function parse_lock(record)
-  local bucket, token_count, app, expires = string.match(record, '^(%d+)|(%d+)|([^|]*)|(%d+)$')
+  local bucket, token_count, app, expires, request_count =
+    string.match(record, '^(%d+)|(%d+)|([^|]*)|(%d+)|?(%d*)$')
+  local lease = request_count ~= ''
   return {bucket = tonumber(bucket), tokens = tonumber(token_count), app = app,
-          expires = tonumber(expires)}
+          expires = tonumber(expires), requests = lease and tonumber(request_count) or 1,
+          lease = lease}
+end
+
+local function write_lock(id, lock)
+  local record = string.format('%d|%d|%s|%d', lock.bucket, lock.tokens, lock.app, lock.expires)
+  if lock.lease then record = record .. '|' .. int(lock.requests) end
+  redis.call('HSET', locks, id, record)
+end
+
+-- What leases hold ungranted changes by `token_count` and `request_count`.
+local function lease_room(token_count, request_count)
+  leased_tokens = math.max(0, leased_tokens + token_count)
+  leased_requests = math.max(0, leased_requests + request_count)
 end
 
 -- A lock stops being "locked" when it finishes or expires; its charge stays in its bucket.
 local function unlock(id, lock, why)
   locked_tokens = math.max(0, locked_tokens - lock.tokens)
-  locked_requests = math.max(0, locked_requests - 1)
+  locked_requests = math.max(0, locked_requests - lock.requests)
+  if lock.lease then lease_room(-lock.tokens, -lock.requests) end
   tombstone(id, why)
 end
 
@@ -217,7 +241,7 @@ end
 local function load(k, default_tpm, default_rpm)
   state, locks, expiry = KEYS[3 * k - 2], KEYS[3 * k - 1], KEYS[3 * k]
   stored = redis.call('HMGET', state, 'totals', 'open', 'layout', 'tpm', 'rpm', 'cool',
-    'interactive')
+    'interactive', 'leased')
   if stored[3] and stored[3] ~= layout then
     return 'CONDUIT quota window mismatch: this pool counts in "' .. stored[3]
       .. '" (bucket us, margin buckets), the caller in "' .. layout .. '"; every process must'
@@ -239,6 +263,10 @@ local function load(k, default_tpm, default_rpm)
   rpm = tonumber(stored[5]) or default_rpm
   sub_rpm = math.max(1, math.floor(rpm * SUB / WINDOW))
   cool = tonumber(stored[6]) or 0
+  leased_tokens, leased_requests, leased_until = string.match(stored[8] or '0 0 0',
+    '^(%d+) (%d+) (%d+)$')
+  leased_tokens, leased_requests, leased_until = tonumber(leased_tokens),
+    tonumber(leased_requests), tonumber(leased_until)
 
   open, open_apps = {}, {}
   for app, t, r in string.gmatch(stored[2] or '', '([^ ;]+) (%-?%d+) (%-?%d+)') do
