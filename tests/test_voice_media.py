@@ -234,12 +234,16 @@ def open_socket(url: str, call_id: str) -> websocket.WebSocket:
 
 
 def close_code(ws: websocket.WebSocket) -> tuple[int, str]:
-    """Read until the server closes; its close code and reason. The socket is closed after."""
+    """Read until the server closes; its close code and reason. The socket is closed after.
+
+    Frame by frame (``recv_frame``), not ``recv_data``: on a close frame that one answers with a
+    close of its own, which fails with BrokenPipeError when the server has already shut the
+    socket, as it does after refusing a flood."""
     try:
         while True:
-            opcode, data = ws.recv_data(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return int.from_bytes(data[:2], "big"), data[2:].decode()
+            frame = ws.recv_frame()
+            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode()
     finally:
         ws.shutdown()
 
