@@ -6,6 +6,7 @@ Depends on settings/ only. See docs/architecture.md, "The quota contract"
 
 from quota.client import SyncTokenClient, TokenClient
 from quota.errors import QuotaError, QuotaExceeded, StaleLock
+from quota.leases import QuotaLeases
 from quota.limiter import AsyncQuotaLimiter, QuotaLimiter
 from quota.retry import is_quota_refusal, with_token_limit_retry, with_token_limit_retry_decorator
 from quota.sansio import (
@@ -25,6 +26,7 @@ __all__ = [
     "ExternalUsage",
     "QuotaError",
     "QuotaExceeded",
+    "QuotaLeases",
     "QuotaLimiter",
     "QuotaStatus",
     "Settlement",

@@ -35,8 +35,7 @@ from typing import IO
 import pytest
 
 from bench.quota_limiter import most_in_any_window
-from quota import AsyncQuotaLimiter, QuotaLimiter
-from quota.leases import QuotaLeases
+from quota import AsyncQuotaLimiter, QuotaLeases, QuotaLimiter
 from settings import Settings, load_settings
 from settings.state_redis import async_state_redis, state_redis
 from tests.support.cluster import RedisClusterServers

@@ -20,8 +20,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from quota import AsyncQuotaLimiter, QuotaError, QuotaLimiter, QuotaStatus
-from quota.leases import QuotaLeases
+from quota import AsyncQuotaLimiter, QuotaError, QuotaLeases, QuotaLimiter, QuotaStatus
 from quota.sansio import LeaseGrant
 from settings import Settings, load_settings
 from tests.support.quota import granted, retry_after

@@ -25,11 +25,11 @@ from quota import (
     AsyncQuotaLimiter,
     Decision,
     QuotaError,
+    QuotaLeases,
     QuotaLimiter,
     QuotaStatus,
     Settlement,
 )
-from quota.leases import QuotaLeases
 from quota.sansio import QuotaProtocol
 from web.errors import json_error
 from web.services import services

@@ -35,8 +35,7 @@ from pydantic import ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from logship import start_log_shipping, stop_log_shipping
-from quota import AsyncQuotaLimiter
-from quota.leases import QuotaLeases
+from quota import AsyncQuotaLimiter, QuotaLeases
 from settings import Settings, configure_logging, get_logger, settings_or_exit
 from settings.jsonsafe import JsonRejected, loads_bounded
 from settings.state_redis import async_state_redis
