@@ -466,8 +466,8 @@ class QuotaProtocol:
         ``lease_tokens`` more tokens where the request lands (acquire.lua grants at most an
         eighth of the room left, and none to an app with a share), held at most
         ``lease_hold_s`` (a request refused only for the room leases hold is told to retry
-        then). Parsed: the decision, the
-        server time it was made at (µs), and the lease (None: none granted)."""
+        then). Parsed: the decision, the server time it was made at (µs), and the lease (None:
+        none granted)."""
         check_count("tokens", tokens)
         check_app_id(app_id)
         check_count("lease_requests", lease_requests, maximum=MAX_LEASE_REQUESTS)

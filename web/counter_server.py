@@ -9,10 +9,11 @@ and the threads pass the GIL back and forth around each Redis round trip; a triv
 there tops out near 3,400 requests/s on this machine. Here, on one event loop (uvicorn with
 uvloop and httptools), a request is parsed in C, and locks are granted from quota leases
 (quota/leases.py, QUOTA_LEASE_SECONDS): room charged in the shared Redis window that this process
-grants from in memory, writing its grants and their reports behind the answers. A lock and its
-report then cost no Redis round trip, which the older counter never paid either; near the limit,
-leases shrink to nothing and each lock is one awaited EVALSHA. ``python -m bench.counter_api``
-measures it against the older counter.
+grants from in memory, writing its grants behind the answers. A lock, and a report that follows
+it at once, then cost no Redis round trip, which the older counter never paid either; a later
+report is one, from whichever process it reaches. Near the limit leases shrink to nothing and
+each lock is one awaited EVALSHA. ``python -m bench.counter_api`` measures it against the older
+counter.
 
 Served: POST ``/lock``, ``/report``, ``/release`` and GET ``/status`` of every pool (also under
 ``/embedding/`` and ``/whisper/``), and GET ``/health``, with the bodies, status codes and
