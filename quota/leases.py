@@ -296,7 +296,7 @@ class QuotaLeases:
         actual = usage_tokens(prompt_tokens, completion_tokens)
         found = self._settle_here(request_id, pool)
         if found is None:
-            ref = self.protocol.request_ref(request_id, pool)
+            ref = self._ref_for_redis(request_id, pool)
             operation = self.protocol.report_operation(ref, actual)
             return await self._settle_in_redis(request_id, ref, operation)
         lease, tokens = found
@@ -314,7 +314,7 @@ class QuotaLeases:
     async def release(self, request_id: str, *, pool: str | None = None) -> Settlement:
         found = self._settle_here(request_id, pool)
         if found is None:
-            ref = self.protocol.request_ref(request_id, pool)
+            ref = self._ref_for_redis(request_id, pool)
             return await self._settle_in_redis(request_id, ref, release_operation(ref.lock_id))
         lease, tokens = found
         booked = lease.booked
@@ -326,27 +326,28 @@ class QuotaLeases:
 
     def _settle_here(self, request_id: str, pool: str | None) -> tuple[_Lease, int] | None:
         """The lease and tokens of ``request_id`` when it is a grant of this process not yet
-        written: settled here, to be booked at the next write. None: Redis answers for it. The
-        QuotaError for a grant settled here already."""
+        written: settled here, to be booked at the next write. None: Redis answers for it."""
         found = self._unwritten.get(request_id)
         if found is None:
-            self._refuse_if_settled_here(request_id, pool)
             return None
         lease, grant = found
         if pool is not None and lease.grant.pool != pool:
-            return None  # Redis's parse says which pool it belongs to
+            return None  # the parse for Redis says which pool it belongs to
         del self._unwritten[request_id]
         tokens = lease.unwritten.pop(grant)
         lease.settled.add(grant)
         self._mark_dirty(lease)
         return lease, tokens
 
-    def _refuse_if_settled_here(self, request_id: str, pool: str | None) -> None:
+    def _ref_for_redis(self, request_id: str, pool: str | None) -> RequestRef:
+        """``request_id`` parsed, for Redis to settle; the QuotaError for a malformed id, one of
+        another pool, or a grant this process settled already (Redis has no record of it)."""
         ref = self.protocol.request_ref(request_id, pool)
         lease_id, dot, grant = ref.lock_id.partition(".")
         lease = self._leases.get((ref.pool, ref.model, ref.deployment, lease_id)) if dot else None
         if lease is not None and int(grant) in lease.settled:
             raise self.protocol.settle_error(request_id, "done")
+        return ref
 
     async def _settle_in_redis(
         self, request_id: str, ref: RequestRef, operation: str
